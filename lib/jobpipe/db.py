@@ -1,0 +1,130 @@
+"""Database access: resolving the URL (operator's server or embedded), connecting, migrations.
+
+Migrations are the numbered SQL files in jobpipe/migrations/, each applied in one transaction
+and recorded in schema_migrations, serialised by an advisory lock so that daemons starting at
+the same moment cannot both migrate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from jobpipe import embedded
+from jobpipe.config import Config
+from jobpipe.errors import DependencyDown, UserError
+
+log = logging.getLogger(__name__)
+
+# Arbitrary constant: the advisory lock key that serialises migrations across processes.
+MIGRATION_LOCK = 0x6A6F6270  # "jobp"
+
+
+def resolve_url(cfg: Config, start_embedded: bool = True) -> str:
+    """`database.url`, else the embedded server's URL (started when `start_embedded`)."""
+    if cfg.database.url:
+        return cfg.database.url
+    data_dir = embedded.resolve_data_dir(cfg.database.data_dir)
+    if start_embedded:
+        return embedded.start(data_dir)
+    url = embedded.url_if_running(data_dir)
+    if url is None:
+        raise DependencyDown("database", f"the embedded PostgreSQL in {data_dir} is not running", "connection")
+    return url
+
+
+def connect(url: str, *, autocommit: bool = True, connect_timeout: float = 5.0,
+            statement_timeout_s: float | None = None, application_name: str = "jobpipe",
+            vector: bool = True) -> psycopg.Connection[Any]:
+    """Open a connection; DependencyDown when the server cannot be reached."""
+    options = f"-c statement_timeout={int(statement_timeout_s * 1000)}" if statement_timeout_s else None
+    try:
+        conn = psycopg.connect(
+            url, autocommit=autocommit, connect_timeout=max(1, int(connect_timeout)),
+            application_name=application_name, options=options,
+        )
+    except psycopg.OperationalError as exc:
+        raise DependencyDown("database", str(exc).strip().splitlines()[0], "connection") from None
+    if vector:
+        try:
+            register_vector(conn)
+        except psycopg.ProgrammingError:
+            pass  # extension not installed yet: only the migration connection sees this
+    return conn
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: str  # file name without .sql, e.g. "0001_schema"
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+
+def available_migrations() -> list[Migration]:
+    files = importlib.resources.files("jobpipe.migrations")
+    found = [
+        Migration(f.name[:-4], f.read_text(encoding="utf-8"))
+        for f in files.iterdir()
+        if f.name.endswith(".sql")
+    ]
+    return sorted(found, key=lambda m: m.version)
+
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def applied_versions(conn: psycopg.Connection[Any]) -> set[str]:
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return set()
+    return {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+
+
+def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
+    done = applied_versions(conn)
+    return [m for m in available_migrations() if m.version not in done]
+
+
+def migrate(url: str) -> list[str]:
+    """Apply pending migrations (each in its own transaction); return the versions applied."""
+    applied: list[str] = []
+    with connect(url, vector=False) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute(_VERSION_TABLE)
+            for m in pending_migrations(conn):
+                with conn.transaction():
+                    conn.execute(m.sql)  # type: ignore[arg-type]  # trusted files shipped in the package
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
+                        (m.version, m.checksum),
+                    )
+                log.info("migration applied", extra={"event": "migration_applied", "version": m.version})
+                applied.append(m.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied
+
+
+def check_schema(conn: psycopg.Connection[Any]) -> None:
+    """Refuse to run against a schema that is behind (UserError with what to run)."""
+    missing = [m.version for m in pending_migrations(conn)]
+    if missing:
+        raise UserError(
+            f"the database schema is behind: {len(missing)} migration(s) pending ({', '.join(missing)}); "
+            "run `jobpipe migrate`"
+        )

