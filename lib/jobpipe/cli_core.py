@@ -1,0 +1,150 @@
+"""Core commands: config, db, migrate, queue."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from jobpipe import config as config_mod
+from jobpipe import db, embedded, queue
+from jobpipe.settings import all_settings
+
+
+def load_config(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(getattr(args, "config", None))
+
+
+def connect(args: argparse.Namespace, start_embedded: bool = True) -> Any:
+    cfg = load_config(args)
+    url = db.resolve_url(cfg, start_embedded=start_embedded)
+    return db.connect(url, connect_timeout=cfg.database.connect_timeout_s)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="show, check or print the documented defaults of the configuration")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    show = csub.add_parser("show", help="every effective value and where it came from (secrets redacted)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_config_show)
+    check = csub.add_parser("check", help="validate a config file without starting anything")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+    defaults = csub.add_parser("defaults", help="print the documented default config (config/jobpipe.yaml)")
+    defaults.set_defaults(func=lambda a: print(config_mod.render_defaults(), end="") or 0)
+
+    p = sub.add_parser("db", help="manage the embedded PostgreSQL (when database.url is empty)")
+    dsub = p.add_subparsers(dest="db_command", metavar="ACTION")
+    dsub.required = True
+    for name, fn, text in (
+        ("start", cmd_db_start, "start the embedded server (and migrate)"),
+        ("stop", cmd_db_stop, "stop the embedded server"),
+        ("status", cmd_db_status, "is the database reachable, which schema version"),
+        ("url", cmd_db_url, "print the connection URL"),
+    ):
+        dsub.add_parser(name, help=text).set_defaults(func=fn)
+
+    sub.add_parser("migrate", help="apply pending schema migrations").set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("queue", help="inspect and manage the work queue")
+    qsub = p.add_subparsers(dest="queue_command", metavar="ACTION")
+    qsub.required = True
+    st = qsub.add_parser("stats", help="pending, scheduled, running and given-up items per stage")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_queue_stats)
+    rq = qsub.add_parser("requeue", help="give given-up items of a stage a fresh start")
+    rq.add_argument("stage")
+    rq.set_defaults(func=cmd_queue_requeue)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    registry = all_settings()
+    rows = [(k, cfg.redacted(k), cfg.source(k)) for k in registry]
+    if args.json:
+        print(json.dumps({k: {"value": v, "source": s} for k, v, s in rows}, indent=2, ensure_ascii=False))
+        return 0
+    width = max(len(k) for k, _, _ in rows)
+    for k, v, s in rows:
+        shown = json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v
+        print(f"{k:<{width}}  {shown}  ({s})")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config_mod.load(args.file)
+    print(f"{args.file}: OK")
+    return 0
+
+
+def cmd_db_start(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    if cfg.database.url:
+        print("database.url is set: jobpipe uses that server, not the embedded one")
+        return 0
+    url = embedded.start(embedded.resolve_data_dir(cfg.database.data_dir))
+    applied = db.migrate(url)
+    print(f"embedded PostgreSQL running: {url}")
+    if applied:
+        print(f"applied migrations: {', '.join(applied)}")
+    return 0
+
+
+def cmd_db_stop(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    data_dir = embedded.resolve_data_dir(cfg.database.data_dir)
+    print("stopped" if embedded.stop(data_dir) else f"not running ({data_dir})")
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    try:
+        url = db.resolve_url(cfg, start_embedded=False)
+        with db.connect(url, connect_timeout=cfg.database.connect_timeout_s) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+            pending = [m.version for m in db.pending_migrations(conn)]
+    except Exception as exc:  # noqa: BLE001 - status reports any failure as "down"
+        print(f"database: DOWN ({exc})")
+        return 1
+    kind = "external" if cfg.database.url else "embedded"
+    print(f"database: UP ({kind}, PostgreSQL {version})")
+    print(f"schema: {'current' if not pending else 'behind: ' + ', '.join(pending)}")
+    return 0 if not pending else 1
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    print(db.resolve_url(cfg, start_embedded=False))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    applied = db.migrate(db.resolve_url(cfg))
+    print(f"applied: {', '.join(applied)}" if applied else "schema is current")
+    return 0
+
+
+def cmd_queue_stats(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        st = queue.stats(conn)
+    if args.json:
+        print(json.dumps({s: dataclasses.asdict(v) for s, v in st.items()}))
+        return 0
+    print(f"{'stage':<14}{'pending':>9}{'scheduled':>11}{'running':>9}{'given up':>10}  oldest pending")
+    for s in st.values():
+        age = "-" if s.oldest_pending_age_s is None else f"{s.oldest_pending_age_s:.0f}s"
+        print(f"{s.stage:<14}{s.pending:>9}{s.scheduled:>11}{s.running:>9}{s.given_up:>10}  {age}")
+    if not st:
+        print("(no work items yet)")
+    return 0
+
+
+def cmd_queue_requeue(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        n = queue.requeue_given_up(conn, args.stage)
+    print(f"requeued {n} given-up item(s) of stage {args.stage}")
+    return 0
