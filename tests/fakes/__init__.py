@@ -1,0 +1,1 @@
+"""Fakes of the external HTTP services (Ollama, BA API, Signal gateway), free of pytest."""
