@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from jobpipe import db, queue
 from jobpipe.queue import RetryPolicy
 
@@ -40,9 +39,12 @@ def test_enqueue_is_atomic_with_the_posting_insert(db_conn):
     stages = {r[0] for r in db_conn.execute("SELECT stage FROM queue WHERE subject=%s", (pid,))}
     assert {"description", "embed"} <= stages
     tid = db_conn.execute("SELECT title_id FROM postings WHERE id=%s", (pid,)).fetchone()[0]
-    assert db_conn.execute(
-        "SELECT count(*) FROM queue WHERE stage='classify' AND subject=%s", (tid,)
-    ).fetchone()[0] == 1
+    assert (
+        db_conn.execute(
+            "SELECT count(*) FROM queue WHERE stage='classify' AND subject=%s", (tid,)
+        ).fetchone()[0]
+        == 1
+    )
 
 
 def test_claim_sets_lease_and_priority_first(db_conn):
@@ -61,7 +63,12 @@ def test_fail_backs_off_then_gives_up_and_requeue(db_conn):
     for attempt in range(1, 4):
         (item,) = queue.claim(db_conn, "embed", "w", 1, 60, POLICY)
         r = queue.fail(db_conn, "embed", "w", {item.id: f"boom {attempt}"}, POLICY)
-        assert r == ({"failed": 1, "given_up": 0} if attempt < 3 else {"failed": 0, "given_up": 1})
+        expect = (
+            {"failed": 1, "given_up": 0, "given_up_subjects": []}
+            if attempt < 3
+            else {"failed": 0, "given_up": 1, "given_up_subjects": [7]}
+        )
+        assert r == expect
     row = db_conn.execute("SELECT status, attempts, last_error FROM queue").fetchone()
     assert row == ("given_up", 3, "boom 3")
     assert queue.stats(db_conn)["embed"].given_up == 1
@@ -169,8 +176,9 @@ WORKER = textwrap.dedent(
 
 def _spawn(pg_url: str, owner: str, mode: str = "run") -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "lib"))
-    return subprocess.Popen([sys.executable, "-c", WORKER, pg_url, owner, mode], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, pg_url, owner, mode], env=env, stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_four_processes_share_10000_items_exactly_once(db_conn, pg_url):
@@ -222,8 +230,10 @@ def test_concurrent_migrate_serialised(pg_server):
     url = url_for(pg_server["url"], name)
     code = "import sys; from jobpipe import db; print(len(db.migrate(sys.argv[1])))"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "lib"))
-    procs = [subprocess.Popen([sys.executable, "-c", code, url], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outs = sorted(int(p.communicate(timeout=60)[0].strip()) for p in procs)
     total = len(db.available_migrations())
     assert outs == [0, 0, total]

@@ -17,16 +17,20 @@ from jobpipe.errors import DependencyDown, UserError
 # Modules that define `add_commands(sub)`; each registers its own subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
     "jobpipe.cli_core",
+    "jobpipe.cli_run",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobpipe",
-        description="Daemons that keep a PostgreSQL + pgvector database of German job postings complete and fresh.",
+        description="Daemons that keep a PostgreSQL + pgvector database of German job postings "
+        "complete and fresh.",
     )
     parser.add_argument("--version", action="version", version=f"jobpipe {__version__}")
-    parser.add_argument("-c", "--config", help="config file (default: $JOBPIPE_CONFIG, else /etc/jobpipe/jobpipe.yaml)")
+    parser.add_argument(
+        "-c", "--config", help="config file (default: $JOBPIPE_CONFIG, else /etc/jobpipe/jobpipe.yaml)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -43,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jobpipe: {exc}", file=sys.stderr)
         return exc.exit_code
     except DependencyDown as exc:
-        print(f"jobpipe: {exc} (is it running? see `jobpipe db status` for the embedded database)", file=sys.stderr)
+        print(
+            f"jobpipe: {exc} (is it running? see `jobpipe db status` for the embedded database)",
+            file=sys.stderr,
+        )
         return 3
     except KeyboardInterrupt:
         return 130

@@ -199,7 +199,9 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
             try:
                 parsed = yaml.safe_load(raw) if raw.strip() else raw
             except yaml.YAMLError:
-                raise ConfigError(f"env {var}: cannot parse {raw!r} as {_type_name(setting.value_type)}") from None
+                raise ConfigError(
+                    f"env {var}: cannot parse {raw!r} as {_type_name(setting.value_type)}"
+                ) from None
         values[key] = Value(_check(setting, parsed, f"env {var}"), f"env {var}")
 
     return Config(values, file_path)
@@ -222,8 +224,9 @@ def render_defaults() -> str:
             if s.choices:
                 rng = " [" + "|".join(str(c) or '""' for c in s.choices) + "]"
             out.append(f"  # {s.help}{rng}{' (secret)' if s.secret else ''}")
-            dumped = yaml.safe_dump({s.name: s.default}, default_flow_style=True, allow_unicode=True,
-                                    sort_keys=False, width=1000).strip()
+            dumped = yaml.safe_dump(
+                {s.name: s.default}, default_flow_style=True, allow_unicode=True, sort_keys=False, width=1000
+            ).strip()
             # safe_dump wraps a flow mapping in braces: `{name: value}`
             out.append("  " + dumped[1:-1])
     return "\n".join(out) + "\n"

@@ -35,19 +35,30 @@ def resolve_url(cfg: Config, start_embedded: bool = True) -> str:
         return embedded.start(data_dir)
     url = embedded.url_if_running(data_dir)
     if url is None:
-        raise DependencyDown("database", f"the embedded PostgreSQL in {data_dir} is not running", "connection")
+        raise DependencyDown(
+            "database", f"the embedded PostgreSQL in {data_dir} is not running", "connection"
+        )
     return url
 
 
-def connect(url: str, *, autocommit: bool = True, connect_timeout: float = 5.0,
-            statement_timeout_s: float | None = None, application_name: str = "jobpipe",
-            vector: bool = True) -> psycopg.Connection[Any]:
+def connect(
+    url: str,
+    *,
+    autocommit: bool = True,
+    connect_timeout: float = 5.0,
+    statement_timeout_s: float | None = None,
+    application_name: str = "jobpipe",
+    vector: bool = True,
+) -> psycopg.Connection[Any]:
     """Open a connection; DependencyDown when the server cannot be reached."""
     options = f"-c statement_timeout={int(statement_timeout_s * 1000)}" if statement_timeout_s else None
     try:
         conn = psycopg.connect(
-            url, autocommit=autocommit, connect_timeout=max(1, int(connect_timeout)),
-            application_name=application_name, options=options,
+            url,
+            autocommit=autocommit,
+            connect_timeout=max(1, int(connect_timeout)),
+            application_name=application_name,
+            options=options,
         )
     except psycopg.OperationalError as exc:
         raise DependencyDown("database", str(exc).strip().splitlines()[0], "connection") from None

