@@ -23,14 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobpipe.models import make_embedding_client  # noqa: E402
+
 from tests.fakes.ollama import FakeOllama  # noqa: E402
 
-WORDS = (
+_VOCABULARY = (
     "Koch Köchin Vollzeit Teilzeit Berlin München Hamburg Pflegefachkraft Softwareentwickler Java "
     "Lagerlogistik Fachkraft Kundenservice Erfahrung Team Aufgaben Profil Wir bieten unbefristet "
     "Arbeitsvertrag Weiterbildung Schichtdienst Führerschein Klasse Elektroniker Betriebstechnik "
     "Steuerfachangestellte Buchhaltung Verkäufer Einzelhandel Medizinische Fachangestellte Praxis"
-).split()
+)
+WORDS = _VOCABULARY.split()
 
 
 def posting_text(rng: random.Random, chars: int) -> str:

@@ -67,7 +67,9 @@ def test_near_duplicates_are_close_and_unrelated_texts_far() -> None:
 def test_process_mode_prints_url_and_answers_the_same_vectors(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.ollama", "--port", "0", "--capacity", "2", "--model", "tiny=16"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -195,18 +197,27 @@ def test_v1_embeddings_shape_order_input_type_and_errors(fake: FakeOllama) -> No
 
 SCHEMA = {
     "type": "object",
-    "properties": {"occupation": {"type": "string"}, "confidence": {"type": "number"},
-                   "kind": {"enum": ["match", "no_match"]}},
+    "properties": {
+        "occupation": {"type": "string"},
+        "confidence": {"type": "number"},
+        "kind": {"enum": ["match", "no_match"]},
+    },
     "required": ["occupation", "confidence", "kind"],
 }
 
 
 def test_chat_non_streaming_answers_a_schema_instance(fake: FakeOllama) -> None:
-    r = post(fake, "/api/chat", {
-        "model": "qwen2.5:7b", "stream": False, "format": SCHEMA,
-        "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "Koch m/w/d"}],
-        "options": {"temperature": 0, "seed": 42},
-    })
+    r = post(
+        fake,
+        "/api/chat",
+        {
+            "model": "qwen2.5:7b",
+            "stream": False,
+            "format": SCHEMA,
+            "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "Koch m/w/d"}],
+            "options": {"temperature": 0, "seed": 42},
+        },
+    )
     doc = r.json()
     assert r.status_code == 200 and doc["done"] is True and doc["done_reason"] == "stop"
     assert doc["message"]["role"] == "assistant"
@@ -216,7 +227,9 @@ def test_chat_non_streaming_answers_a_schema_instance(fake: FakeOllama) -> None:
 
 
 def test_generate_and_default_streaming(fake: FakeOllama) -> None:
-    r = post(fake, "/api/generate", {"model": "qwen2.5:7b", "prompt": "hi", "stream": False, "format": SCHEMA})
+    r = post(
+        fake, "/api/generate", {"model": "qwen2.5:7b", "prompt": "hi", "stream": False, "format": SCHEMA}
+    )
     assert orjson.loads(r.json()["response"])["occupation"] == "hi"
     r = post(fake, "/api/chat", {"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "hi"}]})
     assert r.headers["Content-Type"] == "application/x-ndjson"
@@ -244,10 +257,17 @@ def test_chat_handler_sees_one_view_for_both_flavours_and_malformed_switch(fake:
     fake.chat_handler = handler
     msgs = [{"role": "user", "content": "Koch"}]
     post(fake, "/api/chat", {"model": "qwen2.5:7b", "stream": False, "messages": msgs, "format": SCHEMA})
-    r = post(fake, "/v1/chat/completions", {
-        "model": "qwen2.5:7b", "messages": msgs, "temperature": 0, "seed": 7,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}},
-    })
+    r = post(
+        fake,
+        "/v1/chat/completions",
+        {
+            "model": "qwen2.5:7b",
+            "messages": msgs,
+            "temperature": 0,
+            "seed": 7,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}},
+        },
+    )
     doc = r.json()
     assert doc["object"] == "chat.completion" and doc["choices"][0]["finish_reason"] == "stop"
     assert orjson.loads(doc["choices"][0]["message"]["content"])["occupation"] == "Koch/Köchin"
