@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from jobpipe import db, queue
 from jobpipe.queue import RetryPolicy
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from jobpipe import config, db, embedded, queue, runtime
 from jobpipe.metrics import DaemonMetrics
-
 from tests.fakes.ollama import FakeOllama
 from tests.sample_daemon import SampleDaemon
 
