@@ -319,6 +319,7 @@ SECTIONS: tuple[Section, ...] = (
         (
             *_daemon_common("classifier", 9812, 2, 32),
             _s("classifier", "model", "qwen2.5:7b", "LLM that verifies or picks the candidate occupation"),
+            _s("classifier", "urls", [], "model server(s) for the LLM; empty = ollama.urls", item_type=str),
             _s(
                 "classifier",
                 "provider",
@@ -356,6 +357,7 @@ SECTIONS: tuple[Section, ...] = (
         (
             *_daemon_common("embedder", 9813, 4, 32),
             _s("embedder", "model", "nomic-embed-text", "embedding model (stored with every vector)"),
+            _s("embedder", "urls", [], "model server(s) for embeddings; empty = ollama.urls", item_type=str),
             _s(
                 "embedder",
                 "provider",
