@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobpipe.models import make_embedding_client  # noqa: E402
-
 from tests.fakes.ollama import FakeOllama  # noqa: E402
 
 _VOCABULARY = (

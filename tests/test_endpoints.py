@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from jobpipe.endpoints import EndpointPool, error_message
 from jobpipe.errors import DependencyDown, ItemError
-
 from tests.fakes.ollama import FakeOllama
 
 
