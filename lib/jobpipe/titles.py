@@ -105,6 +105,14 @@ _GENDER_WORDS = re.compile(r"\b(?:all\s+genders?|alle\s+geschlechter)\b", re.IGN
 _BINNEN_I = re.compile(r"(?<=[a-zäöüß])I(?:n|nnen)\b")
 # Suffix markers after lower-casing: "/in", "/-in", "*in", ":in", "_in", "(in)", "/innen", "/r", "/e", "(r)".
 _GENDER_SUFFIX = re.compile(r"(?<=\w)(?:\s?[/*:_]\s?-?\s?(?:innen|in|r|e|n)|\((?:innen|in|r|e|n)\))(?![\w])")
+# BERUFENET's compound forms: "Restaurantfach/mann/frau", "Zimmer/er/in", "Biolog/e/in", "Bauzimmer(er/in)".
+_MULTI_SLASH = (
+    (re.compile(r"(?<=\w)/(?:mann/frau|frau/mann)(?!\w)"), "mann"),
+    (re.compile(r"(?<=\w)[/(]er/in\)?(?!\w)"), "er"),
+    (re.compile(r"(?<=\w)/e/in(?!\w)"), "e"),
+    # Assistenz/arzt/ärztin, Kranken/schwester/pfleger: the first compound
+    (re.compile(r"(?<=\w)/([a-zäöüß]{3,})/[a-zäöüß]{2,}(?![\w/])"), r"\1"),
+)
 # A pair of gender forms, "a/b" or "a / b" or "a/-b": decided in _pair().
 _PAIR = re.compile(r"([\wäöüß\-]+)\s*/\s*(-?)([\wäöüß]+)")
 _EMPLOYMENT = re.compile(
@@ -183,6 +191,8 @@ def _pair(match: re.Match[str]) -> str:
         return a[: -len("frau")] + "mann"  # Kauffrau/-mann -> kaufmann (one form for both orders)
     if dash and fb in ("in", "innen", "r", "e", "n"):
         return a
+    if dash and fb.endswith("in") and len(fb) > 4 and fa.endswith(fb[:-2]):
+        return a  # Rechtsanwalt/-anwältin, Zahnarzt/-ärztin
     return f"{a} / {b}"
 
 
@@ -227,6 +237,8 @@ def normalise(title: str) -> str:
     text = _GENDER_PAREN.sub(" ", text)
     text = _GENDER_WORDS.sub(" ", text)
     text = _GENDER_BARE.sub(" ", text)
+    for pattern, repl in _MULTI_SLASH:
+        text = pattern.sub(repl, text)
     text = _GENDER_SUFFIX.sub("", text)
     text = _PAIR.sub(_pair, text)
     text = _POSTCODE.sub(" ", text)
@@ -249,3 +261,55 @@ def normalise(title: str) -> str:
         cut = text[:MAX_CHARS]
         text = cut.rsplit(" ", 1)[0] if " " in cut else cut
     return text
+
+
+# --------------------------------------------------------------------------------------- gender forms
+_SUFFIX_FORMS = {"in": ("", "in"), "-in": ("", "in"), "innen": ("", "innen"), "r": ("r", ""), "e": ("e", ""),
+                 "n": ("n", "")}  # fmt: skip
+
+
+def _token_forms(token: str) -> tuple[str, str]:
+    """One word of a BERUFENET name -> (masculine, feminine) form; words without "/" stay as they are."""
+    if "/" not in token:
+        return token, token
+    paren = re.fullmatch(r"(.+)\((er/in|in|r|e)\)", token)  # Bauzimmer(er/in)
+    if paren:
+        token = paren.group(1) + "/" + paren.group(2)
+    parts = token.split("/")
+    head, rest = parts[0], parts[1:]
+    low = [p.lower() for p in rest]
+    if low in (["mann", "frau"], ["frau", "mann"]):  # Restaurantfach/mann/frau
+        return head + "mann", head + "frau"
+    if low == ["er", "in"]:  # Zimmer/er/in, Beamt/er/in
+        return head + "er", head + "in"
+    if low == ["e", "in"]:  # Biolog/e/in
+        return head + "e", head + "in"
+    if len(rest) == 2 and rest[0][:1].islower() and len(rest[0]) > 3:  # Amts/anwalt/anwältin
+        return head + rest[0], head + rest[1]
+    if len(rest) == 1:
+        tail = rest[0]
+        if tail.lower() in _SUFFIX_FORMS:  # Verkäufer/in, Angestellte/r
+            m, f = _SUFFIX_FORMS[tail.lower()]
+            return head + m, head + f
+        if tail.lower() in ("-frau", "frau") and head.lower().endswith("mann"):  # Kaufmann/-frau
+            return head, head[: -len("mann")] + "frau"
+        if tail.startswith("-") and len(tail) > 3:  # Rechtsanwalt/-anwältin, Zahnarzt/-ärztin
+            stem = _fold(tail[1:].lower()).removesuffix("in")
+            at = _fold(head.lower()).rfind(stem) if stem else -1
+            if at > 0:
+                return head, head[:at] + tail[1:]
+            return head, tail[1:]
+        if _fold(tail.lower()).startswith(_fold(head.lower())[:3]) or tail[:1].isupper():  # Koch/Köchin
+            return head, tail
+    return head, head + "/" + "/".join(rest)
+
+
+def gender_forms(name: str) -> tuple[str, str]:
+    """A BERUFENET name's (masculine, feminine) reading: "Koch/Köchin" -> ("Koch", "Köchin"),
+    "Medizinische/r Fachangestellte/r" -> ("Medizinischer Fachangestellter", "Medizinische Fachangestellte").
+
+    Job titles use one of the two forms; the catalogue keeps both (normalised) as aliases.
+    """
+    words = (clean_text(name) or "").split()
+    forms = [_token_forms(w) for w in words]
+    return " ".join(m for m, _ in forms), " ".join(f for _, f in forms)
