@@ -18,6 +18,7 @@ from jobpipe.errors import DependencyDown, UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "jobpipe.cli_core",
     "jobpipe.cli_run",
+    "jobpipe.cli_embed",
 )
 
 

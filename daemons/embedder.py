@@ -1,0 +1,199 @@
+"""The embedder: keeps one vector per posting (for the configured model) in pgvector.
+
+Stage `embed` (subject = posting id), queued by the postings triggers on insert and whenever the
+title, description or occupation change:
+- load (one query per batch): the posting's text (title + occupation + description start, cut
+  to `embedder.max_chars`); empty text is completed as "empty" and never sent; a posting whose
+  stored vector of this model was made from the same text is completed as "unchanged";
+- call: one `embed_batch` request per batch (role "document"), `embedder.workers` in flight;
+  a 400 is narrowed down to the offending posting by the client, a wrong dimension is that
+  posting's ItemError, a server that is down defers the batch without charging it;
+- write: one statement per batch (binary `vector[]` upsert) with model, text hash, dimension.
+
+A model change in the config is rolled out by a sweep in `tick`: postings without a vector of
+the new model are queued in bounded steps, below new postings. The HNSW index for the model's
+dimension is built at start, concurrently, in a background thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from jobpipe import embeddings, queue
+from jobpipe.errors import ItemError
+from jobpipe.logs import log_event
+from jobpipe.queue import Item
+from jobpipe.runtime import Context, Daemon, Skip, Stage
+from prometheus_client import Counter, Gauge
+
+
+class EmbedderDaemon(Daemon):
+    name = "embedder"
+    dependencies = ("ollama",)
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        e = ctx.cfg.embedder
+        self.model: str = e.model.strip()
+        self.dimensions: int = e.dimensions
+        self.max_chars: int = e.max_chars
+        self.client = embeddings.client_from_config(ctx.cfg, observer=ctx.metrics.observe_model_call)
+        self.sweep = embeddings.Sweep(self.model, backlog=e.reembed_backlog)
+        self._changed: set[int] = set()  # postings updated while their item was running
+        self._index_thread: threading.Thread | None = None
+        self._index_error: BaseException | None = None
+        self._index_pid: int | None = None
+        reg, m = ctx.metrics.registry, ctx.metrics
+        self.dimension_errors = Counter(
+            f"{m.prefix}dimension_errors",
+            "Vectors of the wrong dimension from the model server (wrong model loaded or misconfigured)",
+            ["daemon"],
+            registry=reg,
+        )
+        self.dimension_errors.labels(m.daemon)  # exists at 0 so the alert rule never sees it absent
+        self.reembed_queued = Counter(
+            f"{m.prefix}reembed_queued",
+            "Postings queued by the sweep (model change, or never queued)",
+            ["daemon"],
+            registry=reg,
+        )
+        self.index_ready = Gauge(
+            f"{m.prefix}index_ready",
+            "1 when the HNSW index of the configured model and dimension is built and valid",
+            ["daemon"],
+            registry=reg,
+        )
+        self.index_ready.labels(m.daemon).set(0)
+
+    def stages(self) -> list[Stage]:
+        e = self.ctx.cfg.embedder
+        return [
+            Stage(
+                name=embeddings.STAGE,
+                load=self.load,
+                call=self.call,
+                write=self.write,
+                batch_size=e.batch_size,
+                workers=e.workers,
+                max_attempts=e.max_attempts,
+            )
+        ]
+
+    # -- start-up: the index ----------------------------------------------------------------------
+
+    def setup(self, conn: Any) -> None:
+        """Check the index for this model (a dimension conflict is a ConfigError: exit, fix config),
+        then build it in the background if it is missing, so READY is not held up by a large table."""
+        if embeddings.index_valid(conn, self.model, self.dimensions):
+            self.index_ready.labels(self.ctx.metrics.daemon).set(1)
+            return
+        embeddings.check_index_conflicts(conn, self.model, self.dimensions)
+        if self._index_thread is not None and self._index_thread.is_alive():
+            return
+        self._index_thread = threading.Thread(target=self._build_index, name="embedder-index", daemon=True)
+        self._index_thread.start()
+
+    def _build_index(self) -> None:
+        try:
+            with self.ctx.connect() as conn:
+                conn.execute("SET statement_timeout = 0")  # an HNSW build over many rows takes minutes
+                self._index_pid = conn.info.backend_pid
+                name = embeddings.ensure_index(conn, self.model, self.dimensions, concurrently=True)
+            self.index_ready.labels(self.ctx.metrics.daemon).set(1)
+            log_event(self.ctx.log, "index_ready", index=name, model=self.model, dimensions=self.dimensions)
+        except Exception as exc:
+            self._index_error = exc
+            log_event(self.ctx.log, "index_failed", level="error", model=self.model, error=str(exc))
+
+    # -- the stage --------------------------------------------------------------------------------
+
+    def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+        by_posting: dict[int, list[Item]] = {}
+        for it in items:
+            by_posting.setdefault(it.subject, []).append(it)
+        out: dict[int, Any] = {}
+        for doc in embeddings.load_docs(conn, list(by_posting), self.model, self.dimensions, self.max_chars):
+            if not doc.text.strip():
+                result: Any = Skip("empty")
+            elif doc.stored_hash == doc.text_hash:
+                result = Skip("unchanged")
+            else:
+                result = doc
+            for it in by_posting[doc.posting_id]:
+                out[it.id] = result
+        return out  # postings deleted meanwhile are absent: completed as "missing"
+
+    def call(self, docs: list[embeddings.PostingDoc]) -> list[Any]:
+        results = self.client.embed_batch([d.text for d in docs], role="document")
+        out: list[Any] = []
+        for doc, res in zip(docs, results, strict=True):
+            if isinstance(res, ItemError):
+                if res.kind == "dimension":
+                    self.dimension_errors.labels(self.ctx.metrics.daemon).inc()
+                    log_event(
+                        self.ctx.log,
+                        "wrong_dimension",
+                        level="error",
+                        posting_id=doc.posting_id,
+                        model=self.model,
+                        expected=self.dimensions,
+                        error=str(res),
+                    )
+                out.append(res)
+                continue
+            try:  # to float32 here, in the worker thread, so the loop thread only writes
+                out.append(embeddings.as_vector(res, self.dimensions))
+            except ItemError as exc:
+                out.append(exc)
+        return out
+
+    def write(self, conn: Any, done: list[tuple[Item, Any, Any]]) -> dict[int, str]:
+        rows = {d.posting_id: (d, v) for _, d, v in done}  # one row per posting (duplicates collapse)
+        written, changed = embeddings.upsert(conn, list(rows.values()), self.model, self.dimensions)
+        self._changed |= changed
+        return {it.id: ("embedded" if it.subject in written else "missing") for it, _, _ in done}
+
+    # -- periodic work ----------------------------------------------------------------------------
+
+    def tick(self, conn: Any) -> None:
+        if self._changed:
+            # Their items are complete now, so enqueue creates new ones; an unchanged text is
+            # then a cheap "unchanged" skip, a changed one is embedded again.
+            ids, self._changed = sorted(self._changed), set()
+            queue.enqueue(conn, embeddings.STAGE, ids)
+        if not self.sweep.done:
+            n = self.sweep.step(conn)
+            if n:
+                self.reembed_queued.labels(self.ctx.metrics.daemon).inc(n)
+        self.ctx.set_status_extra(self._status_text())
+
+    def pending_work(self, conn: Any) -> int:
+        return 0 if self.sweep.done and not self._changed else 1
+
+    def _status_text(self) -> str:
+        text = f"model {self.model} ({self.dimensions}d)"
+        if not self.sweep.done and self.sweep.end:
+            text += f", sweep {100 * self.sweep.cursor // max(1, self.sweep.end)}%"
+        if self._index_error is not None:
+            text += ", INDEX FAILED"
+        elif self._index_thread is not None and self._index_thread.is_alive():
+            text += ", building index"
+        return text
+
+    def close(self) -> None:
+        thread = self._index_thread
+        if thread is not None and thread.is_alive():
+            if self.ctx.stop.is_set() and self._index_pid is not None:
+                # Stopping: cancel the build rather than hold up the stop; the INVALID index it
+                # leaves is dropped and rebuilt at the next start.
+                try:
+                    with self.ctx.connect() as conn:
+                        conn.execute("SELECT pg_cancel_backend(%s)", (self._index_pid,))
+                except Exception:
+                    pass
+            thread.join()
+        self.client.close()
+
+
+DAEMON = EmbedderDaemon
