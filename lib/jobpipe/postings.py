@@ -1,0 +1,316 @@
+"""The postings store: batched upsert of parsed postings, and the outcome of description fetches.
+
+Why it looks like this:
+- One round trip per page. The page goes to PostgreSQL as one JSON array (jsonb_to_recordset);
+  a single statement bumps `last_seen_at` of the unchanged postings, inserts the new ones and
+  rewrites the changed ones (ON CONFLICT DO UPDATE), and reports the three counts.
+- "Changed" means the content hash differs: a hash over every mapped field (title, employer,
+  locations, dates incl. `aenderungsdatum`, ...), computed here and kept in postings.content_hash.
+  Fields that depend on the query (e.g. `entfernung`, only present with `wo`) are not mapped, so
+  the same posting seen through two partitions is not "changed" back and forth.
+- Unchanged postings are not rewritten, so the triggers that queue downstream work (embedding on
+  a new title or description, the description fetch on a new posting) fire only for real changes.
+  A new `aenderungsdatum` also sets description_state back to 'pending', which re-queues the
+  description fetch (the text may have changed; if it did, the embedding is re-queued in turn).
+- Texts go through jobpipe.text.clean_text (PostgreSQL rejects NUL and invalid UTF-8), the raw
+  item is kept as jsonb for later re-parsing, and the title is normalised with
+  jobpipe.titles.normalise (the triggers link it to its `titles` row).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+
+from jobpipe import titles
+from jobpipe.ba_wire import Location, PostingRecord
+from jobpipe.text import clean_text
+
+Conn = psycopg.Connection[Any]
+
+# Description states (postings.description_state); 'pending' is the default of a new posting.
+FETCHED = "fetched"
+EXTERNAL = "external"
+GONE = "gone"
+GIVEN_UP = "given_up"
+PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertStats:
+    inserted: int = 0
+    updated: int = 0  # changed postings rewritten
+    unchanged: int = 0  # only last_seen_at bumped
+    duplicates: int = 0  # the same external id twice in one batch (stored once)
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated + self.unchanged
+
+    def __add__(self, other: UpsertStats) -> UpsertStats:
+        return UpsertStats(
+            self.inserted + other.inserted,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.duplicates + other.duplicates,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptionResult:
+    """What the details endpoint said about one posting."""
+
+    posting_id: int
+    state: str  # fetched, external or gone
+    description: str | None = None  # only for 'fetched' (None: the posting has no text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _normalised(title: str) -> str:
+    # Titles repeat a lot ("Pflegefachkraft (m/w/d)"); the normaliser is regex-heavy (~30 µs).
+    return titles.normalise(title)
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
+
+
+def _location(loc: Location) -> dict[str, Any]:
+    return {
+        "postcode": _text(loc.postcode),
+        "city": _text(loc.city),
+        "region": _text(loc.region),
+        "country": _text(loc.country),
+        "street": _text(loc.street),
+        "lat": loc.lat,
+        "lon": loc.lon,
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def _safe_raw(raw: dict[str, Any]) -> dict[str, Any] | str:
+    """The raw item as jsonb-safe JSON. jsonb rejects `\\u0000`, and orjson rejects lone surrogates;
+    ba_wire already cleans both, this is the guard for records built elsewhere."""
+    try:
+        dumped = orjson.dumps(raw)
+    except (TypeError, orjson.JSONEncodeError):
+        return _deep_clean(raw)
+    if b"\\u0000" in dumped:
+        return _deep_clean(raw)
+    return raw
+
+
+def _deep_clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _deep_clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deep_clean(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return clean_text(str(value))
+
+
+def row_of(record: PostingRecord, normalise: Callable[[str], str] = _normalised) -> dict[str, Any]:
+    """The postings row (as a JSON-able dict) of one record, with its content hash."""
+    title = _text(record.title)
+    locations = [_location(loc) for loc in record.locations]
+    first = locations[0] if locations else {}
+    row: dict[str, Any] = {
+        "external_id": clean_text(record.external_id),
+        "title": title,
+        "title_norm": normalise(title) if title else None,
+        "occupation_label": _text(record.occupation_label),
+        "employer": _text(record.employer),
+        "offer_type": _text(record.offer_type),
+        "postcode": first.get("postcode"),
+        "city": first.get("city"),
+        "region": first.get("region"),
+        "country": first.get("country"),
+        "lat": first.get("lat"),
+        "lon": first.get("lon"),
+        "locations": locations,
+        "published_at": record.published_from,
+        "first_published": record.first_published,
+        "modified_at": record.modified_at,
+        "entry_from": record.entry_from,
+        "external_url": _text(record.external_url),
+        "salary": _text(record.salary),
+        "has_salary": bool(record.has_salary),
+    }
+    # The hash covers every mapped field, also those without a column of their own (they live in raw).
+    extra = (record.occupations, record.homeoffice, record.working_time)
+    row["content_hash"] = hashlib.blake2b(_dumps((row, extra)), digest_size=16).hexdigest()
+    row["raw"] = _safe_raw(record.raw)
+    return row
+
+
+# The column list of jsonb_to_recordset and of the INSERT, in one place.
+_COLUMNS = (
+    ("external_id", "text"),
+    ("title", "text"),
+    ("title_norm", "text"),
+    ("occupation_label", "text"),
+    ("employer", "text"),
+    ("offer_type", "text"),
+    ("postcode", "text"),
+    ("city", "text"),
+    ("region", "text"),
+    ("country", "text"),
+    ("lat", "float8"),
+    ("lon", "float8"),
+    ("locations", "jsonb"),
+    ("published_at", "date"),
+    ("first_published", "date"),
+    ("modified_at", "timestamp"),
+    ("entry_from", "date"),
+    ("external_url", "text"),
+    ("salary", "text"),
+    ("has_salary", "boolean"),
+    ("content_hash", "text"),
+    ("raw", "jsonb"),
+)
+_RECORDSET = ", ".join(f"{name} {typ}" for name, typ in _COLUMNS)
+_INSERT_COLS = ", ".join(name for name, _ in _COLUMNS)
+_SELECT_COLS = ", ".join(
+    "decode(i.content_hash, 'hex')" if name == "content_hash" else f"i.{name}" for name, _ in _COLUMNS
+)
+_UPDATE_SET = ",\n            ".join(
+    f"{name} = excluded.{name}" for name, _ in _COLUMNS if name != "external_id"
+)
+
+# Lookups go through the (source, external_id) index row by row (LATERAL ... LIMIT 1) and the
+# bump through the primary key (= ANY(array)): a hash join over all postings would be chosen by a
+# planner with stale statistics while a first crawl fills the table, and cost O(table) per page.
+_UPSERT = f"""
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({_RECORDSET})
+),
+found AS MATERIALIZED (
+    SELECT i.external_id, q.id, q.content_hash = decode(i.content_hash, 'hex') AS same
+      FROM input i
+      LEFT JOIN LATERAL (
+          SELECT p.id, p.content_hash FROM postings p
+           WHERE p.source = %(source)s AND p.external_id = i.external_id LIMIT 1
+      ) q ON true
+),
+touched AS (
+    UPDATE postings p SET last_seen_at = now()
+     WHERE p.id = ANY(ARRAY(SELECT f.id FROM found f WHERE f.same))
+    RETURNING p.id
+),
+written AS (
+    INSERT INTO postings (source, {_INSERT_COLS})
+    SELECT %(source)s, {_SELECT_COLS}
+      FROM input i
+     WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.external_id = i.external_id AND f.same)
+    ON CONFLICT (source, external_id) DO UPDATE SET
+            {_UPDATE_SET},
+            -- A new aenderungsdatum: fetch the description again (it may have changed too).
+            description_state = CASE WHEN postings.modified_at IS DISTINCT FROM excluded.modified_at
+                                     THEN 'pending' ELSE postings.description_state END,
+            active = true,
+            inactive_since = NULL,
+            last_seen_at = now(),
+            updated_at = now()
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT (SELECT count(*) FROM touched),
+       (SELECT count(*) FROM written WHERE inserted),
+       (SELECT count(*) FROM written WHERE NOT inserted)
+"""
+
+
+def upsert_postings(
+    conn: Conn,
+    records: Iterable[PostingRecord],
+    *,
+    source: str | None = None,
+    normalise: Callable[[str], str] = _normalised,
+) -> UpsertStats:
+    """Store a batch (a page) of postings in one round trip; return what happened to them.
+
+    The same external id twice in the batch is stored once (the last one wins). `source`
+    defaults to the records' own source (all records of a batch must share it).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    seen = 0
+    src = source
+    for record in records:
+        seen += 1
+        if src is None:
+            src = record.source
+        elif source is None and record.source != src:
+            raise ValueError(f"one batch, one source: got {record.source!r} and {src!r}")
+        row = row_of(record, normalise)
+        rows.pop(row["external_id"], None)  # keep the last one, in arrival order
+        rows[row["external_id"]] = row
+    if not rows:
+        return UpsertStats(duplicates=seen)
+    payload = _dumps(list(rows.values())).decode("utf-8")
+    touched, inserted, updated = conn.execute(_UPSERT, {"rows": payload, "source": src}).fetchone()
+    return UpsertStats(inserted, updated, touched, seen - len(rows))
+
+
+def store_descriptions(conn: Conn, results: Sequence[DescriptionResult]) -> dict[int, str]:
+    """Write description outcomes in one round trip; returns {posting_id: state} of the rows found.
+
+    fetched: the text (None when the posting has none) is stored; external: a partner posting
+    without text (terminal); gone: the posting expired, it becomes inactive. fetched and external
+    also count as a verification (the details endpoint just confirmed the posting exists).
+    """
+    if not results:
+        return {}
+    for r in results:
+        if r.state not in (FETCHED, EXTERNAL, GONE):
+            raise ValueError(f"not a description outcome: {r.state!r}")
+    cur = conn.execute(
+        """
+        UPDATE postings p SET
+            description = CASE WHEN d.state = 'fetched' THEN d.description ELSE p.description END,
+            description_state = d.state,
+            description_fetched_at = now(),
+            verified_at = CASE WHEN d.state = 'gone' THEN p.verified_at ELSE now() END,
+            active = CASE WHEN d.state = 'gone' THEN false ELSE p.active END,
+            inactive_since = CASE WHEN d.state = 'gone' THEN coalesce(p.inactive_since, now())
+                                  ELSE p.inactive_since END,
+            updated_at = now()
+          FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS d(id, state, description)
+         WHERE p.id = d.id
+        RETURNING p.id, d.state
+        """,
+        (
+            [r.posting_id for r in results],
+            [r.state for r in results],
+            [clean_text(r.description) for r in results],
+        ),
+    )
+    return dict(cur.fetchall())
+
+
+def description_counts(conn: Conn, source: str | None = None) -> dict[str, int]:
+    """Postings per description state (given_up is kept apart from pending and failures)."""
+    rows = conn.execute(
+        "SELECT description_state, count(*) FROM postings WHERE %(src)s::text IS NULL OR source = %(src)s "
+        "GROUP BY 1",
+        {"src": source},
+    ).fetchall()
+    counts = {s: 0 for s in (PENDING, FETCHED, EXTERNAL, GONE, GIVEN_UP)}
+    counts.update({state: n for state, n in rows})
+    return counts
