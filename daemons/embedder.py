@@ -20,12 +20,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from prometheus_client import Counter, Gauge
+
 from jobpipe import embeddings, queue
 from jobpipe.errors import ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
 from jobpipe.runtime import Context, Daemon, Skip, Stage
-from prometheus_client import Counter, Gauge
 
 
 class EmbedderDaemon(Daemon):

@@ -356,7 +356,7 @@ def cosine_distance(a: Any, b: Any) -> float:
     na, nb = np.linalg.norm(va), np.linalg.norm(vb)
     if na == 0 or nb == 0:
         return 1.0
-    return float(1.0 - np.dot(va, vb) / (na * nb))
+    return max(0.0, float(1.0 - np.dot(va, vb) / (na * nb)))  # rounding can dip below 0
 
 
 def determinism_check(

@@ -70,6 +70,8 @@ def search(
     Uses the client's model and configured dimension (`client.dimensions`); raises UserError for
     an empty query, DependencyDown when the model server is away.
     """
+    if not 1 <= limit <= MAX_LIMIT:  # before the model call: a bad argument costs nothing
+        raise UserError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     query = normalise_whitespace(clean_text(text) or "")
     if not query:
         raise UserError("the search text is empty")
