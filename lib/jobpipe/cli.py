@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobpipe.cli_core",
     "jobpipe.cli_run",
     "jobpipe.cli_embed",
+    "jobpipe.cli_install",
 )
 
 
