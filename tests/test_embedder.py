@@ -455,3 +455,14 @@ def test_determinism_check_uses_builtin_texts_on_an_empty_database(fake, pg_url,
     assert cli.main(["-c", cfg_path, "embeddings", "check", "--sample", "5", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["compared"] == 5 and doc["ok"] is True and doc["max_distance"] <= 1e-6
+
+
+def test_client_from_config_prefers_the_embedders_own_servers(fake):
+    cfg = make_cfg(fake, ollama__urls=["http://127.0.0.1:9"], embedder__urls=[fake.url])
+    with embeddings.client_from_config(cfg) as client:
+        assert client.pool.urls == [fake.url]
+        assert len(client.embed(["Koch"])[0]) == DIM
+    openai = make_cfg(fake, ollama__provider="openai", embedder__input_type=True)
+    with embeddings.client_from_config(openai) as client:
+        client.embed(["Koch"], role="query")
+    assert fake.requests_log[-1][2]["input_type"] == "query"

@@ -84,7 +84,7 @@ def client_from_config(
     provider = e.provider or o.provider
     return make_embedding_client(
         provider,
-        o.urls,
+        e.urls or o.urls,  # the embedder's own servers, else the shared ones
         e.model,
         concurrency=concurrency or e.workers,
         connect_timeout=o.connect_timeout_s,
@@ -94,7 +94,7 @@ def client_from_config(
         query_prefix=e.query_prefix,
         document_prefix=e.document_prefix,
         observer=observer,
-        input_type=bool(getattr(e, "input_type", False)) and provider == "openai",
+        input_type=e.input_type and provider == "openai",
     )
 
 
