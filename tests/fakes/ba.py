@@ -296,13 +296,17 @@ class FakeBA:
         self.inflight = 0
         self.max_inflight = 0
         self.errors: list[str] = []  # handler exceptions (a bug in the fake), for debugging
+        self.last_headers: dict[str, str] = {}  # headers of the latest request (User-Agent checks)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeBA:
         self._server = _Server((self._host, self._port), _Handler)
         self._server.fake = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-ba", daemon=True)
+        # A short poll interval: shutdown() waits for it, and tests start many fakes.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-ba", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -387,6 +391,7 @@ class FakeBA:
         route, rest = self._route(parts.path)
         with self._stats_lock:
             self.arrivals.append(self._clock())
+            self.last_headers = dict(handler.headers.items())
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
         try:
