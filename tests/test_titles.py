@@ -74,8 +74,10 @@ def test_gender_forms_collapse(raw: str, expected: str) -> None:
     [
         # "in" that belongs to the occupation is kept (only places after "in" are noise)
         ("Koch in Feinkostbetrieben", "koch in feinkostbetrieben"),
-        ("Anlagenmechaniker/in in Sanitär-, Heizungs- und Klimatechnik",
-         "anlagenmechaniker in sanitär- heizungs- und klimatechnik"),  # fmt: skip
+        (
+            "Anlagenmechaniker/in in Sanitär-, Heizungs- und Klimatechnik",
+            "anlagenmechaniker in sanitär- heizungs- und klimatechnik",
+        ),
         # " - " specialisation of BERUFENET names is kept, a place after " - " is not
         ("Ingenieur/in - Elektrotechnik", "ingenieur elektrotechnik"),
         ("Elektroniker (m/w/d) - Betriebstechnik - Dresden", "elektroniker betriebstechnik"),
@@ -100,7 +102,9 @@ def test_meaningful_words_are_kept(raw: str, expected: str) -> None:
     assert normalise(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "   ", "(m/w/d)", "m/w/d", "(w/m/d) in Vollzeit", "\x00\x00", "✨✨", "- | -"])
+@pytest.mark.parametrize(
+    "raw", ["", "   ", "(m/w/d)", "m/w/d", "(w/m/d) in Vollzeit", "\x00\x00", "✨✨", "- | -"]
+)
 def test_noise_only_titles_are_empty(raw: str) -> None:
     assert normalise(raw) == ""
 
@@ -125,8 +129,13 @@ def test_giant_titles_are_bounded_and_fast() -> None:
 
 
 def test_normalise_is_idempotent_on_typical_titles() -> None:
-    for raw in ("Pflegefachkraft (m/w/d) in Vollzeit", "Koch/Köchin", "Softwareentwickler C++ (m/w/d)",
-                "Anlagenmechaniker SHK (m/w/d) - Köln", "Kaufmann/-frau im Einzelhandel"):  # fmt: skip
+    for raw in (
+        "Pflegefachkraft (m/w/d) in Vollzeit",
+        "Koch/Köchin",
+        "Softwareentwickler C++ (m/w/d)",
+        "Anlagenmechaniker SHK (m/w/d) - Köln",
+        "Kaufmann/-frau im Einzelhandel",
+    ):
         once = normalise(raw)
         assert normalise(once) == once
 
@@ -136,7 +145,10 @@ def test_normalise_is_idempotent_on_typical_titles() -> None:
     [
         ("Koch/Köchin", ("Koch", "Köchin")),
         ("Verkäufer/in", ("Verkäufer", "Verkäuferin")),
-        ("Medizinische/r Fachangestellte/r", ("Medizinischer Fachangestellter", "Medizinische Fachangestellte")),
+        (
+            "Medizinische/r Fachangestellte/r",
+            ("Medizinischer Fachangestellter", "Medizinische Fachangestellte"),
+        ),
         ("Restaurantfach/mann/frau", ("Restaurantfachmann", "Restaurantfachfrau")),
         ("Kaufmann/-frau - Büromanagement", ("Kaufmann - Büromanagement", "Kauffrau - Büromanagement")),
         ("Biolog/e/in", ("Biologe", "Biologin")),

@@ -1,0 +1,241 @@
+"""The occupation catalogue: saved BERUFENET answers, strict shape checks, idempotent upserts, fetch."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobpipe import catalogue
+from jobpipe.ba import BAClient
+from jobpipe.catalogue import CatalogueError
+from jobpipe.cli import main
+from jobpipe.errors import DependencyDown
+from jobpipe.titles import normalise
+from tests.fakes.ba import FakeBA
+from tests.fakes.ba_data import DATA_DIR, Catalogue
+
+SHIPPED = catalogue.shipped_catalogue()
+
+
+def detail(ident: int, name: str, kldb: str | None = "B 29302", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "kurzBezeichnungNeutral": name,
+        "bezeichnungNeutral": name,
+        "kldb2010": kldb,
+        "codenr": f"B {ident}",
+        "steckbrief": {"kurz": "<p>x</p>"},
+        "infofelder": [],
+        **extra,
+    }
+
+
+def page(items: list[dict[str, Any]], number: int = 0, total_pages: int = 1) -> dict[str, Any]:
+    return {
+        "_embedded": {"berufSucheList": items},
+        "page": {"size": 20, "totalElements": len(items), "totalPages": total_pages, "number": number},
+        "_links": {},
+    }
+
+
+def write(tmp_path: Path, name: str, doc: Any) -> Path:
+    p = tmp_path / name
+    p.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    return p
+
+
+def rows(conn: Any) -> dict[int, tuple[Any, ...]]:
+    return {
+        r[0]: r[1:]
+        for r in conn.execute(
+            "SELECT id, name, full_name, kldb2010, codenr, name_norm, aliases FROM occupations"
+        )
+    }
+
+
+# ------------------------------------------------------------------ the shipped catalogue
+
+
+def test_shipped_catalogue_is_real_and_large_enough() -> None:
+    assert len(SHIPPED) >= 150
+    assert len({o.id for o in SHIPPED}) == len(SHIPPED)
+    lines = (DATA_DIR / "occupation-names-berufenet-2015.txt").read_text(encoding="utf-8").splitlines()
+    names = {line.strip() for line in lines}
+    with (DATA_DIR / "kldb2010.csv").open(encoding="utf-8") as fh:
+        codes = {r["Concept"] for r in csv.DictReader(fh) if len(r["Concept"]) == 5}
+    for occ in SHIPPED:
+        assert occ.name in names, occ.name  # verbatim BERUFENET names
+        assert occ.kldb2010 in codes, (occ.name, occ.kldb2010)  # existing 5-digit KldB 2010 codes
+    # every curated alias points at an occupation of the shipped catalogue
+    shipped_names = {o.name for o in SHIPPED}
+    assert set(catalogue.load_aliases()) <= shipped_names
+
+
+def test_shipped_catalogue_has_no_ambiguous_exact_names() -> None:
+    seen: dict[str, int] = {}
+    curated = catalogue.load_aliases()
+    for occ in SHIPPED:
+        for key in [normalise(occ.name), *catalogue.aliases_for(occ, curated)]:
+            assert seen.setdefault(key, occ.id) == occ.id, f"{key!r} names two occupations"
+
+
+def test_aliases_cover_gender_forms_and_abbreviations() -> None:
+    by_name = {o.name: o for o in SHIPPED}
+    curated = catalogue.load_aliases()
+    mfa = by_name["Medizinische/r Fachangestellte/r"]
+    assert normalise(mfa.name) == "medizinische fachangestellte"
+    assert {"medizinischer fachangestellter", "mfa"} <= set(catalogue.aliases_for(mfa, curated))
+    koch = by_name["Koch/Köchin"]
+    assert "köchin" in catalogue.aliases_for(koch, curated)
+    assert catalogue.embedding_text(koch.name) == "Koch / Köchin"
+
+
+# ------------------------------------------------------------------ loading files
+
+
+def test_load_detail_array_and_list_page(db_conn: Any, tmp_path: Path) -> None:
+    details = write(tmp_path, "details.json", [detail(1, "Koch/Köchin"), [detail(2, "Bäcker/in", "B 29222")]])
+    listing = write(tmp_path, "page0.json", page([{"id": 3, "kurzBezeichnungNeutral": "Verkäufer/in"}]))
+    stats = catalogue.load_files(db_conn, [details, listing])
+    assert (stats.occupations, stats.inserted, stats.updated, stats.unchanged) == (3, 3, 0, 0)
+    got = rows(db_conn)
+    assert got[1][:5] == ("Koch/Köchin", "Koch/Köchin", "29302", "B 1", "koch")
+    assert "köchin" in got[1][5]
+    assert got[2][2] == "29222"
+    assert got[3][:3] == ("Verkäufer/in", None, None)  # a list page has no codes
+
+
+def test_reload_is_idempotent_and_keeps_ids(db_conn: Any, tmp_path: Path) -> None:
+    f = write(tmp_path, "d.json", [detail(1, "Koch/Köchin"), detail(2, "Bäcker/in", "B 29222")])
+    catalogue.load_files(db_conn, [f])
+    before = db_conn.execute("SELECT id, updated_at FROM occupations ORDER BY id").fetchall()
+    again = catalogue.load_files(db_conn, [f])
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+    assert db_conn.execute("SELECT id, updated_at FROM occupations ORDER BY id").fetchall() == before
+    # a renamed occupation and a new code: updated in place, same id
+    g = write(
+        tmp_path,
+        "d2.json",
+        [detail(1, "Koch/Köchin (Restaurant)", "B 29303"), detail(2, "Bäcker/in", "B 29222")],
+    )
+    third = catalogue.load_files(db_conn, [g])
+    assert (third.inserted, third.updated, third.unchanged) == (0, 1, 1)
+    assert rows(db_conn)[1][:3] == ("Koch/Köchin (Restaurant)", "Koch/Köchin (Restaurant)", "29303")
+    assert db_conn.execute("SELECT count(*) FROM occupations").fetchone()[0] == 2
+
+
+def test_a_list_page_never_erases_what_a_detail_said(db_conn: Any, tmp_path: Path) -> None:
+    catalogue.load_files(db_conn, [write(tmp_path, "d.json", [detail(7, "Koch/Köchin")])])
+    listing = write(tmp_path, "p.json", page([{"id": 7, "kurzBezeichnungNeutral": "Koch/Köchin"}]))
+    stats = catalogue.load_files(db_conn, [listing])
+    assert stats.unchanged == 1
+    name, full, kldb, codenr, _norm, _aliases = rows(db_conn)[7]
+    assert (name, full, kldb, codenr) == ("Koch/Köchin", "Koch/Köchin", "29302", "B 7")
+    raw = db_conn.execute("SELECT raw FROM occupations WHERE id = 7").fetchone()[0]
+    assert raw["kldb2010"] == "B 29302"  # the detail answer is kept as raw
+
+
+@pytest.mark.parametrize(
+    ("doc", "path"),
+    [
+        ({"foo": 1}, "at $:"),
+        ("just a string", "at $:"),
+        ({**page([]), "_embedded": {"berufSucheList": {}}}, "$._embedded.berufSucheList:"),
+        (
+            page([{"id": 1, "kurzBezeichnungNeutral": "A"}, {"id": "x", "kurzBezeichnungNeutral": "B"}]),
+            "$._embedded.berufSucheList[1].id:",
+        ),
+        (page([{"id": 1}]), "$._embedded.berufSucheList[0].kurzBezeichnungNeutral:"),
+        (page([None]), "$._embedded.berufSucheList[0]:"),
+        ({"page": {"number": -1, "size": 20, "totalElements": 0, "totalPages": 0}}, "$.page.number:"),
+        ([detail(1, "A"), detail(2, "")], "$[1].kurzBezeichnungNeutral:"),
+        ([detail(1, "A"), 5], "$[1]:"),
+        ([[detail(1, "A"), {"id": True, "kurzBezeichnungNeutral": "B"}]], "$[0][1].id:"),
+        ([detail(1, "A", kldb="28212x")], "$[0].kldb2010:"),
+        ([detail(1, "A", bezeichnungNeutral=["list"])], "$[0].bezeichnungNeutral:"),
+    ],
+)
+def test_wrong_shapes_name_file_and_json_path_and_load_nothing(
+    db_conn: Any, tmp_path: Path, doc: Any, path: str
+) -> None:
+    good = write(tmp_path, "good.json", [detail(1, "Koch/Köchin")])
+    bad = write(tmp_path, "bad.json", doc)
+    with pytest.raises(CatalogueError) as err:
+        catalogue.load_files(db_conn, [good, bad])
+    assert str(bad) in str(err.value)
+    assert path in str(err.value)
+    assert db_conn.execute("SELECT count(*) FROM occupations").fetchone()[0] == 0  # nothing half-loaded
+
+
+def test_broken_json_names_line_and_column(tmp_path: Path) -> None:
+    p = tmp_path / "cut.json"
+    p.write_bytes(b'[{"id": 1, "kurzBezeichnungNeutral": "Koch/K')
+    with pytest.raises(CatalogueError, match=r"cut\.json: at line 1 column \d+: not valid JSON"):
+        catalogue.read_file(p)
+    with pytest.raises(Exception, match="cannot read catalogue file"):
+        catalogue.read_file(tmp_path / "missing.json")
+
+
+def test_nul_bytes_and_invalid_utf8_in_names_are_cleaned_not_fatal(db_conn: Any, tmp_path: Path) -> None:
+    p = tmp_path / "dirty.json"
+    p.write_bytes(b'[{"id": 5, "kurzBezeichnungNeutral": "B\xe4cker/in\\u0000", "kldb2010": "B 29222"}]')
+    catalogue.load_files(db_conn, [p])
+    name = rows(db_conn)[5][0]
+    assert "\x00" not in name
+    assert name.startswith("B") and name.endswith("cker/in")
+
+
+def test_cli_load_and_status(pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "jobpipe.yaml"
+    cfg.write_text(f"database:\n  url: {json.dumps(pg_url)}\n", encoding="utf-8")
+    assert main(["-c", str(cfg), "occupations", "load", "--shipped", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["inserted"] == len(SHIPPED)
+    assert main(["-c", str(cfg), "occupations", "load", "--shipped", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unchanged"] == len(SHIPPED)
+    bad = write(tmp_path, "bad.json", {"nope": True})
+    assert main(["-c", str(cfg), "occupations", "load", str(bad)]) == 2
+    assert f"{bad}: at $:" in capsys.readouterr().err
+    assert main(["-c", str(cfg), "occupations", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["occupations"] == len(SHIPPED)
+
+
+# ------------------------------------------------------------------ fetching from the (fake) API
+
+
+def client_for(fake: FakeBA, **kw: Any) -> BAClient:
+    return BAClient(
+        fake.url,
+        berufenet_url=fake.berufenet_url,
+        rate_limit_per_s=None,
+        backoff_base_s=0.0,
+        sleep=lambda s: None,
+        **kw,
+    )
+
+
+def test_fetch_pages_and_details_then_upserts(db_conn: Any) -> None:
+    cat = Catalogue.load(45)
+    with FakeBA(postings=5, catalogue=cat) as fake, client_for(fake) as client:
+        found, problems = catalogue.fetch(client)
+        assert fake.count("berufe") == 3  # 45 occupations, 20 per page
+        assert fake.count("beruf") == 45
+    assert problems == []
+    stats = catalogue.upsert(db_conn, found)
+    assert stats.inserted == 45
+    got = rows(db_conn)
+    for o in cat.occupations:
+        assert got[o.id][0] == o.name
+        assert got[o.id][2] == o.kldb  # the KldB code came from the detail answer
+
+
+def test_fetch_of_a_dead_api_raises_and_writes_nothing(db_conn: Any) -> None:
+    with FakeBA(postings=5, catalogue=Catalogue.load(30)) as fake, client_for(fake, max_retries=1) as client:
+        fake.faults.fail_next(1000, status=503, route="beruf")
+        with pytest.raises(DependencyDown):
+            catalogue.fetch(client)
+    assert db_conn.execute("SELECT count(*) FROM occupations").fetchone()[0] == 0
