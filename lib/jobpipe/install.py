@@ -182,6 +182,10 @@ def user_exists(name: str) -> bool:
     return True
 
 
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
 def systemd_running() -> bool:
     """sd_booted(3): is systemd the init system of this machine right now?"""
     return os.path.isdir("/run/systemd/system")
@@ -197,6 +201,7 @@ def install(
     run: Runner = default_runner,
     user_exists: Callable[[str], bool] = user_exists,
     systemd_running: Callable[[], bool] = systemd_running,
+    is_root: Callable[[], bool] = is_root,
 ) -> Report:
     """Install units, config, secrets file and service user below `root`.
 
@@ -208,7 +213,7 @@ def install(
     live = (root == Path("/")) if live is None else live
     command = command or jobpipe_command()
     units = render_units(command, user)  # validates the user name first
-    if live and os.geteuid() != 0:
+    if live and not is_root():
         raise UserError(
             "jobpipe install writes /etc and creates a user: run it as root (or stage with --root DIR)"
         )
@@ -305,6 +310,7 @@ def uninstall(
     live: bool | None = None,
     run: Runner = default_runner,
     systemd_running: Callable[[], bool] = systemd_running,
+    is_root: Callable[[], bool] = is_root,
 ) -> Report:
     """Reverse `install`: disable and remove the units, remove the config files it wrote.
 
@@ -313,7 +319,7 @@ def uninstall(
     """
     root = Path(root).absolute()
     live = (root == Path("/")) if live is None else live
-    if live and os.geteuid() != 0:
+    if live and not is_root():
         raise UserError("jobpipe uninstall changes /etc: run it as root (or --root DIR)")
     report = Report(root)
     managed = live and systemd_running()
