@@ -1,0 +1,207 @@
+"""`jobpipe install` / `jobpipe uninstall` into a directory (--root), as packaging would use them,
+and the live-system path (user creation, systemctl) with the commands recorded instead of run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from jobpipe import install
+from jobpipe.config import render_defaults
+from jobpipe.errors import UserError
+from jobpipe.settings import DAEMONS
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMCTL = shutil.which("systemctl")
+needs_systemctl = pytest.mark.skipif(SYSTEMCTL is None, reason="needs systemctl (Debian systemd)")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobpipe.cli", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
+    """Every file and link below root: (kind, mode, content or link target)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = ("link", 0, str(p.readlink()))
+        elif p.is_file():
+            out[rel] = ("file", p.stat().st_mode & 0o777, p.read_text())
+    return out
+
+
+def test_install_writes_units_config_env_and_sysusers(tmp_path: Path) -> None:
+    report = install.install(tmp_path)
+    unit_dir = tmp_path / "etc/systemd/system"
+    service = (unit_dir / "jobpipe@.service").read_text()
+    # ExecStart= is this interpreter's `jobpipe` script, by absolute path.
+    expected_cmd = Path(sys.executable).absolute().parent / "jobpipe"
+    assert expected_cmd.is_file()
+    assert f"\nExecStart={expected_cmd} run %i\n" in service
+    alert = (unit_dir / "jobpipe-alert@.service").read_text()
+    assert install.TEMPLATE_COMMAND not in alert
+    assert f"\nExecStart={expected_cmd} alert unit-failed %i\n" in alert
+    assert "\nUser=jobpipe\n" in service and "\nGroup=jobpipe\n" in service
+    assert (unit_dir / "jobpipe.target").is_file()
+
+    config = tmp_path / "etc/jobpipe/jobpipe.yaml"
+    assert config.read_text() == render_defaults()  # the shipped defaults, from the settings registry
+    env = tmp_path / "etc/jobpipe/env"
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert "JOBPIPE_DATABASE_URL" in env.read_text()
+    assert "u jobpipe " in (tmp_path / "etc/sysusers.d/jobpipe.conf").read_text()
+
+    assert sorted(report.written) == sorted(
+        [unit_dir / n for n in install.UNIT_FILES] + [config, env, tmp_path / "etc/sysusers.d/jobpipe.conf"]
+    )
+    assert report.ran == []  # staged: no user created, nothing enabled
+    text = "\n".join(report.lines())
+    assert "systemctl enable --now jobpipe.target" in text
+    assert "systemctl daemon-reload" in text
+
+
+def test_install_twice_is_idempotent_and_keeps_an_edited_config(tmp_path: Path) -> None:
+    install.install(tmp_path, enable=SYSTEMCTL is not None)
+    first = snapshot(tmp_path)
+    report = install.install(tmp_path, enable=SYSTEMCTL is not None)
+    assert snapshot(tmp_path) == first
+    assert report.written == [] and report.kept == []
+    assert not (tmp_path / "etc/jobpipe/jobpipe.yaml.new").exists()
+
+    config = tmp_path / "etc/jobpipe/jobpipe.yaml"
+    env = tmp_path / "etc/jobpipe/env"
+    edited = config.read_text().replace("  workers: 4\n", "  workers: 9\n", 1)
+    assert edited != config.read_text()
+    config.write_text(edited)
+    env.write_text("JOBPIPE_DATABASE_URL=postgresql://jobpipe:secret@db/jobpipe\n")
+    os.chmod(env, 0o644)  # an operator loosened it by mistake
+
+    report = install.install(tmp_path)
+    assert config.read_text() == edited  # never overwritten
+    new = tmp_path / "etc/jobpipe/jobpipe.yaml.new"
+    assert new.read_text() == render_defaults()
+    assert report.written == [new] and config in report.kept and env in report.kept
+    assert env.read_text() == "JOBPIPE_DATABASE_URL=postgresql://jobpipe:secret@db/jobpipe\n"
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert any("0600" in w for w in report.warnings)
+
+    again = snapshot(tmp_path)
+    report = install.install(tmp_path)
+    assert snapshot(tmp_path) == again and report.written == []
+
+
+def test_user_is_rendered_and_validated(tmp_path: Path) -> None:
+    install.install(tmp_path, user="jp-svc")
+    service = (tmp_path / "etc/systemd/system/jobpipe@.service").read_text()
+    assert "\nUser=jp-svc\n" in service and "\nGroup=jp-svc\n" in service
+    assert "u jp-svc " in (tmp_path / "etc/sysusers.d/jobpipe.conf").read_text()
+    for bad in ("root", "Bad Name", "1abc", "x" * 40):
+        with pytest.raises(UserError):
+            install.install(tmp_path / "other", user=bad)
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="needs systemd-sysusers")
+def test_sysusers_file_creates_the_service_user(tmp_path: Path) -> None:
+    """The staged sysusers.d file is what the target system applies at boot: apply it offline."""
+    install.install(tmp_path)
+    res = subprocess.run(["systemd-sysusers", f"--root={tmp_path}"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    entry = next(
+        line for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("jobpipe:")
+    )
+    _, _, uid, gid, _, home, shell = entry.split(":")
+    assert int(uid) < 1000 and home == "/var/lib/jobpipe" and shell == "/usr/sbin/nologin"
+    assert f"jobpipe:x:{gid}:" in (tmp_path / "etc/group").read_text()
+
+
+def test_live_install_creates_the_user_and_talks_to_systemd(tmp_path: Path) -> None:
+    """On the running system (simulated: commands are recorded, not run)."""
+    ran: list[list[str]] = []
+    report = install.install(
+        tmp_path,
+        enable=True,
+        live=True,
+        run=ran.append,
+        user_exists=lambda name: False,
+        systemd_running=lambda: True,
+        is_root=lambda: True,
+    )
+    sysusers = str(tmp_path / "etc/sysusers.d/jobpipe.conf")
+    create = ran[0]
+    assert create == ["systemd-sysusers", sysusers] or (create[0] == "useradd" and create[-1] == "jobpipe")
+    assert ran[1:] == [["systemctl", "daemon-reload"], ["systemctl", "enable", "jobpipe.target"]]
+    assert report.ran == ran
+    assert "systemctl start jobpipe.target" in report.next_steps
+    assert any("migrate" in s for s in report.next_steps)
+
+    # An existing user is left alone; not being root is a clear error, before anything is written.
+    ran.clear()
+    install.install(tmp_path, live=True, run=ran.append, user_exists=lambda n: True,
+                    systemd_running=lambda: False, is_root=lambda: True)  # fmt: skip
+    assert ran == []
+    with pytest.raises(UserError, match="run it as root"):
+        install.install(tmp_path / "x", live=True, run=ran.append, is_root=lambda: False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_warns_when_protecthome_hides_the_command(tmp_path: Path) -> None:
+    report = install.install(tmp_path, command="/home/ops/venv/bin/jobpipe")
+    assert any("ProtectHome" in w for w in report.warnings)
+    report = install.install(tmp_path / "opt", command="/opt/jobpipe/bin/jobpipe")
+    assert report.warnings == []
+
+
+@needs_systemctl
+def test_cli_install_enable_then_uninstall(tmp_path: Path) -> None:
+    res = cli("install", "--root", str(tmp_path), "--enable")
+    assert res.returncode == 0, res.stderr
+    assert f"systemctl --root={tmp_path} enable jobpipe.target" in res.stdout
+    assert "systemctl start jobpipe.target" in res.stdout
+    wants = tmp_path / "etc/systemd/system/jobpipe.target.wants"
+    assert sorted(p.name for p in wants.iterdir()) == sorted(f"jobpipe@{d}.service" for d in DAEMONS)
+
+    config = tmp_path / "etc/jobpipe/jobpipe.yaml"
+    config.write_text(config.read_text() + "# an operator's note\n")
+    res = cli("uninstall", "--root", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    left = snapshot(tmp_path)
+    assert list(left) == ["etc/jobpipe/jobpipe.yaml"]  # only the operator's edited file is kept
+    assert "--purge" in res.stdout
+
+    res = cli("uninstall", "--root", str(tmp_path), "--purge")
+    assert res.returncode == 0, res.stderr
+    assert snapshot(tmp_path) == {}
+
+
+def test_cli_rejects_a_bad_user_with_one_line(tmp_path: Path) -> None:
+    res = cli("install", "--root", str(tmp_path), "--user", "root")
+    assert res.returncode == 2
+    assert res.stderr.startswith("jobpipe: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_wheel_ships_the_unit_templates(tmp_path: Path) -> None:
+    """A non-editable install must find the units: they are package data (jobpipe.units)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0 and "bdist_wheel" not in res.stderr:
+        pytest.skip(f"cannot build a wheel here: {res.stderr.strip().splitlines()[-1:]}")
+    assert res.returncode == 0, res.stderr
+    (wheel,) = tmp_path.glob("jobpipe-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for unit in install.UNIT_FILES:
+        assert f"jobpipe/units/{unit}" in names
+    assert "jobpipe/install.py" in names
