@@ -18,6 +18,7 @@ dimension is built at start, concurrently, in a background thread.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -27,6 +28,9 @@ from jobpipe.errors import ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
 from jobpipe.runtime import Context, Daemon, Skip, Stage
+
+INDEX_CHECK_S = 2.0  # how often a missing index checks whether the backlog has drained
+INDEX_DEFER_MAX_S = 6 * 3600.0  # build it anyway after this long (a backlog that never drains)
 
 
 class EmbedderDaemon(Daemon):
@@ -45,6 +49,12 @@ class EmbedderDaemon(Daemon):
         self._index_thread: threading.Thread | None = None
         self._index_error: BaseException | None = None
         self._index_pid: int | None = None
+        self._index_ok = False
+        self._index_waiting = False
+        self._index_checked = float("-inf")
+        self._started = time.monotonic()
+        self._catch_up = e.batch_size * e.workers * 4  # "caught up": a few batch cycles of work left
+        self.index_memory_mb: int = e.index_build_memory_mb
         reg, m = ctx.metrics.registry, ctx.metrics
         self.dimension_errors = Counter(
             f"{m.prefix}dimension_errors",
@@ -81,31 +91,68 @@ class EmbedderDaemon(Daemon):
             )
         ]
 
-    # -- start-up: the index ----------------------------------------------------------------------
+    # -- the index ---------------------------------------------------------------------------------
 
     def setup(self, conn: Any) -> None:
-        """Check the index for this model (a dimension conflict is a ConfigError: exit, fix config),
-        then build it in the background if it is missing, so READY is not held up by a large table."""
+        """Check this model's index before READY: a dimension conflict is a ConfigError (exit, fix
+        the config). A missing index is built by `tick`, in the background."""
         if embeddings.index_valid(conn, self.model, self.dimensions):
-            self.index_ready.labels(self.ctx.metrics.daemon).set(1)
+            self._index_done()
             return
         embeddings.check_index_conflicts(conn, self.model, self.dimensions)
-        if self._index_thread is not None and self._index_thread.is_alive():
+
+    def _maybe_build_index(self, conn: Any) -> None:
+        """Start the HNSW build once the embedder has caught up (or has waited too long).
+
+        Why wait: inserting into an HNSW graph one vector at a time costs 2-4 ms per 768-d vector
+        on the loop thread (measured), which caps a backfill at a few hundred postings/s; a bulk
+        build of the same vectors afterwards takes about 0.5 ms each, in parallel workers, off
+        the loop. In steady state (small backlog) the index is built at once and then maintained
+        row by row, which is cheap at that rate.
+        """
+        if self._index_ok or (self._index_thread is not None and self._index_thread.is_alive()):
             return
+        now = time.monotonic()
+        if self._index_error is not None or now - self._index_checked < INDEX_CHECK_S:
+            return
+        self._index_checked = now
+        backlog = conn.execute(
+            "SELECT count(*) FROM queue WHERE stage = %s AND status IN ('pending', 'running')",
+            (embeddings.STAGE,),
+        ).fetchone()[0]
+        caught_up = self.sweep.done and backlog <= self._catch_up
+        if not caught_up and now - self._started < INDEX_DEFER_MAX_S:
+            self._index_waiting = True
+            return
+        self._index_waiting = False
         self._index_thread = threading.Thread(target=self._build_index, name="embedder-index", daemon=True)
         self._index_thread.start()
 
     def _build_index(self) -> None:
         try:
             with self.ctx.connect() as conn:
-                conn.execute("SET statement_timeout = 0")  # an HNSW build over many rows takes minutes
+                conn.execute("SET statement_timeout = 0")  # a build over many rows takes minutes
+                if self.index_memory_mb:  # the graph should fit, or the build slows down badly
+                    conn.execute(f"SET maintenance_work_mem = '{int(self.index_memory_mb)}MB'")
                 self._index_pid = conn.info.backend_pid
+                t0 = time.monotonic()
                 name = embeddings.ensure_index(conn, self.model, self.dimensions, concurrently=True)
-            self.index_ready.labels(self.ctx.metrics.daemon).set(1)
-            log_event(self.ctx.log, "index_ready", index=name, model=self.model, dimensions=self.dimensions)
+            self._index_done()
+            log_event(
+                self.ctx.log,
+                "index_ready",
+                index=name,
+                model=self.model,
+                dimensions=self.dimensions,
+                seconds=round(time.monotonic() - t0, 2),
+            )
         except Exception as exc:
             self._index_error = exc
             log_event(self.ctx.log, "index_failed", level="error", model=self.model, error=str(exc))
+
+    def _index_done(self) -> None:
+        self._index_ok = True
+        self.index_ready.labels(self.ctx.metrics.daemon).set(1)
 
     # -- the stage --------------------------------------------------------------------------------
 
@@ -167,10 +214,13 @@ class EmbedderDaemon(Daemon):
             n = self.sweep.step(conn)
             if n:
                 self.reembed_queued.labels(self.ctx.metrics.daemon).inc(n)
+        self._maybe_build_index(conn)
         self.ctx.set_status_extra(self._status_text())
 
     def pending_work(self, conn: Any) -> int:
-        return 0 if self.sweep.done and not self._changed else 1
+        # --once waits for the sweep, for rows changed while running, and for the index build to start.
+        index_pending = not self._index_ok and self._index_thread is None and self._index_error is None
+        return 0 if self.sweep.done and not self._changed and not index_pending else 1
 
     def _status_text(self) -> str:
         text = f"model {self.model} ({self.dimensions}d)"
@@ -180,6 +230,8 @@ class EmbedderDaemon(Daemon):
             text += ", INDEX FAILED"
         elif self._index_thread is not None and self._index_thread.is_alive():
             text += ", building index"
+        elif self._index_waiting:
+            text += ", index waits for the backlog"
         return text
 
     def close(self) -> None:

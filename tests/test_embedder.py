@@ -466,3 +466,30 @@ def test_client_from_config_prefers_the_embedders_own_servers(fake):
     with embeddings.client_from_config(openai) as client:
         client.embed(["Koch"], role="query")
     assert fake.requests_log[-1][2]["input_type"] == "query"
+
+
+def test_index_waits_for_a_large_backlog_then_is_built_in_bulk(fake, pg_url, db_conn):
+    """Inserting into HNSW one vector at a time is several times dearer than a bulk build: with a
+    backlog, the index is built once the embedder has caught up (in steady state: at once)."""
+    ids = add_postings(
+        db_conn, [{"title": f"{t} {i}", "description": d} for i, (t, d) in enumerate(GERMAN * 6)]
+    )
+    cfg = make_cfg(fake, embedder__batch_size=2, embedder__workers=1)  # "caught up" = 8 items left
+    fake.fail_mode = "hang"
+    runner = runtime.Runner(EmbedderDaemon, cfg, db_url=pg_url, once=True, serve=False)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(runner.run()), daemon=True)
+    thread.start()
+    try:
+        assert fake.wait_until(lambda f: f.in_flight >= 1, 10)  # the first turn (and tick) is over
+        assert not embeddings.index_valid(db_conn, MODEL, DIM)
+        assert "index waits for the backlog" in runner.ctx.status_extra
+        fake.fail_mode = None
+        thread.join(60)
+        assert result == [0]
+    finally:
+        fake.fail_mode = None
+        runner.stop.set()
+        thread.join(10)
+    assert set(stored(db_conn)) == set(ids)
+    assert embeddings.index_valid(db_conn, MODEL, DIM)

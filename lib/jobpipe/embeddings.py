@@ -155,7 +155,6 @@ def ensure_index(conn: Conn, model: str, dimensions: int, *, concurrently: bool 
             "USING hnsw ((embedding::vector({dim})) vector_cosine_ops) WHERE model = {model}"
         ).format(how=how, name=sql.Identifier(name), dim=sql.Literal(dimensions), model=sql.Literal(model))
     )
-    log.info("hnsw index ready", extra={"event": "index_ready", "index": name, "model": model})
     return name
 
 

@@ -410,6 +410,14 @@ SECTIONS: tuple[Section, ...] = (
                 min=1,
                 max=1000000,
             ),
+            _s(
+                "embedder",
+                "index_build_memory_mb",
+                512,
+                "maintenance_work_mem of the HNSW build (the graph should fit); 0 = the server's setting",
+                min=0,
+                max=1048576,
+            ),
         ),
     ),
     Section(
