@@ -20,6 +20,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobpipe.cli_run",
     "jobpipe.cli_embed",
     "jobpipe.cli_install",
+    "jobpipe.cli_verify",
+    "jobpipe.cli_snapshot",
 )
 
 
