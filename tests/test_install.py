@@ -197,8 +197,8 @@ def test_wheel_ships_the_unit_templates(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    if res.returncode != 0 and "bdist_wheel" not in res.stderr:
-        pytest.skip(f"cannot build a wheel here: {res.stderr.strip().splitlines()[-1:]}")
+    if res.returncode != 0 and "satisfies the requirement" in res.stderr:
+        pytest.skip("no package index for the build requirements (setuptools, wheel)")
     assert res.returncode == 0, res.stderr
     (wheel,) = tmp_path.glob("jobpipe-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
