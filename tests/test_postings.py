@@ -97,7 +97,7 @@ def test_unchanged_only_bumps_last_seen(db_conn, pop):
     db_conn.execute("UPDATE queue SET status = 'done', finished_at = now()")
     before = db_conn.execute("SELECT external_id, xmin::text, raw FROM postings ORDER BY 1").fetchall()
     stats = upsert_postings(db_conn, parse(pop, pop.postings[:40]).items)
-    assert (stats.inserted, stats.updated, stats.unchanged) == (0, 0, 40)
+    assert (stats.inserted, stats.updated, stats.unchanged, stats.bumped) == (0, 0, 40, 40)
     rows = db_conn.execute(
         "SELECT count(*) FILTER (WHERE last_seen_at > now() - interval '1 minute'), "
         "count(*) FILTER (WHERE updated_at = '2000-01-01') FROM postings"
@@ -107,6 +107,22 @@ def test_unchanged_only_bumps_last_seen(db_conn, pop):
     assert [(e, r) for e, _, r in before] == after
     for stage in ("embed", "description", "classify"):
         assert live(db_conn, stage) == set(), stage
+
+
+def test_seen_resolution_skips_recent_rewrites(db_conn, pop):
+    items = parse(pop, pop.postings[:30]).items
+    upsert_postings(db_conn, items)
+    before = db_conn.execute("SELECT max(last_seen_at), max(xmin::text::bigint) FROM postings").fetchone()
+    stats = upsert_postings(db_conn, items, seen_resolution_s=3600)
+    assert (stats.unchanged, stats.bumped, stats.inserted, stats.updated) == (30, 0, 0, 0)
+    after = db_conn.execute("SELECT max(last_seen_at), max(xmin::text::bigint) FROM postings").fetchone()
+    assert after == before  # not a single row written
+    db_conn.execute("UPDATE postings SET last_seen_at = now() - interval '2 hours' WHERE id % 2 = 0")
+    stats = upsert_postings(db_conn, items, seen_resolution_s=3600)
+    assert stats.unchanged == 30 and stats.bumped == 15
+    assert db_conn.execute(
+        "SELECT count(*) FROM postings WHERE last_seen_at > now() - interval '1 minute'"
+    ).fetchone() == (30,)
 
 
 def test_changed_title_requeues_embedding_and_description(db_conn, pop):

@@ -19,9 +19,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobpipe.cli_core",
     "jobpipe.cli_run",
     "jobpipe.cli_embed",
+    "jobpipe.cli_fetch",
     "jobpipe.cli_install",
     "jobpipe.cli_verify",
     "jobpipe.cli_snapshot",
+    "jobpipe.cli_classify",
+    "jobpipe.cli_alerts",
 )
 
 

@@ -10,6 +10,8 @@ Why it looks like this:
   the same posting seen through two partitions is not "changed" back and forth.
 - Unchanged postings are not rewritten, so the triggers that queue downstream work (embedding on
   a new title or description, the description fetch on a new posting) fire only for real changes.
+  Even the bump of last_seen_at rewrites the whole (wide, many times indexed) row, so it has a
+  resolution (fetcher.seen_resolution_s): a posting re-seen within it is not written at all.
   A new `aenderungsdatum` also sets description_state back to 'pending', which re-queues the
   description fetch (the text may have changed; if it did, the embedding is re-queued in turn).
 - Texts go through jobpipe.text.clean_text (PostgreSQL rejects NUL and invalid UTF-8), the raw
@@ -46,8 +48,9 @@ PENDING = "pending"
 class UpsertStats:
     inserted: int = 0
     updated: int = 0  # changed postings rewritten
-    unchanged: int = 0  # only last_seen_at bumped
+    unchanged: int = 0  # same content: at most last_seen_at bumped
     duplicates: int = 0  # the same external id twice in one batch (stored once)
+    bumped: int = 0  # unchanged ones whose last_seen_at was bumped (older than the resolution)
 
     @property
     def total(self) -> int:
@@ -59,6 +62,7 @@ class UpsertStats:
             self.updated + other.updated,
             self.unchanged + other.unchanged,
             self.duplicates + other.duplicates,
+            self.bumped + other.bumped,
         )
 
 
@@ -203,16 +207,17 @@ WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({_RECORDSET})
 ),
 found AS MATERIALIZED (
-    SELECT i.external_id, q.id, q.content_hash = decode(i.content_hash, 'hex') AS same
+    SELECT i.external_id, q.id, q.content_hash = decode(i.content_hash, 'hex') AS same,
+           q.last_seen_at >= now() - make_interval(secs => %(resolution)s) AS fresh
       FROM input i
       LEFT JOIN LATERAL (
-          SELECT p.id, p.content_hash FROM postings p
+          SELECT p.id, p.content_hash, p.last_seen_at FROM postings p
            WHERE p.source = %(source)s AND p.external_id = i.external_id LIMIT 1
       ) q ON true
 ),
 touched AS (
     UPDATE postings p SET last_seen_at = now()
-     WHERE p.id = ANY(ARRAY(SELECT f.id FROM found f WHERE f.same))
+     WHERE p.id = ANY(ARRAY(SELECT f.id FROM found f WHERE f.same AND NOT f.fresh))
     RETURNING p.id
 ),
 written AS (
@@ -231,7 +236,8 @@ written AS (
             updated_at = now()
     RETURNING (xmax = 0) AS inserted
 )
-SELECT (SELECT count(*) FROM touched),
+SELECT (SELECT count(*) FROM found WHERE same),
+       (SELECT count(*) FROM touched),
        (SELECT count(*) FROM written WHERE inserted),
        (SELECT count(*) FROM written WHERE NOT inserted)
 """
@@ -242,12 +248,16 @@ def upsert_postings(
     records: Iterable[PostingRecord],
     *,
     source: str | None = None,
+    seen_resolution_s: float = 0.0,
     normalise: Callable[[str], str] = _normalised,
 ) -> UpsertStats:
     """Store a batch (a page) of postings in one round trip; return what happened to them.
 
     The same external id twice in the batch is stored once (the last one wins). `source`
-    defaults to the records' own source (all records of a batch must share it).
+    defaults to the records' own source (all records of a batch must share it). An unchanged
+    posting whose last_seen_at is younger than `seen_resolution_s` is not rewritten at all
+    (a posting re-seen within the resolution, e.g. through a second partition or by the next
+    incremental run, costs no row write); 0 bumps every unchanged posting.
     """
     rows: dict[str, dict[str, Any]] = {}
     seen = 0
@@ -264,8 +274,9 @@ def upsert_postings(
     if not rows:
         return UpsertStats(duplicates=seen)
     payload = _dumps(list(rows.values())).decode("utf-8")
-    touched, inserted, updated = conn.execute(_UPSERT, {"rows": payload, "source": src}).fetchone()
-    return UpsertStats(inserted, updated, touched, seen - len(rows))
+    params = {"rows": payload, "source": src, "resolution": float(seen_resolution_s)}
+    unchanged, bumped, inserted, updated = conn.execute(_UPSERT, params).fetchone()
+    return UpsertStats(inserted, updated, unchanged, seen - len(rows), bumped)
 
 
 def store_descriptions(conn: Conn, results: Sequence[DescriptionResult]) -> dict[int, str]:

@@ -305,6 +305,14 @@ SECTIONS: tuple[Section, ...] = (
             ),
             _s(
                 "fetcher",
+                "seen_resolution_s",
+                3600.0,
+                "unchanged postings get last_seen_at bumped only when it is older than this (no row rewrite)",
+                min=0,
+                max=604800,
+            ),
+            _s(
+                "fetcher",
                 "crawl_retry_s",
                 60.0,
                 "first pause before a failed crawl is retried (doubles, at most incremental_interval_s)",
