@@ -23,8 +23,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobpipe.cli_install",
     "jobpipe.cli_verify",
     "jobpipe.cli_snapshot",
-    "jobpipe.cli_classify",
-    "jobpipe.cli_alerts",
 )
 
 
