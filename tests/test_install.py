@@ -191,16 +191,23 @@ def test_cli_rejects_a_bad_user_with_one_line(tmp_path: Path) -> None:
 
 
 def test_wheel_ships_the_unit_templates(tmp_path: Path) -> None:
-    """A non-editable install must find the units: they are package data (jobpipe.units)."""
+    """A non-editable install must find the units: they are package data (jobpipe.units).
+    Built from a copy of the sources, so no build/ directory lands in the working tree."""
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("lib", "daemons", "units"):
+        shutil.copytree(ROOT / part, src / part, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(src)],
         capture_output=True,
         text=True,
     )
     if res.returncode != 0 and "satisfies the requirement" in res.stderr:
         pytest.skip("no package index for the build requirements (setuptools, wheel)")
     assert res.returncode == 0, res.stderr
-    (wheel,) = tmp_path.glob("jobpipe-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("jobpipe-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for unit in install.UNIT_FILES:
         assert f"jobpipe/units/{unit}" in names

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,7 @@ def live(
     if PROMETHEUS is None or PROMTOOL is None:
         pytest.skip("needs prometheus and promtool (Debian package prometheus)")
     tmp = tmp_path_factory.mktemp("live")
-    name = "t_live_monitoring"
+    name = f"t_live_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_server["url"], autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
