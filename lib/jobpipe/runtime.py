@@ -119,6 +119,14 @@ class Daemon:
     def close(self) -> None:
         """Release clients."""
 
+    # -- alerting (jobpipe.alerting) ----------------------------------------------------------------
+    def alert_conditions(self, conn: Any) -> list[Any]:
+        """Daemon-specific alert conditions (`jobpipe.alerting.Condition`, e.g. built with
+        `alerting.age_condition` / `count_condition`), evaluated every alerts.eval_interval_s next to
+        the built-in ones. Runs on the alert thread with that thread's connection: read the
+        database only, touch no state of the work loop."""
+        return []
+
 
 @dataclass
 class _Batch:
@@ -204,6 +212,7 @@ class Runner:
         self._last_watchdog = 0.0
         self._last_status = 0.0
         self._rr = 0
+        self.alerter: Any = None
 
     # ------------------------------------------------------------------ signals
     def install_signals(self) -> None:
@@ -350,12 +359,15 @@ class Runner:
         try:
             return self._run()
         finally:
+            if self.alerter is not None:
+                self.alerter.close()
             if server is not None:
                 server.shutdown()
 
     def _run(self) -> int:
         self.daemon = self.daemon_cls(self.ctx)
         self.stage_list = self.daemon.stages()
+        self._start_alerter()
         workers = max([s.workers for s in self.stage_list] or [1])
         self.pool = cf.ThreadPoolExecutor(
             max_workers=max(1, sum(s.workers for s in self.stage_list)),
@@ -381,6 +393,34 @@ class Runner:
         finally:
             self._shutdown()
         return 0
+
+    def _start_alerter(self) -> None:
+        """Alert evaluation and delivery run on their own thread (jobpipe.alerting.Alerter): they
+        must go on while this loop waits for a database that is down, and a slow gateway must
+        never delay a claim. Not in --once runs (they end before an evaluation would matter)."""
+        if self.once:
+            return
+        from jobpipe import alerting
+
+        def connect() -> Any:
+            url = self.ctx.url or db.resolve_url(self.cfg, start_embedded=False)
+            return db.connect(
+                url,
+                connect_timeout=self.cfg.database.connect_timeout_s,
+                statement_timeout_s=self.cfg.database.statement_timeout_s,
+                application_name=f"jobpipe-{self.name}-alerts",
+            )
+
+        self.alerter = alerting.Alerter(
+            self.name,
+            self.cfg,
+            connect=connect,
+            stages=[s.name for s in self.stage_list],
+            dependencies=("database", *self.daemon_cls.dependencies),
+            hooks=self.daemon.alert_conditions,
+            metrics=self.metrics,
+        )
+        self.alerter.start()
 
     def _database_lost(self, exc: BaseException) -> None:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

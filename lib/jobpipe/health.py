@@ -1,0 +1,334 @@
+"""`jobpipe health`: one table per stage and a verdict that cannot be green while everything fails.
+
+Per stage: pending (due and scheduled), in flight, done and failed in the last hour and 24 h,
+given up (shown apart), rate, age of the oldest pending item, last success, and a verdict with
+its reasons:
+
+- FAIL: the failure ratio crossed alerts.failure_ratio with at least alerts.failure_min_count
+  processed, in the alert window or the last hour; or in the last 24 h with nothing succeeding
+  since (the predecessor's "0 success, 56 failed" nightly pattern, which is FAIL even when nothing
+  is pending any more); or due work stalled.
+- WARN: the same ratio over 24 h while the last hour is fine (recovered); failures too few to
+  judge; a growing backlog; old pending work; items being given up; pending work and no live
+  instance of the daemon that owns the stage.
+- Given-up items alone never make a stage FAIL: they are finished work that needs a decision.
+
+The same condition functions as the alerts (jobpipe.alerting) decide, so health and Signal agree.
+Everything comes from live-row indexes and the per-minute counts: fast with any history (bench/health.py).
+Exit code 0 / 1 / 2 for OK / WARN / FAIL.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jobpipe import alerting
+from jobpipe.alerting import FAIL, StageFacts, Thresholds, fmt_duration, fmt_time
+from jobpipe.config import Config
+
+OK_, WARN_, FAIL_ = "OK", "WARN", "FAIL"
+_RANK = {OK_: 0, WARN_: 1, FAIL_: 2}
+EXIT_CODES = {OK_: 0, WARN_: 1, FAIL_: 2}
+
+
+@dataclass
+class StageHealth:
+    stage: str
+    daemon: str | None
+    verdict: str
+    reasons: list[str]
+    facts: StageFacts
+    last_error: str = ""
+
+
+@dataclass
+class Health:
+    host: str
+    generated_at: datetime
+    verdict: str
+    stages: list[StageHealth] = field(default_factory=list)
+    daemons: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    channel: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)  # verdict reasons outside the stages
+    elapsed_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+
+def worst(*verdicts: str) -> str:
+    return max(verdicts, key=lambda v: _RANK[v], default=OK_)
+
+
+def stage_verdict(f: StageFacts, th: Thresholds) -> tuple[str, list[str]]:
+    """OK / WARN / FAIL for one stage, with the reasons (worst first)."""
+    fails: list[str] = []
+    warns: list[str] = []
+    for c in alerting.stage_conditions(f, th):
+        if c.active:
+            (fails if c.severity == FAIL else warns).append(f"{c.title}: {c.numbers}")
+    ratio_hit = any(c.startswith("failure ratio") for c in fails)
+    t1 = f.done_1h + f.failed_1h
+    r1 = f.failed_1h / t1 if t1 else 0.0
+    hour_bad = t1 >= th.failure_min_count and r1 >= th.failure_ratio
+    if hour_bad and not ratio_hit:
+        fails.append(
+            f"{f.failed_1h:,} of {t1:,} processed failed in the last hour ({r1:.0%}; "
+            f"fails at >= {th.failure_ratio:.0%} of at least {th.failure_min_count})"
+        )
+    t24 = f.done_24h + f.failed_24h
+    r24 = f.failed_24h / t24 if t24 else 0.0
+    if t24 >= th.failure_min_count and r24 >= th.failure_ratio and not hour_bad and not ratio_hit:
+        text = f"{f.failed_24h:,} of {t24:,} processed failed in the last 24 h ({r24:.0%})"
+        if f.done_1h > 0:
+            warns.append(f"{text}; the last hour is better ({f.failed_1h:,} of {t1:,} failed)")
+        elif f.done_24h == 0:
+            fails.append(f"{text}: nothing succeeded")
+        else:
+            fails.append(f"{text}, and nothing succeeded in the last hour")
+    if not hour_bad and f.failed_1h > 0 and t1 < th.failure_min_count and r1 >= th.failure_ratio:
+        warns.append(
+            f"{f.failed_1h:,} of {t1:,} processed failed in the last hour "
+            f"(fewer than {th.failure_min_count} processed: too few to alert)"
+        )
+    if fails:
+        return FAIL_, fails + warns
+    if warns:
+        return WARN_, warns
+    return OK_, []
+
+
+def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
+    """Everything `jobpipe health` shows, from one connection, in well under a second."""
+    t0 = time.perf_counter()
+    base = Thresholds.from_config(cfg)
+    overrides = alerting.validate_overrides(cfg.alerts.overrides)
+    owners = dict(
+        conn.execute("SELECT DISTINCT ON (stage) stage, daemon FROM alert_samples ORDER BY stage, at DESC")
+    )
+    facts = alerting.gather(conn, None, base)
+    # Stages of daemons with their own thresholds are measured again with those.
+    by_daemon: dict[str, list[str]] = {}
+    for s in facts:
+        d = owners.get(s)
+        if overrides.get(d):
+            by_daemon.setdefault(d, []).append(s)
+    per_stage_th = dict.fromkeys(facts, base)
+    for d, stages in by_daemon.items():
+        th = Thresholds.from_config(cfg, d)
+        facts.update(alerting.gather(conn, stages, th))
+        for s in stages:
+            per_stage_th[s] = th
+
+    now = conn.execute("SELECT now()").fetchone()[0]
+    status_rows = conn.execute(
+        """SELECT daemon, instance, host, pid, started_at, seen_at, coalesce(status, ''), dependencies,
+                  extract(epoch FROM now() - seen_at)
+             FROM daemon_status ORDER BY daemon, instance"""
+    ).fetchall()
+    daemons: list[dict[str, Any]] = []
+    live: set[str] = set()
+    insts: list[alerting.Instance] = []
+    for d, inst, h, pid, started, seen, status, deps, age in status_rows:
+        alive = float(age) <= alerting.STALE_INSTANCE_S
+        if alive:
+            live.add(d)
+            insts.append(alerting.Instance(inst, h, seen, status, dict(deps or {})))
+        daemons.append(
+            {
+                "daemon": d,
+                "instance": inst,
+                "host": h,
+                "pid": pid,
+                "started_at": started,
+                "seen_at": seen,
+                "seen_s_ago": round(float(age), 1),
+                "alive": alive,
+                "status": status,
+                "dependencies_down": sorted(k for k, v in (deps or {}).items() if v is False),
+            }
+        )
+
+    stages: list[StageHealth] = []
+    for s, f in facts.items():
+        verdict, reasons = stage_verdict(f, per_stage_th[s])
+        owner = owners.get(s)
+        if owner and f.due > 0 and owner not in live:
+            verdict = worst(verdict, WARN_)
+            reasons.append(
+                f"{f.due:,} due and no live instance of {owner} (systemctl status jobpipe@{owner})"
+            )
+        err = alerting.last_error(conn, s, insts) if f.failed_24h and verdict != OK_ else ""
+        stages.append(StageHealth(s, owner, verdict, reasons, f, err))
+
+    alerts = [
+        {
+            "daemon": r[0],
+            "condition": r[1],
+            "severity": r[2],
+            "title": r[3] or r[1],
+            "value": r[4] or "",
+            "since": r[5],
+            "delivery": r[6],
+            "delivery_error": r[7],
+        }
+        for r in conn.execute(
+            """SELECT daemon, condition, severity, summary, last_value, since, delivery, delivery_error
+                 FROM alerts WHERE firing ORDER BY since"""
+        ).fetchall()
+    ]
+    problems: list[str] = []
+    verdict = worst(*(st.verdict for st in stages))
+    stage_keys = {
+        f"{p}:{st.stage}"
+        for st in stages
+        for p in ("failure_ratio", "stall", "backlog", "given_up", "oldest_pending")
+    }
+    for a in alerts:
+        if a["condition"] in stage_keys:
+            continue  # the stage table already judges it from the same numbers
+        level = FAIL_ if a["severity"] == FAIL else WARN_
+        verdict = worst(verdict, level)
+        problems.append(f"{a['daemon']}: {a['title']}: {a['value']}")
+    channel = None
+    row = conn.execute(
+        "SELECT degraded_until, reason FROM alert_channel WHERE channel = 'signal' AND degraded_until > now()"
+    ).fetchone()
+    if row:
+        channel = {"degraded_until": row[0], "reason": row[1]}
+        verdict = worst(verdict, WARN_)
+        problems.append(f"Signal alerts held back until {fmt_time(row[0])}: {row[1]}")
+    return Health(
+        host=host or socket.gethostname(),
+        generated_at=now,
+        verdict=verdict,
+        stages=stages,
+        daemons=daemons,
+        alerts=alerts,
+        channel=channel,
+        problems=problems,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def database_down(error: str, host: str | None = None) -> Health:
+    """The verdict when the database itself cannot be reached."""
+    return Health(
+        host=host or socket.gethostname(),
+        generated_at=datetime.now().astimezone(),
+        verdict=FAIL_,
+        problems=[f"database unreachable: {error} (jobpipe db status; systemctl status postgresql)"],
+    )
+
+
+# ---------------------------------------------------------------------------------------- output
+
+
+def _n(v: int) -> str:
+    return f"{v:,}"
+
+
+def _ago(at: datetime | None, now: datetime) -> str:
+    if at is None:
+        return "never"
+    return f"{fmt_time(at)} ({fmt_duration((now - at).total_seconds())} ago)"
+
+
+def render_text(h: Health) -> str:
+    out = [f"jobpipe health on {h.host} at {fmt_time(h.generated_at)}: {h.verdict}"]
+    for p in h.problems:
+        out.append(f"  ! {p}")
+    if not h.stages and not h.problems:
+        out.append("  no stage has work or history yet")
+    for st in h.stages:
+        f = st.facts
+        owner = f" ({st.daemon})" if st.daemon else ""
+        out.append("")
+        out.append(f"stage {st.stage}{owner}: {st.verdict}")
+        for r in st.reasons:
+            out.append(f"  - {r}")
+        rate = f.done_10m / 10.0
+        rows = [
+            ("pending", f"{_n(f.due)} due, {_n(f.scheduled)} scheduled for retry"),
+            ("in flight", _n(f.running)),
+            ("last 1 h", f"{_n(f.done_1h)} done, {_n(f.failed_1h)} failed"),
+            ("last 24 h", f"{_n(f.done_24h)} done, {_n(f.failed_24h)} failed"),
+            (
+                "given up",
+                f"{_n(f.given_up)} (+{_n(f.given_up_1h)} in 1 h, +{_n(f.given_up_24h)} in 24 h; "
+                f"kept apart, `jobpipe queue requeue {st.stage}`)"
+                if f.given_up
+                else "0",
+            ),
+            ("rate", f"{rate:,.1f}/min (last 10 min)"),
+            (
+                "oldest pending",
+                fmt_duration(f.oldest_pending_age_s) if f.oldest_pending_age_s is not None else "-",
+            ),
+            ("last success", _ago(f.last_success, h.generated_at)),
+        ]
+        if st.last_error:
+            rows.append(("last error", st.last_error))
+        for k, v in rows:
+            out.append(f"  {k:<15} {v}")
+    if h.daemons:
+        out.append("")
+        out.append("daemons")
+        for d in h.daemons:
+            state = "alive" if d["alive"] else f"silent for {fmt_duration(d['seen_s_ago'])}"
+            down = f", DOWN: {', '.join(d['dependencies_down'])}" if d["dependencies_down"] else ""
+            status = f" - {d['status']}" if d["status"] and d["status"] != "ok" else ""
+            out.append(f"  {d['daemon']:<12} {d['host']} pid {d['pid']}: {state}{down}{status}")
+    if h.alerts:
+        out.append("")
+        out.append("alerts firing")
+        for a in h.alerts:
+            out.append(f"  {a['daemon']}/{a['condition']} since {fmt_time(a['since'])}: {a['value']}")
+    out.append("")
+    out.append(
+        f"verdict {h.verdict} ({h.elapsed_s * 1000:.0f} ms); details: jobpipe alerts, jobpipe queue stats"
+    )
+    return "\n".join(out)
+
+
+def to_json(h: Health) -> str:
+    def conv(v: Any) -> Any:
+        if isinstance(v, datetime):
+            return v.isoformat()
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [conv(x) for x in v]
+        return v
+
+    data = {
+        "host": h.host,
+        "generated_at": h.generated_at,
+        "verdict": h.verdict,
+        "exit_code": h.exit_code,
+        "elapsed_s": round(h.elapsed_s, 4),
+        "problems": h.problems,
+        "stages": [
+            {
+                "stage": st.stage,
+                "daemon": st.daemon,
+                "verdict": st.verdict,
+                "reasons": st.reasons,
+                "last_error": st.last_error,
+                **{k: v for k, v in asdict(st.facts).items() if k not in ("stage", "samples")},
+                "pending_total": st.facts.pending,
+            }
+            for st in h.stages
+        ],
+        "daemons": h.daemons,
+        "alerts": h.alerts,
+        "channel": h.channel,
+    }
+    return json.dumps(conv(data), indent=2, ensure_ascii=False)
