@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobpipe.cli_install",
     "jobpipe.cli_verify",
     "jobpipe.cli_snapshot",
+    "jobpipe.cli_classify",
     "jobpipe.cli_alerts",
 )
 

@@ -1,0 +1,284 @@
+"""The classifier: maps each normalised posting title to a BERUFENET occupation, cheapest evidence first.
+
+Work arrives by trigger: a posting with a new normalised title creates its `titles` row, which
+queues stage `classify` (subject = titles.id). Postings take their title's occupation when it is
+decided (another trigger), so thousands of postings share one classification.
+
+Stage `classify` (batches of `classifier.batch_size`):
+- load (one query): the titles; exact evidence (source label, catalogue name, alias) is looked
+  up in an in-memory index of the catalogue;
+- call: nothing for exact evidence; else one `embed_batch` request (titles as *queries*);
+- write (one statement): exact outcomes, then a top-K pgvector search per title over the
+  occupation vectors, `no_match` below `classifier.min_similarity`, and the rest handed to
+  stage `classify_llm` with their candidates stored on the title.
+
+Stage `classify_llm` (per item, `classifier.workers` LLM calls in flight):
+- load (one query): title + candidates with names;
+- call: the LLM (`classifier.model`, temperature 0, fixed seed, the versioned prompt in
+  jobpipe/data) answers {"occupation_id", "verdict"}; an id not among the candidates or a
+  malformed answer is an ItemError (retried, then the title's outcome is `error`);
+- write (one statement per batch): matched / llm_no / llm_uncertain with model + prompt version.
+
+The occupation vectors (one per occupation and embedding model) are kept complete by a
+background thread (CatalogueSync): a new catalogue or a new embedding model is embedded once,
+and titles needing the vector search wait for it (deferred, not charged, if it takes long).
+A model that is not pulled (404) is a dependency problem: items are deferred, nothing charged.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+from prometheus_client import Gauge
+
+from jobpipe import classify, embeddings
+from jobpipe.errors import DependencyDown, ItemError
+from jobpipe.logs import log_event
+from jobpipe.models import make_chat_client
+from jobpipe.queue import Item
+from jobpipe.runtime import Context, Daemon, Skip, Stage
+
+
+class ClassifierDaemon(Daemon):
+    name = "classifier"
+    dependencies = ("ollama",)
+    ready_wait_s = 10.0  # how long a vector batch waits for the catalogue before it is deferred
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        c, o = ctx.cfg.classifier, ctx.cfg.ollama
+        observer = ctx.metrics.observe_model_call
+        self.embed_model: str = ctx.cfg.embedder.model.strip()
+        self.dimensions: int = ctx.cfg.embedder.dimensions
+        self.llm_model: str = c.model.strip()
+        self.top_k: int = c.top_k
+        self.min_similarity: float = c.min_similarity
+        self.embed_client = embeddings.client_from_config(ctx.cfg, concurrency=2, observer=observer)
+        self.chat = make_chat_client(
+            c.provider or o.provider,
+            o.urls,
+            self.llm_model,
+            concurrency=c.workers,
+            connect_timeout=o.connect_timeout_s,
+            read_timeout=o.read_timeout_s,
+            api_key=o.api_key or None,
+            observer=observer,
+        )
+        self.prompt = classify.load_prompt()
+        self.versions = classify.Versions(self.llm_model, self.prompt.version, self.embed_model)
+        self.sync = classify.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
+        # The runtime's pool is shared by both stages; this keeps LLM calls at classifier.workers.
+        self._llm_slots = threading.BoundedSemaphore(c.workers)
+        self._closing = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+        self._deferred: set[int] = set()  # titles waiting for the catalogue (counted by pending_work)
+        m = ctx.metrics
+        self.catalogue_gauge = Gauge(
+            f"{m.prefix}catalogue_occupations",
+            "Occupations in the catalogue by embedding state for the configured embedding model",
+            ["daemon", "state"],
+            registry=m.registry,
+        )
+        for state in ("embedded", "pending", "failed"):
+            self.catalogue_gauge.labels(m.daemon, state).set(0)
+
+    def stages(self) -> list[Stage]:
+        c = self.ctx.cfg.classifier
+        return [
+            Stage(
+                name=classify.STAGE,
+                load=self.load,
+                call=self.call,
+                write=self.write,
+                batch_size=c.batch_size,
+                workers=1,
+                max_attempts=c.max_attempts,
+            ),
+            Stage(
+                name=classify.LLM_STAGE,
+                load=self.load_llm,
+                call=self.call_llm,
+                write=self.write_llm,
+                batch_size=c.batch_size,
+                workers=c.workers,
+                per_item=True,
+                max_attempts=c.max_attempts,
+            ),
+        ]
+
+    # -- the catalogue, kept embedded in the background -------------------------------------------
+
+    def setup(self, conn: Any) -> None:
+        if self._sync_thread is None or not self._sync_thread.is_alive():
+            self._sync_thread = threading.Thread(
+                target=self._sync_loop, name="classifier-catalogue", daemon=True
+            )
+            self._sync_thread.start()
+
+    def _sync_loop(self) -> None:
+        conn: Any = None
+        delay, last_error = 1.0, ""
+        while not (self.ctx.stop.is_set() or self._closing.is_set()):
+            try:
+                if conn is None:
+                    conn = self.ctx.connect()
+                busy = self.sync.step(conn)
+                if last_error:
+                    log_event(self.ctx.log, "catalogue_sync_resumed", state=self.sync.describe())
+                delay, last_error = 1.0, ""
+                if not busy:
+                    self._closing.wait(1.0)
+                continue
+            except DependencyDown as exc:
+                error = str(exc)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                error = f"database: {exc}".splitlines()[0]
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+                conn = None
+            except Exception as exc:  # a bug must not end the thread silently: log, retry later
+                error = f"{type(exc).__name__}: {exc}"
+                self.ctx.log.exception("catalogue sync failed", extra={"event": "catalogue_sync_failed"})
+            if error != last_error:
+                log_event(self.ctx.log, "catalogue_sync_waiting", level="warning", error=error[:300])
+            last_error = error
+            self._closing.wait(delay)
+            delay = min(delay * 2, self.ctx.cfg.runtime.dependency_backoff_max_s)
+        if conn is not None:
+            conn.close()
+
+    def tick(self, conn: Any) -> None:
+        s, m = self.sync, self.ctx.metrics
+        self.catalogue_gauge.labels(m.daemon, "pending").set(len(s.todo))
+        self.catalogue_gauge.labels(m.daemon, "failed").set(len(s.failed))
+        self.catalogue_gauge.labels(m.daemon, "embedded").set(max(0, s.total - len(s.todo) - len(s.failed)))
+        self.ctx.set_status_extra(f"{s.describe()}; llm {self.llm_model}")
+
+    def pending_work(self, conn: Any) -> int:
+        return self.sync.pending + len(self._deferred)
+
+    # -- stage classify: evidence and candidates ---------------------------------------------------
+
+    def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+        jobs = classify.load_title_jobs(conn, [it.subject for it in items])
+        return {it.id: jobs[it.subject] for it in items if it.subject in jobs}
+
+    def call(self, jobs: list[classify.TitleJob]) -> list[Any]:
+        out: list[Any] = [None] * len(jobs)
+        if not self.sync.index_event.wait(self.ready_wait_s):
+            down = DependencyDown("catalogue", self.sync.describe(), kind="not_ready")
+            self._deferred.update(job.title_id for job in jobs)
+            return [down for _ in jobs]
+        index = self.sync.index  # the current catalogue's names (replaced whole on a change)
+        need: list[int] = []
+        for i, job in enumerate(jobs):
+            evidence = index.evidence(job.title_norm, job.source_label)
+            if evidence is not None:
+                out[i] = evidence  # (outcome, occupation id): no model call
+            elif not job.title_norm:
+                out[i] = ("empty", None)  # a title of only noise: nothing to classify
+            else:
+                need.append(i)
+        if not need:
+            return out
+        if not self.sync.ready_event.wait(self.ready_wait_s):
+            down = DependencyDown(
+                "catalogue",
+                f"{self.sync.describe()} for embedding model {self.embed_model!r}",
+                kind="not_ready",
+            )
+            for i in need:
+                out[i] = down
+                self._deferred.add(jobs[i].title_id)
+            return out
+        if self.sync.index is not index:  # the catalogue changed while we waited: look again
+            index, still = self.sync.index, []
+            for i in need:
+                evidence = index.evidence(jobs[i].title_norm, jobs[i].source_label)
+                if evidence is not None:
+                    out[i] = evidence
+                else:
+                    still.append(i)
+            need = still
+            if not need:
+                return out
+        vectors = self.embed_client.embed_batch([jobs[i].title_norm for i in need], role="query")
+        for i, vec in zip(need, vectors, strict=True):
+            try:
+                out[i] = vec if isinstance(vec, ItemError) else embeddings.as_vector(vec, self.dimensions)
+            except ItemError as exc:
+                out[i] = exc
+        return out
+
+    def write(self, conn: Any, done: list[tuple[Item, classify.TitleJob, Any]]) -> dict[int, str]:
+        decided, vectors = [], []
+        for _item, job, res in done:
+            self._deferred.discard(job.title_id)
+            if isinstance(res, tuple):
+                outcome, occ = res
+                decided.append((job.title_id, occ, outcome, 1.0 if occ is not None else None))
+            else:
+                vectors.append((job.title_id, res))
+        outcomes = classify.write_vector_stage(
+            conn,
+            decided,
+            vectors,
+            model=self.embed_model,
+            dimensions=self.dimensions,
+            k=self.top_k,
+            min_similarity=self.min_similarity,
+        )
+        return {item.id: outcomes.get(job.title_id, "missing") for item, job, _ in done}
+
+    # -- stage classify_llm: the LLM verifies or picks ---------------------------------------------
+
+    def load_llm(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+        jobs = classify.load_llm_jobs(conn, [it.subject for it in items])
+        out: dict[int, Any] = {}
+        for it in items:
+            job = jobs.get(it.subject)
+            if job is not None:
+                out[it.id] = job if job.candidates else Skip("no_candidates")
+        return out
+
+    def call_llm(self, jobs: list[classify.LLMJob]) -> list[Any]:
+        (job,) = jobs
+        with self._llm_slots:
+            try:
+                return [classify.ask_llm(self.chat, self.prompt, job)]
+            except ItemError as exc:
+                log_event(
+                    self.ctx.log,
+                    "llm_answer_rejected",
+                    level="warning",
+                    title_id=job.title_id,
+                    kind=exc.kind,
+                    error=str(exc)[:300],
+                )
+                return [exc]
+
+    def write_llm(
+        self, conn: Any, done: list[tuple[Item, classify.LLMJob, classify.Decision]]
+    ) -> dict[int, str]:
+        outcomes = classify.write_llm_results(
+            conn,
+            [(job.title_id, decision) for _, job, decision in done],
+            llm_model=self.versions.llm_model,
+            prompt_version=self.versions.prompt_version,
+            embedding_model=self.versions.embedding_model,
+        )
+        return {item.id: outcomes.get(job.title_id, "missing") for item, job, _ in done}
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._sync_thread is not None:
+            self._sync_thread.join(timeout=5.0)
+        self.embed_client.close()
+        self.chat.close()
+
+
+DAEMON = ClassifierDaemon

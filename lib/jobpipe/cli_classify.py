@@ -1,0 +1,208 @@
+"""Commands of the occupation catalogue and the classifier.
+
+jobpipe occupations load PATH... | --shipped   saved BERUFENET answers (list pages, detail arrays)
+jobpipe occupations fetch [--no-details]       page through the live BERUFENET API, politely
+jobpipe occupations status                     counts, KldB coverage, vectors per embedding model
+jobpipe classifier eval FILE.csv               the real pipeline on labelled titles: accuracy, LLM calls
+jobpipe classifier requeue --stale | --outcome X | --unclassified | --all
+jobpipe classifier stats                       titles by outcome
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from jobpipe import catalogue, classify, db
+from jobpipe.cli_core import connect, load_config
+from jobpipe.errors import UserError
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("occupations", help="load, fetch and inspect the BERUFENET occupation catalogue")
+    osub = p.add_subparsers(dest="occupations_command", metavar="ACTION")
+    osub.required = True
+    load = osub.add_parser("load", help="load saved BERUFENET JSON answers (one transaction, idempotent)")
+    load.add_argument("paths", nargs="*", metavar="PATH", help="list pages (/berufe?page=N) or detail arrays")
+    load.add_argument("--shipped", action="store_true", help="load the test catalogue shipped with jobpipe")
+    load.add_argument("--json", action="store_true")
+    load.set_defaults(func=cmd_occupations_load)
+    fetch = osub.add_parser(
+        "fetch", help="page through the live BERUFENET API and upsert everything at the end"
+    )
+    fetch.add_argument("--no-details", action="store_true", help="list pages only (no KldB codes)")
+    fetch.add_argument("--max-pages", type=int, default=None, metavar="N", help="stop after N list pages")
+    fetch.add_argument("--json", action="store_true")
+    fetch.set_defaults(func=cmd_occupations_fetch)
+    status = osub.add_parser("status", help="catalogue size and occupation vectors per embedding model")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_occupations_status)
+
+    p = sub.add_parser("classifier", help="evaluate models, re-queue titles, outcome counts")
+    csub = p.add_subparsers(dest="classifier_command", metavar="ACTION")
+    csub.required = True
+    ev = csub.add_parser(
+        "eval", help="run the pipeline on labelled titles (CSV: title, expected occupation id)"
+    )
+    ev.add_argument("file", metavar="FILE.csv")
+    ev.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows only")
+    ev.add_argument("--model", default=None, help="LLM to evaluate (default: classifier.model)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_classifier_eval)
+    rq = csub.add_parser("requeue", help="queue titles for classification again")
+    rq.add_argument("--stale", action="store_true", help="results of another LLM, prompt or embedding model")
+    rq.add_argument("--outcome", action="append", default=[], choices=classify.ALL_OUTCOMES,
+                    help="every title with this outcome (repeatable)")  # fmt: skip
+    rq.add_argument("--unclassified", action="store_true", help="titles without an outcome")
+    rq.add_argument("--all", action="store_true", help="every title")
+    rq.set_defaults(func=cmd_classifier_requeue)
+    st = csub.add_parser("stats", help="titles by outcome")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_classifier_stats)
+
+
+def _connect_checked(args: argparse.Namespace) -> Any:
+    conn = connect(args)
+    db.check_schema(conn)
+    return conn
+
+
+def _print_stats(stats: catalogue.LoadStats, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(stats.as_dict(), ensure_ascii=False))
+        return
+    print(
+        f"{stats.occupations} occupations from {stats.sources} source(s): {stats.inserted} new, "
+        f"{stats.updated} updated, {stats.unchanged} unchanged"
+    )
+    for problem in stats.problems[:20]:
+        print(f"  note: {problem}")
+
+
+def cmd_occupations_load(args: argparse.Namespace) -> int:
+    if not args.paths and not args.shipped:
+        raise UserError("occupations load: give one or more PATHs, or --shipped")
+    found: list[catalogue.Occupation] = []
+    for path in args.paths:
+        found.extend(catalogue.read_file(path))  # every file is checked before anything is written
+    if args.shipped:
+        found.extend(catalogue.shipped_catalogue())
+    with _connect_checked(args) as conn:
+        stats = catalogue.upsert(conn, found)
+    stats.sources = len(args.paths) + int(args.shipped)
+    _print_stats(stats, args.json)
+    return 0
+
+
+def make_ba_client(cfg: Any) -> Any:
+    """The BA client with the fetcher's politeness settings and the BERUFENET endpoint of the classifier."""
+    from jobpipe.ba import BAClient
+
+    f, c = cfg.fetcher, cfg.classifier
+    return BAClient(
+        f.base_url,
+        f.api_key,
+        berufenet_url=c.berufenet_url,
+        berufenet_api_key=c.berufenet_api_key,
+        user_agent=f.user_agent,
+        max_concurrency=f.max_concurrency,
+        rate_limit_per_s=f.rate_limit_per_s,
+        connect_timeout=min(10.0, f.timeout_s),
+        read_timeout=f.timeout_s,
+        max_retries=f.max_retries,
+        backoff_base_s=f.backoff_base_s,
+        backoff_max_s=f.backoff_max_s,
+    )
+
+
+def cmd_occupations_fetch(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    with make_ba_client(cfg) as client:
+        found, problems = catalogue.fetch(
+            client,
+            details=not args.no_details,
+            max_pages=args.max_pages,
+            progress=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    with _connect_checked(args) as conn:
+        stats = catalogue.upsert(conn, found)
+    stats.sources = 1
+    stats.problems = problems
+    _print_stats(stats, args.json)
+    return 0
+
+
+def cmd_occupations_status(args: argparse.Namespace) -> int:
+    with _connect_checked(args) as conn:
+        total, with_kldb = conn.execute("SELECT count(*), count(kldb2010) FROM occupations").fetchone()
+        models = conn.execute(
+            "SELECT model, count(*), min(vector_dims(embedding)) FROM occupation_embeddings"
+            " GROUP BY model ORDER BY 1"
+        ).fetchall()
+    doc = {
+        "occupations": total,
+        "with_kldb2010": with_kldb,
+        "embeddings": {m: {"occupations": n, "dimensions": d} for m, n, d in models},
+    }
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    print(f"{total} occupations ({with_kldb} with a KldB 2010 code)")
+    for m, n, d in models:
+        print(f"  vectors of {m}: {n} ({d} dimensions)")
+    if not models:
+        print("  no occupation vectors yet (the classifier embeds them when it starts)")
+    return 0
+
+
+def cmd_classifier_eval(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    if args.model:
+        cfg = cfg.with_overrides(classifier__model=args.model)
+    try:
+        with open(args.file, "rb") as fh:
+            rows = classify.parse_labelled_csv(fh.read(), args.file)
+    except OSError as exc:
+        raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    if args.limit is not None:
+        rows = rows[: args.limit]
+    with _connect_checked(args) as conn:
+        report = classify.evaluate_from_config(conn, cfg, rows)
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        print(report.table())
+    return 0
+
+
+def cmd_classifier_requeue(args: argparse.Namespace) -> int:
+    if not (args.stale or args.outcome or args.unclassified or args.all):
+        raise UserError("classifier requeue: say which titles: --stale, --outcome X, --unclassified or --all")
+    cfg = load_config(args)
+    versions = classify.Versions(
+        cfg.classifier.model.strip(), classify.load_prompt().version, cfg.embedder.model.strip()
+    )
+    with _connect_checked(args) as conn:
+        n = classify.requeue(
+            conn,
+            stale=versions if args.stale else None,
+            outcomes=args.outcome,
+            unclassified=args.unclassified,
+            everything=args.all,
+        )
+    print(f"{n} title(s) queued for classification")
+    return 0
+
+
+def cmd_classifier_stats(args: argparse.Namespace) -> int:
+    with _connect_checked(args) as conn:
+        counts = classify.outcome_counts(conn)
+    if args.json:
+        print(json.dumps(counts))
+        return 0
+    total = sum(counts.values()) or 1
+    for outcome, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"{outcome:<16} {n:>9}  {100 * n / total:5.1f} %")
+    return 0
