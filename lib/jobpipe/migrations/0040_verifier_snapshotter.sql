@@ -9,7 +9,7 @@ CREATE INDEX postings_unverified_since ON postings ((coalesce(verified_at, first
 -- may enqueue `sweep_per_minute` postings per minute in total, however many instances run.
 CREATE TABLE verifier_sweep (
     id       boolean PRIMARY KEY DEFAULT true CHECK (id),
-    last_at  timestamptz NOT NULL DEFAULT '-infinity',
+    last_at  timestamptz NOT NULL DEFAULT 'epoch',  -- long ago: the first sweep has a full minute
     enqueued bigint NOT NULL DEFAULT 0              -- total, for `jobpipe verify --status`
 );
 INSERT INTO verifier_sweep DEFAULT VALUES;
