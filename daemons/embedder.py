@@ -101,7 +101,7 @@ class EmbedderDaemon(Daemon):
             return
         embeddings.check_index_conflicts(conn, self.model, self.dimensions)
 
-    def _maybe_build_index(self, conn: Any) -> None:
+    def _maybe_build_index(self, conn: Any, idle: bool = False) -> None:
         """Start the HNSW build once the embedder has caught up (or has waited too long).
 
         Why wait: inserting into an HNSW graph one vector at a time costs 2-4 ms per 768-d vector
@@ -113,7 +113,7 @@ class EmbedderDaemon(Daemon):
         if self._index_ok or (self._index_thread is not None and self._index_thread.is_alive()):
             return
         now = time.monotonic()
-        if self._index_error is not None or now - self._index_checked < INDEX_CHECK_S:
+        if self._index_error is not None or (not idle and now - self._index_checked < INDEX_CHECK_S):
             return
         self._index_checked = now
         backlog = conn.execute(
@@ -197,6 +197,10 @@ class EmbedderDaemon(Daemon):
         return out
 
     def write(self, conn: Any, done: list[tuple[Item, Any, Any]]) -> dict[int, str]:
+        # Vectors can always be computed again, so this transaction need not wait for its WAL
+        # flush (a few ms per batch on the loop thread). A crash can lose the last few hundred ms
+        # of commits, never half of one: their items come back when the leases expire.
+        conn.execute("SET LOCAL synchronous_commit = off")
         rows = {d.posting_id: (d, v) for _, d, v in done}  # one row per posting (duplicates collapse)
         written, changed = embeddings.upsert(conn, list(rows.values()), self.model, self.dimensions)
         self._changed |= changed
@@ -218,9 +222,11 @@ class EmbedderDaemon(Daemon):
         self.ctx.set_status_extra(self._status_text())
 
     def pending_work(self, conn: Any) -> int:
-        # --once waits for the sweep, for rows changed while running, and for the index build to start.
-        index_pending = not self._index_ok and self._index_thread is None and self._index_error is None
-        return 0 if self.sweep.done and not self._changed and not index_pending else 1
+        """Asked when no queue item is due: the sweep, rows changed while running, a due index build."""
+        if not self.sweep.done or self._changed:
+            return 1
+        self._maybe_build_index(conn, idle=True)  # idle now: start it without waiting for the next check
+        return 0
 
     def _status_text(self) -> str:
         text = f"model {self.model} ({self.dimensions}d)"

@@ -135,7 +135,7 @@ def test_text_is_title_occupation_description_start(db_conn):
     text = embeddings.posting_text(
         "  Koch   (m/w/d) ", "Koch/Köchin", "Erste Zeile.\n\n\n\nZweite   Zeile.", 2000
     )
-    assert text == "Koch (m/w/d)\nKoch/Köchin\nErste Zeile.\n\nZweite Zeile."
+    assert text == "Koch (m/w/d)\nKoch/Köchin\nErste Zeile. Zweite Zeile."
     # The title is not repeated as the occupation.
     assert embeddings.posting_text("Koch/Köchin", "koch/köchin", None, 2000) == "Koch/Köchin"
     cut = embeddings.posting_text("Titel", None, "wort " * 1000, 200)
@@ -493,3 +493,21 @@ def test_index_waits_for_a_large_backlog_then_is_built_in_bulk(fake, pg_url, db_
         thread.join(10)
     assert set(stored(db_conn)) == set(ids)
     assert embeddings.index_valid(db_conn, MODEL, DIM)
+
+
+def test_a_fast_model_server_never_lets_the_loop_claim_more_than_it_writes(fake, pg_url, db_conn):
+    """With an instant model server every call finishes at once; the runtime must still write
+    before it claims more (else one turn claims the whole queue and holds every vector in memory:
+    the embedder's RSS grew by 4.5 KB per pending posting before this was fixed)."""
+    add_postings(db_conn, [{"title": f"Stelle {i}"} for i in range(120)])
+    seen: list[int] = []
+
+    class Watched(EmbedderDaemon):
+        def write(self, conn: Any, done: list[tuple[Any, Any, Any]]) -> dict[int, str]:
+            seen.append(conn.execute("SELECT count(*) FROM queue WHERE status = 'running'").fetchone()[0])
+            return super().write(conn, done)
+
+    cfg = make_cfg(fake, embedder__batch_size=4, embedder__workers=2)
+    assert runtime.run_daemon(Watched, cfg, once=True, db_url=pg_url) == 0
+    assert len(stored(db_conn)) == 120
+    assert max(seen) <= 4 * (2 + 1), seen  # batch_size x (workers + one prefetched batch)

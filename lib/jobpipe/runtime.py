@@ -479,12 +479,14 @@ class Runner:
         for k in range(n):
             stage = self.stage_list[(self._rr + k) % n]
             while not self.stop.is_set() and time.monotonic() >= self.backoff_until:
+                # Finished but unwritten batches count too: with a fast model server they would
+                # otherwise let one turn claim the whole queue, holding every result in memory.
                 mine = [b for b in self.inflight if b.stage is stage]
                 if stage.per_item:
                     busy = sum(1 for b in mine for _, f in b.futures if not f.done())
-                    room = busy < stage.workers and sum(1 for b in mine if not b.done()) < 2
+                    room = busy < stage.workers and len(mine) < 2
                 else:
-                    room = sum(1 for b in mine if not b.done()) < stage.workers + 1
+                    room = len(mine) < stage.workers + 1
                 if not room:
                     break
                 got = self._claim_batch(stage)
