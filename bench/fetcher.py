@@ -53,12 +53,14 @@ def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
         result = crawl.run_source(client, conn, run, f"bench:{os.getpid()}", settings)
         assert result is not None
     seconds = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_kb = usage.ru_maxrss  # KiB on Linux
     print(
         json.dumps(
             {
                 "seconds": seconds,
                 "crawl_seconds": result.seconds,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
                 "peak_rss_mb": peak_kb / 1024,
                 "error": result.error,
                 **result.stats_json(),

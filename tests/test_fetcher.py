@@ -5,6 +5,7 @@ the daemon on the real runtime, and the `jobpipe fetch` commands."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -102,7 +103,7 @@ def test_partition_split_under_the_cap(db_conn, fake):
     assert result.truncated == []
     assert stored(db_conn) == live_refnrs(fake)
     assert all(page * size <= 100 for _, page, size in rec.calls)
-    assert result.parts > 1 and any("wo" in p for p, _, _ in rec.calls)
+    assert result.parts > 1
     # a posting listed in several parts (several locations) is stored once
     assert db_conn.execute("SELECT count(*) FROM postings").fetchone()[0] == len(live_refnrs(fake))
 
@@ -142,25 +143,27 @@ def test_split_gap_is_recorded(db_conn):
     assert len(gaps) == 1 and gaps[0].total == total and gaps[0].covered < total
 
 
-def test_choose_split_prefers_a_covering_dimension():
+def test_choose_split_prefers_a_covering_dimension_with_least_overlap():
     c = crawl.Crawler.__new__(crawl.Crawler)
     c.dimensions = crawl.SPLIT_DIMENSIONS
-    page = SearchPage(
-        items=(),
-        total=100,
-        page=1,
-        size=10,
-        facets={
-            "bundesland": {"Bayern": 50, "Berlin": 30},  # covers 80 of 100
-            "arbeitszeit": {"vz": 80, "tz": 40, "ho": 0},  # covers all
-        },
-    )
+    c.reachable = 60
+    facets = {
+        "bundesland": {"Bayern": 50, "Berlin": 30},  # covers 80 of 100: a gap
+        "arbeitszeit": {"vz": 80, "tz": 40, "ho": 0},  # covers all, 20 fetched twice
+        "befristung": {"1": 30, "2": 70},  # covers all exactly, one part above the cap
+        "berufsfeld": {"A": 50, "B": 50},  # covers all exactly, every part under the cap
+    }
+    page = SearchPage(items=(), total=100, page=1, size=10, facets=facets)
     dim, values = c._choose_split({}, page)
-    assert dim.param == "arbeitszeit" and values == ["vz", "tz"]
-    dim, values = c._choose_split({"arbeitszeit": "vz"}, page)
+    assert dim.param == "berufsfeld" and values == ["A", "B"]
+    dim, values = c._choose_split({"berufsfeld": "A"}, page)
+    assert dim.param == "befristung" and values == ["2", "1"]  # exact beats overlapping
+    dim, values = c._choose_split({"berufsfeld": "A", "befristung": "1"}, page)
+    assert dim.param == "arbeitszeit" and values == ["vz", "tz"]  # covering beats a gap
+    dim, values = c._choose_split({"berufsfeld": "A", "befristung": "1", "arbeitszeit": "vz"}, page)
     assert dim.param == "wo" and values == ["Bayern", "Berlin"]  # best coverage left
     dim, values = c._choose_split({}, SearchPage(items=(), total=100, page=1, size=10))
-    assert dim.param == "wo" and len(values) == 16  # no facets: the federal states
+    assert dim.param == "wo" and len(values) == 16  # no facets: the federal states, in order
 
 
 def test_two_partitions_share_postings_stored_once(db_conn, fake):
@@ -335,6 +338,46 @@ def test_wrong_key_is_dependency_down_and_backs_off(db_conn, fake):
     assert crawl.due_runs(db_conn, 3600, 86400) == []  # no crash loop: the next try waits
 
 
+def test_outage_mid_crawl_keeps_stored_pages_and_backs_off(db_conn, fake):
+    crawl.sync_sources(db_conn, crawl.parse_sources([{"name": "de"}]))
+    run = crawl.due_runs(db_conn, 3600, 86400)[0]
+
+    def break_after_first_page(ev: crawl.PageEvent) -> None:
+        if ev.page == 1:
+            fake.faults.fail_next(100, 503, route="search")
+
+    settings = crawl.CrawlSettings(page_size=50, retry_s=30, retry_max_s=60)
+    with pytest.raises(DependencyDown):
+        crawl.run_source(client_for(fake), db_conn, run, "me", settings, on_page=break_after_first_page)
+    n = len(stored(db_conn))
+    assert 50 <= n <= 100  # page 1 (and page 2 if it was prefetched before the outage) kept
+    ok, err = db_conn.execute("SELECT last_success_at, last_error FROM fetch_sources").fetchone()
+    assert ok is None and "503" in err
+    # the next run, once the BA is back, completes and only adds what is missing
+    fake.faults.clear()
+    db_conn.execute("UPDATE fetch_sources SET next_attempt_at = NULL")
+    result = crawl.run_source(
+        client_for(fake), db_conn, crawl.due_runs(db_conn, 3600, 86400)[0], "me", settings
+    )
+    assert result.error is None and result.stats.inserted == len(live_refnrs(fake)) - n
+    assert stored(db_conn) == live_refnrs(fake)
+
+
+def test_stop_ends_the_crawl_between_pages_and_releases_the_lease(db_conn, fake):
+    crawl.sync_sources(db_conn, crawl.parse_sources([{"name": "de"}]))
+    run = crawl.due_runs(db_conn, 3600, 86400)[0]
+    stop = threading.Event()
+    settings = crawl.CrawlSettings(page_size=50)
+    result = crawl.run_source(
+        client_for(fake), db_conn, run, "me", settings, stop=stop, on_page=lambda ev: stop.set()
+    )
+    assert result.stopped and result.error is None
+    assert 50 <= len(stored(db_conn)) <= 100
+    row = db_conn.execute("SELECT lease_owner, last_success_at, last_error FROM fetch_sources").fetchone()
+    assert row == (None, None, None)  # released, not a success, not a failure
+    assert [r.name for r in crawl.due_runs(db_conn, 3600, 86400)] == ["de"]
+
+
 # ---------------------------------------------------------------- the daemon on the runtime
 
 
@@ -393,6 +436,27 @@ def test_daemon_crawls_and_fetches_descriptions(pg_url, db_conn):
         True,
         False,
     )
+
+
+def test_daemon_metrics_pass_promtool(pg_url):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required (Debian package prometheus)"
+    with FakeBA(population(30, seed=18)) as f:
+        metrics = run_fetcher(daemon_cfg(f), pg_url)
+    text = metrics.exposition().decode()
+    for name in (
+        "jobpipe_fetcher_schema_errors_total",
+        "jobpipe_fetcher_truncated_partitions",
+        "jobpipe_fetcher_postings_total",
+        "jobpipe_fetcher_pages_total",
+        "jobpipe_fetcher_crawls_total",
+        "jobpipe_fetcher_last_crawl_success_timestamp_seconds",
+    ):
+        assert f"# TYPE {name.removesuffix('_total')}" in text, name
+    res = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_daemon_marks_gone_postings_inactive_and_outages_charge_nothing(pg_url, db_conn):

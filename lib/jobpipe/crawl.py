@@ -389,8 +389,9 @@ class Crawler:
     """Crawls one source at a time: split under the cap, fetch, upsert page by page.
 
     `client` is a jobpipe.ba.BAClient (anything with `search(params, page, size)`); `conn` an
-    autocommit connection this crawler owns while it runs. `metrics` (FetcherMetrics), `on_page`,
-    `stop` and `keep_lease` are optional hooks; `log` defaults to this module's logger.
+    autocommit connection this crawler owns while it runs (it turns synchronous_commit off).
+    `metrics` (FetcherMetrics), `on_page`, `stop` and `keep_lease` are optional hooks; `logger`
+    defaults to this module's logger.
     """
 
     def __init__(
@@ -424,6 +425,9 @@ class Crawler:
         self.stop = stop or threading.Event()
         self.keep_lease = keep_lease
         self.log = logger or log
+        # Every page commits on its own; waiting for each WAL flush would cost a disk sync per page.
+        # Safe to skip here: a page lost to a crash is fetched and stored again by the next run.
+        conn.execute("SET synchronous_commit = off")
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="crawl-fetch")
 
     def close(self) -> None:
@@ -533,12 +537,16 @@ class Crawler:
     def _choose_split(self, params: dict[str, Any], page: SearchPage) -> tuple[Dimension, list[str]] | None:
         """The next dimension to split by and its values (empty ones left out).
 
-        With facet counts: the first dimension (in order) whose values cover every hit, else the
-        one covering most. Without: the first dimension with known values.
+        With facet counts: among the dimensions whose values cover every hit, the one with the
+        least overlap (a posting with two locations or two working times is fetched once per
+        part it is in: a smaller sum means fewer duplicate fetches), then the one leaving fewest
+        parts above the cap, then the configured order. When none covers every hit: the one
+        covering most (the gap is recorded). Without facets: the first dimension with known values.
         """
+        covering: list[tuple[int, int, int, Dimension, list[str]]] = []
         best: tuple[int, Dimension, list[str]] | None = None
         fallback: tuple[Dimension, list[str]] | None = None
-        for dim in self.dimensions:
+        for order, dim in enumerate(self.dimensions):
             if dim.param in params:
                 continue
             counts = next((page.facets[f] for f in dim.facets if page.facets.get(f)), None)
@@ -546,11 +554,15 @@ class Crawler:
                 values = [v for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n > 0]
                 coverage = sum(counts[v] for v in values)
                 if coverage >= page.total:
-                    return dim, values
-                if best is None or coverage > best[0]:
+                    over_cap = sum(1 for v in values if counts[v] > self.reachable)
+                    covering.append((coverage, over_cap, order, dim, values))
+                elif best is None or coverage > best[0]:
                     best = (coverage, dim, values)
             elif dim.values and fallback is None:
                 fallback = (dim, list(dim.values))
+        if covering:
+            _, _, _, dim, values = min(covering, key=lambda c: c[:3])
+            return dim, values
         if best is not None:
             return best[1], best[2]
         return fallback

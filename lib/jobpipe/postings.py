@@ -1,9 +1,12 @@
 """The postings store: batched upsert of parsed postings, and the outcome of description fetches.
 
 Why it looks like this:
-- One round trip per page. The page goes to PostgreSQL as one JSON array (jsonb_to_recordset);
-  a single statement bumps `last_seen_at` of the unchanged postings, inserts the new ones and
-  rewrites the changed ones (ON CONFLICT DO UPDATE), and reports the three counts.
+- A page is stored with at most two round trips, the second only when needed. First the page's
+  (external id, content hash) pairs: one statement looks every posting up by its unique index,
+  bumps `last_seen_at` of the unchanged ones and returns the ids that are new or changed. Then
+  only those are sent in full (one JSON array through jsonb_to_recordset) and upserted (INSERT ...
+  ON CONFLICT DO UPDATE). A re-crawl of unchanged data so costs one small statement per page, and
+  the client skips the expensive parts (title normalisation, serialising the raw item) for it.
 - "Changed" means the content hash differs: a hash over every mapped field (title, employer,
   locations, dates incl. `aenderungsdatum`, ...), computed here and kept in postings.content_hash.
   Fields that depend on the query (e.g. `entfernung`, only present with `wo`) are not mapped, so
@@ -131,15 +134,13 @@ def _deep_clean(value: Any) -> Any:
     return clean_text(str(value))
 
 
-def row_of(record: PostingRecord, normalise: Callable[[str], str] = _normalised) -> dict[str, Any]:
-    """The postings row (as a JSON-able dict) of one record, with its content hash."""
-    title = _text(record.title)
+def _fields(record: PostingRecord) -> tuple[dict[str, Any], str]:
+    """The record's cleaned column values (without title_norm and raw) and its content hash."""
     locations = [_location(loc) for loc in record.locations]
     first = locations[0] if locations else {}
-    row: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "external_id": clean_text(record.external_id),
-        "title": title,
-        "title_norm": normalise(title) if title else None,
+        "title": _text(record.title),
         "occupation_label": _text(record.occupation_label),
         "employer": _text(record.employer),
         "offer_type": _text(record.offer_type),
@@ -160,9 +161,27 @@ def row_of(record: PostingRecord, normalise: Callable[[str], str] = _normalised)
     }
     # The hash covers every mapped field, also those without a column of their own (they live in raw).
     extra = (record.occupations, record.homeoffice, record.working_time)
-    row["content_hash"] = hashlib.blake2b(_dumps((row, extra)), digest_size=16).hexdigest()
-    row["raw"] = _safe_raw(record.raw)
-    return row
+    digest = hashlib.blake2b(_dumps((fields, extra)), digest_size=16).hexdigest()
+    return fields, digest
+
+
+def _complete(
+    record: PostingRecord, fields: dict[str, Any], digest: str, normalise: Callable[[str], str]
+) -> dict[str, Any]:
+    """The full row to write: the fields plus the normalised title, the hash and the raw item."""
+    title = fields["title"]
+    return {
+        **fields,
+        "title_norm": normalise(title) if title else None,
+        "content_hash": digest,
+        "raw": _safe_raw(record.raw),
+    }
+
+
+def row_of(record: PostingRecord, normalise: Callable[[str], str] = _normalised) -> dict[str, Any]:
+    """The postings row (as a JSON-able dict) of one record, with its content hash."""
+    fields, digest = _fields(record)
+    return _complete(record, fields, digest, normalise)
 
 
 # The column list of jsonb_to_recordset and of the INSERT, in one place.
@@ -199,15 +218,16 @@ _UPDATE_SET = ",\n            ".join(
     f"{name} = excluded.{name}" for name, _ in _COLUMNS if name != "external_id"
 )
 
+# Step 1: which postings of the page are new or changed; bump the unchanged ones.
 # Lookups go through the (source, external_id) index row by row (LATERAL ... LIMIT 1) and the
 # bump through the primary key (= ANY(array)): a hash join over all postings would be chosen by a
 # planner with stale statistics while a first crawl fills the table, and cost O(table) per page.
-_UPSERT = f"""
+_CHECK = """
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({_RECORDSET})
+    SELECT * FROM unnest(%(ids)s::text[], %(hashes)s::bytea[]) AS r(external_id, content_hash)
 ),
 found AS MATERIALIZED (
-    SELECT i.external_id, q.id, q.content_hash = decode(i.content_hash, 'hex') AS same,
+    SELECT i.external_id, q.id, q.content_hash = i.content_hash AS same,
            q.last_seen_at >= now() - make_interval(secs => %(resolution)s) AS fresh
       FROM input i
       LEFT JOIN LATERAL (
@@ -219,27 +239,29 @@ touched AS (
     UPDATE postings p SET last_seen_at = now()
      WHERE p.id = ANY(ARRAY(SELECT f.id FROM found f WHERE f.same AND NOT f.fresh))
     RETURNING p.id
-),
-written AS (
-    INSERT INTO postings (source, {_INSERT_COLS})
-    SELECT %(source)s, {_SELECT_COLS}
-      FROM input i
-     WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.external_id = i.external_id AND f.same)
-    ON CONFLICT (source, external_id) DO UPDATE SET
-            {_UPDATE_SET},
-            -- A new aenderungsdatum: fetch the description again (it may have changed too).
-            description_state = CASE WHEN postings.modified_at IS DISTINCT FROM excluded.modified_at
-                                     THEN 'pending' ELSE postings.description_state END,
-            active = true,
-            inactive_since = NULL,
-            last_seen_at = now(),
-            updated_at = now()
-    RETURNING (xmax = 0) AS inserted
 )
 SELECT (SELECT count(*) FROM found WHERE same),
        (SELECT count(*) FROM touched),
-       (SELECT count(*) FROM written WHERE inserted),
-       (SELECT count(*) FROM written WHERE NOT inserted)
+       ARRAY(SELECT external_id FROM found WHERE same IS NOT TRUE)
+"""
+
+# Step 2: the new and changed postings, in full. The WHERE keeps a concurrent writer's identical
+# content from being rewritten (and its triggers from firing) a second time.
+_WRITE = f"""
+INSERT INTO postings (source, {_INSERT_COLS})
+SELECT %(source)s, {_SELECT_COLS}
+  FROM jsonb_to_recordset(%(rows)s::jsonb) AS i({_RECORDSET})
+ON CONFLICT (source, external_id) DO UPDATE SET
+        {_UPDATE_SET},
+        -- A new aenderungsdatum: fetch the description again (it may have changed too).
+        description_state = CASE WHEN postings.modified_at IS DISTINCT FROM excluded.modified_at
+                                 THEN 'pending' ELSE postings.description_state END,
+        active = true,
+        inactive_since = NULL,
+        last_seen_at = now(),
+        updated_at = now()
+  WHERE postings.content_hash IS DISTINCT FROM excluded.content_hash
+RETURNING (xmax = 0) AS inserted
 """
 
 
@@ -251,15 +273,16 @@ def upsert_postings(
     seen_resolution_s: float = 0.0,
     normalise: Callable[[str], str] = _normalised,
 ) -> UpsertStats:
-    """Store a batch (a page) of postings in one round trip; return what happened to them.
+    """Store a batch (a page) of postings; return what happened to them.
 
+    One round trip when nothing is new or changed, two otherwise (see the module docstring).
     The same external id twice in the batch is stored once (the last one wins). `source`
     defaults to the records' own source (all records of a batch must share it). An unchanged
     posting whose last_seen_at is younger than `seen_resolution_s` is not rewritten at all
     (a posting re-seen within the resolution, e.g. through a second partition or by the next
     incremental run, costs no row write); 0 bumps every unchanged posting.
     """
-    rows: dict[str, dict[str, Any]] = {}
+    batch: dict[str, tuple[PostingRecord, dict[str, Any], str]] = {}
     seen = 0
     src = source
     for record in records:
@@ -268,15 +291,31 @@ def upsert_postings(
             src = record.source
         elif source is None and record.source != src:
             raise ValueError(f"one batch, one source: got {record.source!r} and {src!r}")
-        row = row_of(record, normalise)
-        rows.pop(row["external_id"], None)  # keep the last one, in arrival order
-        rows[row["external_id"]] = row
-    if not rows:
+        fields, digest = _fields(record)
+        key = fields["external_id"]
+        batch.pop(key, None)  # keep the last one, in arrival order
+        batch[key] = (record, fields, digest)
+    if not batch:
         return UpsertStats(duplicates=seen)
-    payload = _dumps(list(rows.values())).decode("utf-8")
-    params = {"rows": payload, "source": src, "resolution": float(seen_resolution_s)}
-    unchanged, bumped, inserted, updated = conn.execute(_UPSERT, params).fetchone()
-    return UpsertStats(inserted, updated, unchanged, seen - len(rows), bumped)
+    unchanged, bumped, todo = conn.execute(
+        _CHECK,
+        {
+            "ids": list(batch),
+            "hashes": [bytes.fromhex(digest) for _, _, digest in batch.values()],
+            "source": src,
+            "resolution": float(seen_resolution_s),
+        },
+    ).fetchone()
+    inserted = updated = 0
+    if todo:
+        rows = [_complete(*batch[key], normalise) for key in todo]
+        cur = conn.execute(_WRITE, {"rows": _dumps(rows).decode("utf-8"), "source": src})
+        for (new,) in cur.fetchall():
+            if new:
+                inserted += 1
+            else:
+                updated += 1
+    return UpsertStats(inserted, updated, unchanged, seen - len(batch), bumped)
 
 
 def store_descriptions(conn: Conn, results: Sequence[DescriptionResult]) -> dict[int, str]:
