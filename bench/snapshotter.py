@@ -95,15 +95,16 @@ def populate(
                SELECT i, n, lower(n) FROM unnest(%s::text[]) WITH ORDINALITY AS t(n, i)""",
             (names,),
         )
-        # Demand is skewed like the real market: occupation = floor(K * u^2) puts most postings
-        # on few occupations and leaves a long tail with very few.
+        # Demand is skewed like the real market: occupation = floor(0.85 K * u^2) puts most postings
+        # on few occupations, a long tail on many, and none on the last 15 % (which then fall back
+        # to their name embeddings).
         conn.execute(
             """
             INSERT INTO postings (external_id, title, occupation_id, region, first_seen_at, last_seen_at,
                                   verified_at, active, inactive_since, has_salary)
             SELECT 'B-' || i,
                    'Stelle ' || i,
-                   CASE WHEN h1 < 0.04 THEN NULL ELSE 1 + floor(%(k)s * h2 * h2)::int END,
+                   CASE WHEN h1 < 0.04 THEN NULL ELSE 1 + floor(0.85 * %(k)s * h2 * h2)::int END,
                    CASE WHEN h3 < 0.03 THEN NULL ELSE (%(regions)s::text[])[1 + floor(h3 * 16)::int] END,
                    fs, fs + interval '1 hour', NULL,
                    h4 >= 0.2,
@@ -205,6 +206,9 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "snapshot_active_postings": snaps[-1].active_postings,
         "snapshot_duplicate_keys": dup,
         "similarity_s": round(sim_s, 3),
+        "similarity_vectors_s": round(statistics.median(x.vectors_s for x in sims), 3),
+        "similarity_pairs_s": round(statistics.median(x.pairs_s for x in sims), 3),
+        "load_average": round(os.getloadavg()[0], 2),
         "similarity_occupations": s.occupations,
         "similarity_from_postings": s.from_postings,
         "similarity_from_names": s.from_names,
@@ -265,22 +269,25 @@ def main(argv: list[str] | None = None) -> int:
     res["mode"] = "quick" if args.quick else "full"
     res["snapshot_ok"] = res["snapshot_s"] <= GOAL_SNAPSHOT_S
     res["similarity_ok"] = res["similarity_s"] <= GOAL_SIMILARITY_S
-    print(f"{'measurement':<34}{'value':>14}  goal")
-    print(f"{'postings':<34}{res['postings']:>14,}")
+    w = 38
+    print(f"{'measurement':<{w}}{'value':>14}  goal")
+    print(f"{'postings':<{w}}{res['postings']:>14,}")
     print(
-        f"{'snapshot (one day)':<34}{res['snapshot_s']:>13.2f}s  <= {GOAL_SNAPSHOT_S:g}s"
+        f"{'snapshot (one day)':<{w}}{res['snapshot_s']:>13.2f}s  <= {GOAL_SNAPSHOT_S:g}s"
         f"  ({res['snapshot_rows']:,} rows, {res['snapshot_active_postings']:,} active)"
     )
-    print(f"{'occupations':<34}{res['occupations']:>14,}")
-    print(f"{'embedded postings x dims':<34}{res['embedded_postings']:>10,} x {res['dims']}")
+    print(f"{'occupations':<{w}}{res['occupations']:>14,}")
+    print(f"{'embedded postings x dims':<{w}}{res['embedded_postings']:>10,} x {res['dims']}")
     print(
-        f"{'similarity (centroids + top-K)':<34}{res['similarity_s']:>13.2f}s  <= {GOAL_SIMILARITY_S:g}s"
+        f"{'similarity (centroids + top-K)':<{w}}{res['similarity_s']:>13.2f}s  <= {GOAL_SIMILARITY_S:g}s"
         f"  ({res['similarity_pairs']:,} pairs; {res['similarity_from_postings']:,} centroids, "
         f"{res['similarity_from_names']:,} name vectors)"
     )
+    print(f"{'  of which centroids + name fallback':<{w}}{res['similarity_vectors_s']:>13.2f}s")
+    print(f"{'  of which all-pairs top-K':<{w}}{res['similarity_pairs_s']:>13.2f}s")
     print(
-        f"{'(load: postings / embeddings)':<34}{res['postings_load_s']:>9.1f}s / "
-        f"{res['embeddings_load_s']:.1f}s"
+        f"{'(load: postings / embeddings)':<{w}}{res['postings_load_s']:>9.1f}s / "
+        f"{res['embeddings_load_s']:.1f}s   (load average {res['load_average']})"
     )
     print("RESULT " + json.dumps(res, sort_keys=True))
     return 0

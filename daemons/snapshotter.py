@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from jobpipe import demand, similarity
+from jobpipe import alerting, demand, similarity
 from jobpipe.logs import log_event
 from jobpipe.runtime import Context, Daemon
 
@@ -118,6 +118,34 @@ class SnapshotterDaemon(Daemon):
             return 0  # failed recently: `--once` does not spin on it
         days, sim_due = self.due(conn)
         return len(days) + int(sim_due)
+
+    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+        """Alert-worthy: a due day still without its snapshot a day later (the newest due day may be
+        computing right now, so it does not count), and a similarity result older than two
+        intervals (plus an hour) while there is one."""
+        sec = self.ctx.cfg.snapshotter
+        latest = demand.latest_due_day(conn, self.run_at)
+        overdue = [d for d in demand.due_days(conn, self.run_at, sec.catch_up_days) if d < latest]
+        age = similarity.result_age_s(conn, self.ctx.cfg.embedder.model)
+        first = min(overdue, default="-")
+        return [
+            alerting.count_condition(
+                "snapshot_overdue",
+                "daily demand snapshot overdue",
+                len(overdue),
+                1,
+                what=f"day(s) without a snapshot a day after their run time (first {first})",
+                hint="see the snapshotter's log; `jobpipe snapshot --since DAY` fills the gap by hand",
+            ),
+            alerting.age_condition(
+                "similarity_stale",
+                "occupation similarity not recomputed",
+                age,
+                (2 * sec.similarity_interval_h + 1) * 3600.0,
+                what="similarity result",
+                hint="see the snapshotter's log; `jobpipe snapshot --similarity` recomputes it by hand",
+            ),
+        ]
 
     # ------------------------------------------------------------------ the work (job thread)
     def _work(self, days: list[date], sim_due: bool) -> _JobResult:

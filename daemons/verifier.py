@@ -23,7 +23,7 @@ from typing import Any
 import requests
 from prometheus_client import Counter, Gauge
 
-from jobpipe import postings, verification
+from jobpipe import alerting, postings, verification
 from jobpipe.ba import BAClient, Gone
 from jobpipe.ba_wire import PostingDetails, SchemaError
 from jobpipe.errors import DependencyDown, ItemError
@@ -129,6 +129,21 @@ class VerifierDaemon(Daemon):
             f"(limit {st.limit_s / 3600:.0f}h){flag}; swept {swept}"
         )
         return st
+
+    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+        """Alert-worthy: an active posting unverified for longer than max_age + alert_margin."""
+        sec = self.ctx.cfg.verifier
+        return [
+            alerting.age_condition(
+                "oldest_unverified",
+                "active postings left unverified",
+                verification.oldest_unverified_age(conn),
+                verification.alert_limit_s(sec.max_age_h, sec.alert_margin_h),
+                what="unverified active posting",
+                hint="is the verifier keeping up? `jobpipe verify --status`; the BA rate "
+                "(fetcher.rate_limit_per_s) and verifier.workers bound how many checks fit in max_age_h",
+            )
+        ]
 
     def pending_work(self, conn: Any) -> int:
         sec = self.ctx.cfg.verifier

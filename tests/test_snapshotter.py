@@ -6,6 +6,7 @@ benchmark's quick mode."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -640,6 +641,37 @@ def test_daemon_stop_cancels_a_running_snapshot_without_writing_half(conn: Any, 
         blocker.execute("ROLLBACK")
         blocker.close()
     assert conn.execute("SELECT count(*) FROM snapshot_runs").fetchone()[0] == 0
+
+
+def test_alert_conditions_overdue_days_and_stale_similarity(conn: Any, pg_url: str) -> None:
+    similarity_fixture(conn)
+    t = datetime.now(ZONE) - timedelta(days=10)
+    add_postings(conn, [P(1, "BERLIN", t, t, True, None, False)])
+    cfg = make_cfg(snapshotter__run_at="00:00", snapshotter__catch_up_days=5)
+    ctx = runtime.Context(
+        cfg, DaemonMetrics("snapshotter"), "t", pg_url, threading.Event(), logging.getLogger()
+    )
+    daemon = SnapshotterDaemon(ctx)
+    try:
+
+        def conds() -> dict[str, Any]:
+            return {c.key: c for c in daemon.alert_conditions(conn)}
+
+        c = conds()
+        assert c["snapshot_overdue"].active and "4 day(s)" in c["snapshot_overdue"].numbers
+        assert not c["similarity_stale"].active  # never computed: nothing to be stale
+        due = demand.due_days(conn, dtime(0, 0), 5)
+        for day in due[:-1]:
+            demand.snapshot_day(conn, day)
+        assert not conds()["snapshot_overdue"].active  # only the newest is missing: it may be running
+        similarity.compute(conn, model=MODEL, dims=DIMS, top_k=3, min_postings=5)
+        assert not conds()["similarity_stale"].active
+        conn.execute(
+            "UPDATE similarity_runs SET finished_at = now() - interval '50 hours'"
+        )  # > 2 x 24 h + 1 h
+        assert conds()["similarity_stale"].active
+    finally:
+        daemon.close()
 
 
 def test_daemon_refuses_a_bad_run_at(pg_url: str) -> None:

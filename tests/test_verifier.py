@@ -449,6 +449,9 @@ def test_staleness_gauge_status_and_alert_condition(db_conn: Any, pg_url: str) -
         daemon = VerifierDaemon(ctx)
         try:
             assert daemon.publish(db_conn).firing
+            # The same condition, as the alerting evaluates it (daemon hook).
+            conds = daemon.alert_conditions(db_conn)
+            assert [c.key for c in conds] == ["oldest_unverified"] and conds[0].active
         finally:
             daemon.close()
         assert ctx.status_extra.startswith("oldest unverified 120.0h (limit 96h) ALERT")

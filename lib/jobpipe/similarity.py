@@ -27,6 +27,7 @@ import psycopg
 Conn = psycopg.Connection[Any]
 
 SIMILARITY_LOCK = 0x6A700041
+AGGREGATE_WORK_MEM = "128MB"
 DONE = "done"
 SKIPPED_LOCKED = "skipped_locked"
 SKIPPED_FRESH = "skipped_fresh"  # computed meanwhile by another instance
@@ -41,6 +42,8 @@ class SimilarityResult:
     from_names: int = 0
     pairs: int = 0
     seconds: float = 0.0
+    vectors_s: float = 0.0  # of which: centroids and the name fallback
+    pairs_s: float = 0.0  # of which: the all-pairs top-K
 
 
 # A run that found no vectors is retried after this long (or the interval, if shorter): vectors
@@ -145,11 +148,15 @@ def compute(
             conn.execute(
                 "SELECT set_config('statement_timeout', %s, true)", (f"{int(statement_timeout_s * 1000)}",)
             )
+        # The centroid aggregation keeps one float8 accumulator per occupation (6 KB at 768
+        # dimensions, 22 MB for 3,600): with the default 4 MB it spills to disk.
+        conn.execute("SELECT set_config('work_mem', %s, true)", (AGGREGATE_WORK_MEM,))
         # TRUNCATE, not DELETE: the pairs query scans this table once per occupation, and the
         # previous run's rows deleted in this transaction would still be read (twice the work).
         conn.execute("TRUNCATE occupation_vectors")
         params = {"model": model, "dims": dims, "min": min_postings, "k": top_k, "min_score": min_score}
         from_postings, from_names = conn.execute(_VECTORS_SQL, params).fetchone()
+        vectors_s = time.perf_counter() - started
         n = from_postings + from_names
         if n == 0:
             # Keep the previous result (and its vectors): roll back by leaving through an exception.
@@ -158,13 +165,16 @@ def compute(
         conn.execute("DELETE FROM occupation_similarity")
         pairs = conn.execute(_PAIRS_SQL, params).fetchone()[0]
         seconds = time.perf_counter() - started
+        pairs_s = seconds - vectors_s
         conn.execute(
             """INSERT INTO similarity_runs (model, occupations, from_postings, from_names, pairs, started_at,
                                             finished_at, seconds)
                VALUES (%s, %s, %s, %s, %s, now(), clock_timestamp(), %s)""",
             (model, n, from_postings, from_names, pairs, seconds),
         )
-    return SimilarityResult(DONE, n, from_postings, from_names, pairs, time.perf_counter() - started)
+    return SimilarityResult(
+        DONE, n, from_postings, from_names, pairs, time.perf_counter() - started, vectors_s, pairs_s
+    )
 
 
 class _NoVectors(Exception):
@@ -203,6 +213,16 @@ def similar_to(conn: Conn, occupation_id: int, limit: int = 50) -> list[Similar]
         (occupation_id, limit),
     ).fetchall()
     return [Similar(*r) for r in rows]
+
+
+def result_age_s(conn: Conn, model: str) -> float | None:
+    """Seconds since the last run of `model` that produced a result; None if there never was one."""
+    row = conn.execute(
+        """SELECT extract(epoch FROM now() - max(finished_at)) FROM similarity_runs
+            WHERE model = %s AND occupations > 0""",
+        (model,),
+    ).fetchone()
+    return None if row[0] is None else max(0.0, float(row[0]))
 
 
 def last_run(conn: Conn) -> dict[str, Any] | None:

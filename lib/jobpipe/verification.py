@@ -115,14 +115,19 @@ def stale_pending(conn: Conn, *, max_age_h: float, given_up_retry_h: float) -> i
     return int(bool(row[0]))
 
 
-def oldest_unverified_age_s(conn: Conn) -> float:
+def oldest_unverified_age(conn: Conn) -> float | None:
     """Seconds since the least recently verified active posting was last verified (or first seen,
-    if never): 0 when there are no active postings. One index probe (postings_unverified_since)."""
+    if never); None when there are no active postings. One index probe (postings_unverified_since)."""
     row = conn.execute(
         """SELECT extract(epoch FROM now() - min(coalesce(verified_at, first_seen_at)))
              FROM postings WHERE active"""
     ).fetchone()
-    return max(0.0, float(row[0])) if row and row[0] is not None else 0.0
+    return max(0.0, float(row[0])) if row and row[0] is not None else None
+
+
+def oldest_unverified_age_s(conn: Conn) -> float:
+    """`oldest_unverified_age`, 0 when there are no active postings (for the gauge)."""
+    return oldest_unverified_age(conn) or 0.0
 
 
 @dataclass(frozen=True, slots=True)
