@@ -62,8 +62,8 @@ class SnapshotterDaemon(Daemon):
             registry=reg,
         )
         self.m_missing = Gauge(
-            f"{p}missing_days",
-            "Due snapshot days without a complete run (within catch_up_days)",
+            f"{p}missing_snapshots",
+            "Due days without a complete snapshot run (within catch_up_days)",
             ["daemon"],
             registry=reg,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -607,7 +608,7 @@ def test_daemon_catches_up_days_and_computes_similarity(conn: Any, pg_url: str) 
     assert demand.due_days(conn, dtime(0, 0), 30) == []
     assert conn.execute("SELECT count(*) FROM occupation_similarity").fetchone()[0] == 12 * 3
     value = m.registry.get_sample_value
-    assert value("jobpipe_snapshotter_missing_days", {"daemon": "snapshotter"}) == 0
+    assert value("jobpipe_snapshotter_missing_snapshots", {"daemon": "snapshotter"}) == 0
     assert value("jobpipe_snapshotter_similarity_pairs", {"daemon": "snapshotter"}) == 36
     assert (
         value("jobpipe_snapshotter_snapshot_rows", {"daemon": "snapshotter"})
@@ -616,6 +617,10 @@ def test_daemon_catches_up_days_and_computes_similarity(conn: Any, pg_url: str) 
     assert value(
         "jobpipe_items_processed_total", {"daemon": "snapshotter", "stage": "snapshot", "outcome": "done"}
     ) == len(due)
+    promtool = shutil.which("promtool")
+    if promtool:  # the daemon's own metrics follow Prometheus naming rules
+        lint = subprocess.run([promtool, "check", "metrics"], input=m.exposition(), capture_output=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
     # A second run finds nothing due and computes nothing.
     m2 = DaemonMetrics("snapshotter")
     assert runtime.run_daemon(SnapshotterDaemon, cfg, once=True, db_url=pg_url, metrics=m2) == 0

@@ -9,6 +9,8 @@ import io
 import json
 import logging
 import random
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -164,6 +166,10 @@ def test_2114_stale_postings_end_verified_or_inactive_exactly_the_expired_ones(
             expired
         )
         assert sample(m, "jobpipe_verifier_swept_total") == STALE
+        promtool = shutil.which("promtool")
+        if promtool:  # the daemon's own metrics follow Prometheus naming rules
+            lint = subprocess.run([promtool, "check", "metrics"], input=m.exposition(), capture_output=True)
+            assert lint.returncode == 0, lint.stdout + lint.stderr
         # The oldest unverified active posting is now one of the fresh ones (about an hour).
         assert 3000 < sample(m, "jobpipe_verifier_oldest_unverified_age_seconds") < 7200
 
