@@ -37,7 +37,3 @@ CREATE TRIGGER queue_description_given_up AFTER UPDATE OF status ON queue
     WHEN (NEW.stage = 'description' AND NEW.status IS DISTINCT FROM OLD.status
           AND (NEW.status = 'given_up' OR OLD.status = 'given_up'))
     EXECUTE FUNCTION jobpipe_description_given_up();
-
--- Description states are counted by `jobpipe fetch sources` and the metrics without a table scan.
-CREATE INDEX postings_description_open ON postings (description_state)
-    WHERE description_state IN ('pending', 'given_up');
