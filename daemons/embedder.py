@@ -12,7 +12,8 @@ title, description or occupation change:
 
 A model change in the config is rolled out by a sweep in `tick`: postings without a vector of
 the new model are queued in bounded steps, below new postings. The HNSW index for the model's
-dimension is built at start, concurrently, in a background thread.
+dimension is built in a background thread (CREATE INDEX CONCURRENTLY): at once in steady state,
+after a backlog has drained when there is one (see `_maybe_build_index`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class EmbedderDaemon(Daemon):
             "SELECT count(*) FROM queue WHERE stage = %s AND status IN ('pending', 'running')",
             (embeddings.STAGE,),
         ).fetchone()[0]
-        caught_up = self.sweep.done and backlog <= self._catch_up
+        caught_up = idle or (self.sweep.done and backlog <= self._catch_up)
         if not caught_up and now - self._started < INDEX_DEFER_MAX_S:
             self._index_waiting = True
             return
