@@ -110,8 +110,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
         return 0 if res.ok else 1
     print(f"model {e.model}: {len(texts)} {source}")
-    print(f"  one text per request:            {res.single_seconds:7.2f} s")
-    print(f"  batches of {e.batch_size}, {e.workers} in flight: {res.batched_seconds:10.2f} s")
+    batched = f"batches of {e.batch_size}, {e.workers} in flight:"
+    print(f"  {'one text per request:':<34}{res.single_seconds:8.2f} s")
+    print(f"  {batched:<34}{res.batched_seconds:8.2f} s")
     if res.failed:
         print(f"  {res.failed} text(s) failed in one of the passes and were not compared")
     if res.n == 0:
