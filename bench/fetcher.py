@@ -39,6 +39,15 @@ GOAL_RSS_MB = 150.0  # peak RSS of the ingest process
 GOAL_SPEEDUP = 3.0  # unchanged second run vs first
 
 
+def _proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a local process (the database backend serving the crawl), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None  # not local (DATABASE_URL elsewhere) or not Linux
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
     """One crawl, in this (fresh) process; prints one JSON line with its figures."""
     from jobpipe import crawl, db
@@ -46,12 +55,15 @@ def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
 
     t0 = time.perf_counter()
     with db.connect(db_url) as conn, BAClient(url, rate_limit_per_s=None, max_retries=2) as client:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        db_cpu0 = _proc_cpu_s(backend)
         crawl.sync_sources(conn, [crawl.Source("bench", {})])
         conn.execute("UPDATE fetch_sources SET lease_owner = NULL, lease_expires = NULL")
         run = crawl.DueRun("bench", {}, crawl.FULL, None)
         settings = crawl.CrawlSettings(page_size=page_size, lease_s=600, seen_resolution_s=resolution)
         result = crawl.run_source(client, conn, run, f"bench:{os.getpid()}", settings)
         assert result is not None
+        db_cpu1 = _proc_cpu_s(backend)
     seconds = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak_kb = usage.ru_maxrss  # KiB on Linux
@@ -61,6 +73,7 @@ def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
                 "seconds": seconds,
                 "crawl_seconds": result.seconds,
                 "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "db_cpu_seconds": None if db_cpu0 is None or db_cpu1 is None else db_cpu1 - db_cpu0,
                 "peak_rss_mb": peak_kb / 1024,
                 "error": result.error,
                 **result.stats_json(),
@@ -122,6 +135,11 @@ def run_child(url: str, db_url: str, page_size: int, resolution: float) -> dict[
     if out.returncode != 0:
         raise SystemExit(f"ingest child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cpu(run: dict[str, Any]) -> str:
+    db_cpu = run.get("db_cpu_seconds")
+    return f"{run['cpu_seconds']:.1f} / " + ("?" if db_cpu is None else f"{db_cpu:.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         ("run 1: seconds (empty db)", f"{first['crawl_seconds']:.1f}", ""),
         ("run 1: postings upserted/s", f"{rate1:,.0f}", f"goal >= {GOAL_RATE:,.0f}"),
         ("run 1: peak RSS of the ingest (MB)", f"{first['peak_rss_mb']:.0f}", f"goal <= {GOAL_RSS_MB:.0f}"),
+        ("run 1: CPU s of the ingest / its db backend", _cpu(first), "the rest of the wall time: waiting"),
         (
             "run 2: seconds (all unchanged, at once)",
             f"{second['crawl_seconds']:.1f}",
@@ -198,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("run 2: postings/s", f"{rate2:,.0f}", ""),
         ("run 2: peak RSS (MB)", f"{second['peak_rss_mb']:.0f}", ""),
+        ("run 2: CPU s of the ingest / its db backend", _cpu(second), ""),
         ("speed-up of run 2", f"{speedup:.1f}x", f"goal >= {GOAL_SPEEDUP:.0f}x"),
         (
             "run 3: seconds (unchanged, a day later)",
@@ -206,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("speed-up of run 3", f"{speedup3:.1f}x", "every unchanged row rewritten"),
         ("(fake BA start-up, generation)", f"{gen_s:.1f}s", "not measured"),
+        ("load average (1 min) at the end", f"{os.getloadavg()[0]:.1f}", f"{os.cpu_count()} CPUs"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'fetcher ingest benchmark':<{width}}  {'value':>14}  notes")
@@ -217,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         "run1_seconds": round(first["crawl_seconds"], 3),
         "run1_postings_per_s": round(rate1, 1),
         "run1_peak_rss_mb": round(first["peak_rss_mb"], 1),
+        "run1_cpu_seconds": round(first["cpu_seconds"], 2),
+        "run1_db_cpu_seconds": first["db_cpu_seconds"],
+        "load_average": round(os.getloadavg()[0], 2),
         "run2_seconds": round(second["crawl_seconds"], 3),
         "run2_postings_per_s": round(rate2, 1),
         "run2_peak_rss_mb": round(second["peak_rss_mb"], 1),
