@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from jobpipe import queue
+from jobpipe import db, queue
 from jobpipe.config import Config, _check
 from jobpipe.errors import ConfigError, DependencyDown
 from jobpipe.logs import log_event
@@ -655,7 +655,7 @@ def _headline(r: dict[str, Any]) -> str:
     ended: datetime | None = r.get("resolved_at")
     span = f"{fmt_time(since)} to {fmt_time(ended)}"
     announced = r.get("notified_at") is not None and since is not None and r["notified_at"] >= since
-    if announced or r.get("prior_delivery") in ("sent", "ambiguous"):
+    if announced:
         return f"RESOLVED {title} (was firing {span})"
     return f"RESOLVED {title} (fired {span}; the start could not be delivered)"
 
@@ -746,7 +746,7 @@ class Alerter:
         self.evaluations = 0  # completed evaluation turns (tests wait on it)
         self.cond = threading.Condition()
         self._last_check = 0.0
-        self._known: set[str] = set()
+        self._schema_warned = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -754,11 +754,15 @@ class Alerter:
         self.thread = threading.Thread(target=self._run, name=f"{self.daemon}-alerts", daemon=True)
         self.thread.start()
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread. A send still in flight after `timeout` is abandoned (the thread is a
+        daemon thread): its claim expires into "ambiguous", so shutdown never waits on a gateway."""
         self.stop.set()
         self.wake.set()
         if self.thread is not None:
-            self.thread.join(timeout if timeout is not None else self.cfg.alerts.timeout_s * 2 + 5)
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                return  # it still uses the connection and the gateway; the process exit ends it
         self._drop_conn()
         if self.gateway is not None:
             try:
@@ -786,6 +790,8 @@ class Alerter:
                     self._deliver()
                 due = self._next_delivery_in()
                 wait = min(max(0.0, next_eval - time.monotonic()), due if due is not None else interval)
+            except DB_ERRORS as exc:
+                self._db_failed(exc)
             except Exception:
                 # The alert thread must survive anything; the next turn retries.
                 log.exception("alert evaluation failed", extra={"event": "alert_eval_failed"})
@@ -817,11 +823,25 @@ class Alerter:
         if self.conn is not None and not self.conn.closed:
             return self.conn
         try:
-            self.conn = self.connect()
+            conn = self.connect()
         except DB_ERRORS as exc:
             self._db_failed(exc)
             return None
-        return self.conn
+        try:
+            behind = [m.version for m in db.pending_migrations(conn)]
+        except DB_ERRORS as exc:
+            conn.close()
+            self._db_failed(exc)
+            return None
+        if behind:
+            # The work loop refuses to start and says what to run; the alerts wait for the schema.
+            conn.close()
+            if not self._schema_warned:
+                log_event(log, "alerting_waits_for_schema", level="warning", pending=behind)
+                self._schema_warned = True
+            return None
+        self.conn = conn
+        return conn
 
     def _db_failed(self, exc: BaseException) -> None:
         self._drop_conn()
@@ -871,7 +891,6 @@ class Alerter:
                 "SELECT condition, firing FROM alerts WHERE daemon = %s", (self.daemon,)
             ).fetchall()
             for cond, firing in rows:
-                self._known.add(cond)
                 self.metrics.set_alert_firing(cond, bool(firing))
         return transitions
 
