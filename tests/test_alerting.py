@@ -762,3 +762,26 @@ def test_alerter_raises_the_database_alert_when_it_cannot_connect(gw, tmp_path):
         assert len(gw.messages) == 1
     finally:
         al.close()
+
+
+def test_stall_waits_for_a_restarted_daemon_to_have_its_chance(pg_url, db_conn, gw):
+    cfg = test_config(gw, alerts__stall_minutes=30.0)
+    db_conn.execute(
+        """INSERT INTO queue (stage, subject, run_after, created_at)
+           SELECT 'verify', s, now() - interval '2 hours', now() - interval '2 hours'
+             FROM generate_series(1, 40) AS s"""
+    )
+    al = alerting.Alerter("verifier", cfg, connect=lambda: db.connect(pg_url), stages=["verify"])
+    try:
+        al.run_once()  # just started: two hours of due work are not its fault yet
+        assert one(db_conn, "SELECT count(*) FROM alerts WHERE condition = 'stall:verify'") == 0
+        al.started -= 31 * 60  # as if it had been running for 31 minutes without progress
+        al.run_once()
+        assert one(db_conn, "SELECT firing FROM alerts WHERE condition = 'stall:verify'") is True
+        msgs = gw.wait_for_messages(1)
+        assert (
+            msgs[0].message.splitlines()[0].startswith(f"{HOST} verifier: FIRING no progress on stage verify")
+        )
+        assert "40 due, 0 in flight, 0 completed in the last 30 min" in msgs[0].message
+    finally:
+        al.close()

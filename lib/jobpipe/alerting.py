@@ -744,6 +744,7 @@ class Alerter:
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
         self.evaluations = 0  # completed evaluation turns (tests wait on it)
+        self.started = time.monotonic()
         self.cond = threading.Condition()
         self._last_check = 0.0
         self._schema_warned = False
@@ -866,9 +867,14 @@ class Alerter:
             keep_s=self.th.backlog_growing_minutes * 60 * 2 + 3600,
         )
         insts = instances(conn, self.daemon)
+        # A daemon that was stopped for a while finds old due work: give it stall_minutes to make
+        # progress before calling it stalled (skipped, not "clear": a firing stall stays firing).
+        warm = time.monotonic() - self.started >= self.th.stall_minutes * 60
         conds: list[Condition] = []
         for f in facts.values():
             for c in stage_conditions(f, self.th):
+                if not warm and c.key.startswith("stall:"):
+                    continue
                 if c.active and c.key.startswith(("failure_ratio:", "stall:")):
                     err = last_error(conn, f.stage, insts)
                     c = replace(c, detail=f"last error: {err}") if err else c
