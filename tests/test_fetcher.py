@@ -547,6 +547,37 @@ def test_daemon_records_truncation_metric(pg_url, db_conn):
     assert db_conn.execute("SELECT count(*) FROM postings").fetchone() == (4,)
 
 
+def test_alert_conditions_from_fetch_sources(pg_url, db_conn):
+    import logging
+
+    from jobpipe.runtime import Context
+
+    cfg = config.load(environ={}).with_overrides(
+        fetcher__sources=[{"name": "a"}, {"name": "b"}, {"name": "c"}]
+    )
+    ctx = Context(cfg, DaemonMetrics("fetcher"), "me", pg_url, threading.Event(), logging.getLogger("t"))
+    daemon = FetcherDaemon(ctx)
+    daemon.setup(db_conn)
+    by_key = {c.key: c for c in daemon.alert_conditions(db_conn)}
+    assert not any(c.active for c in by_key.values())
+    db_conn.execute(
+        """UPDATE fetch_sources SET truncated = true,
+                  truncated_parts = '[{"params": {}, "total": 12000, "covered": 10000, "reason": "cap"}]'
+            WHERE name = 'a'"""
+    )
+    db_conn.execute(
+        "UPDATE fetch_sources SET last_error = 'schema error (BA format changed?) x' WHERE name = 'b'"
+    )
+    db_conn.execute(
+        "UPDATE fetch_sources SET last_error = 'dependency down: 403', failures = 4 WHERE name = 'c'"
+    )
+    by_key = {c.key: c for c in daemon.alert_conditions(db_conn)}
+    assert by_key["truncated_partitions"].active and "a" in by_key["truncated_partitions"].numbers
+    assert by_key["schema_drift"].active and "b" in by_key["schema_drift"].numbers
+    assert by_key["crawl_failing"].active and "c: 4" in by_key["crawl_failing"].numbers
+    daemon.close()
+
+
 # ---------------------------------------------------------------- CLI
 
 
