@@ -254,8 +254,12 @@ def test_sources_schedule_and_lease(db_conn):
     # removed from the config: disabled, never due
     crawl.sync_sources(db_conn, sources[1:])
     assert [r.name for r in crawl.due_runs(db_conn, 3600, 86400)] == ["b"]
+    # back with other parameters: a full crawl of the new query
+    crawl.sync_sources(db_conn, [crawl.Source("a", {"angebotsart": 4}), sources[1]])
+    due = {r.name: r for r in crawl.due_runs(db_conn, 3600, 86400)}
+    assert (due["a"].kind, due["a"].params) == ("full", {"angebotsart": 4})
     delay = crawl.record_failure(db_conn, "b", "me", "boom", 10, 100)
-    assert delay == 10 and crawl.due_runs(db_conn, 3600, 86400) == []
+    assert delay == 10 and [r.name for r in crawl.due_runs(db_conn, 3600, 86400)] == ["a"]  # b backs off
     assert crawl.record_failure(db_conn, "b", "me", "boom", 10, 100) == 20
 
 

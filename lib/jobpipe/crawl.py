@@ -170,13 +170,20 @@ def parse_sources(entries: Sequence[Mapping[str, Any]]) -> list[Source]:
 
 
 def sync_sources(conn: Conn, sources: Sequence[Source]) -> None:
-    """Make fetch_sources match the config: new rows, changed params, removed ones disabled."""
+    """Make fetch_sources match the config: new rows, changed params, removed ones disabled.
+
+    A source whose parameters changed starts over with a full crawl (its history was about
+    another query)."""
     names = [s.name for s in sources]
     with conn.transaction():
         for s in sources:
             conn.execute(
                 """INSERT INTO fetch_sources (name, params) VALUES (%s, %s)
                    ON CONFLICT (name) DO UPDATE SET params = excluded.params, enabled = true,
+                          last_full_at = CASE WHEN fetch_sources.params IS DISTINCT FROM excluded.params
+                                              THEN NULL ELSE fetch_sources.last_full_at END,
+                          truncated = fetch_sources.truncated
+                                      AND fetch_sources.params IS NOT DISTINCT FROM excluded.params,
                           updated_at = now()
                     WHERE fetch_sources.params IS DISTINCT FROM excluded.params
                        OR NOT fetch_sources.enabled""",
