@@ -551,6 +551,27 @@ def test_daemon_records_truncation_metric(pg_url, db_conn):
     assert db_conn.execute("SELECT count(*) FROM postings").fetchone() == (4,)
 
 
+def test_jobpipe_run_fetcher_once_as_a_process(tmp_path, pg_url, db_conn):
+    with FakeBA(population(80, seed=19)) as f:
+        cfg_file = tmp_path / "jobpipe.yaml"
+        cfg_file.write_text(
+            f"database:\n  url: '{pg_url}'\n"
+            f"fetcher:\n  base_url: '{f.url}'\n  rate_limit_per_s: 1000\n  sources: [{{name: alle}}]\n"
+            "queue:\n  poll_interval_s: 0.1\n",
+            encoding="utf-8",
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "jobpipe.cli", "-c", str(cfg_file), "run", "fetcher", "--once",
+             "--metrics-port", "0"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert stored(db_conn) == live_refnrs(f)
+    assert db_conn.execute(
+        "SELECT count(*) FROM postings WHERE description_state = 'pending'"
+    ).fetchone() == (0,)
+
+
 def test_alert_conditions_from_fetch_sources(pg_url, db_conn):
     import logging
 
