@@ -205,6 +205,7 @@ class FetcherDaemon(runtime.Daemon):
         if thread is None or thread.is_alive():
             return
         self._thread = None
+        self._next_due_check = 0.0  # another source may be due right away
         outcome, self._outcome = self._outcome, None
         if isinstance(outcome, crawl.CrawlResult):
             r = outcome
