@@ -537,6 +537,32 @@ def test_similarity_matches_numpy_with_the_name_fallback(conn: Any) -> None:
     assert kept[0] >= 0.5 and kept[1] == sum(1 for ps in want.values() for _, s in ps if s >= 0.5)
 
 
+@pytest.mark.parametrize(("n", "dims"), [(400, 64), (40, similarity.HALFVEC_MAX_DIMS + 1)])
+def test_similarity_top_k_is_exact_on_random_vectors(conn: Any, n: int, dims: int) -> None:
+    """Random vectors (similarities crowd around 0: the hardest case for the half-precision
+    candidate scan) give exactly numpy's top-K; above halfvec's 4,000 dimensions the full-precision
+    scan runs instead."""
+    rng = np.random.default_rng(n)
+    add_occupations(conn, n)
+    vectors = {o: rng.normal(size=dims) for o in range(1, n + 1)}
+    conn.execute(
+        """INSERT INTO occupation_embeddings (occupation_id, model, text_hash, embedding)
+           SELECT o, %s, 'h', v::vector FROM unnest(%s::bigint[], %s::text[]) AS t(o, v)""",
+        (MODEL, list(vectors), [str([float(x) for x in v]) for v in vectors.values()]),
+    )
+    r = similarity.compute(conn, model=MODEL, dims=dims, top_k=10, min_postings=5, min_score=-1.0)
+    assert (r.occupations, r.from_names, r.pairs) == (n, n, n * 10)
+    want = numpy_top_k(vectors, 10)
+    got = defaultdict(list)
+    for occ, sim_id, score in conn.execute(
+        "SELECT occupation_id, similar_id, score FROM occupation_similarity ORDER BY occupation_id, rank"
+    ):
+        got[occ].append((sim_id, score))
+    for occ, pairs in want.items():
+        assert [j for j, _ in got[occ]] == [j for j, _ in pairs], occ
+        assert [s for _, s in got[occ]] == pytest.approx([s for _, s in pairs], abs=1e-5)
+
+
 def test_similarity_without_vectors_keeps_the_previous_result(conn: Any) -> None:
     similarity_fixture(conn)
     similarity.compute(conn, model=MODEL, dims=DIMS, top_k=3, min_postings=5)

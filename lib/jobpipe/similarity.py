@@ -7,8 +7,10 @@ Each occupation gets one vector:
 - else its name embedding (occupation_embeddings, same model) when there is one;
 - else the centroid of the few postings it has.
 Vectors are normalised, so the cosine similarity is the inner product (pgvector `<#>` is its
-negative, and cheaper than `<=>`). The all-pairs top-K is an exact LATERAL scan; with the vectors
-stored inline (occupation_vectors keeps them out of TOAST) 3,600 occupations take seconds.
+negative, and cheaper than `<=>`). The all-pairs top-K is a LATERAL scan over half-precision copies
+that keeps 2K candidates per occupation, ranked exactly in full precision (see migration 0041: the
+result equals the exact full scan); with the vectors stored inline (no TOAST) 3,600 occupations
+take seconds.
 
 Atomic: occupation_vectors and occupation_similarity are replaced in one transaction (readers
 see the previous result until the commit, never half a table), under an advisory lock so two
@@ -93,13 +95,47 @@ ins AS (
 SELECT count(*) FILTER (WHERE basis = 'postings'), count(*) FILTER (WHERE basis = 'names') FROM ins
 """
 
-# Exact top-K per occupation; ties broken by id so a recomputation of the same data is identical.
+# Top-K per occupation; ties broken by id so a recomputation of the same data is identical.
+# Candidates: the 2K nearest by half precision (cheap scan); ranking: exact, over the candidates.
 _PAIRS_SQL = """
+WITH cand AS (
+    SELECT a.occupation_id, c.similar_id
+      FROM occupation_vectors_half a
+     CROSS JOIN LATERAL (
+        SELECT o.occupation_id AS similar_id
+          FROM occupation_vectors_half o
+         WHERE o.occupation_id <> a.occupation_id
+         ORDER BY o.embedding <#> a.embedding, o.occupation_id
+         LIMIT %(candidates)s
+     ) c
+),
+exact AS (
+    SELECT c.occupation_id, c.similar_id, x.basis, -(x.embedding <#> y.embedding) AS score
+      FROM cand c
+      JOIN occupation_vectors x ON x.occupation_id = c.occupation_id
+      JOIN occupation_vectors y ON y.occupation_id = c.similar_id
+),
+ranked AS (
+    SELECT occupation_id, similar_id, basis, score,
+           row_number() OVER (PARTITION BY occupation_id ORDER BY score DESC, similar_id) AS rank
+      FROM exact
+),
+ins AS (
+    INSERT INTO occupation_similarity (occupation_id, similar_id, rank, score, basis, computed_at)
+    SELECT occupation_id, similar_id, rank, score::real, basis, now()
+      FROM ranked WHERE rank <= %(k)s AND score >= %(min_score)s
+    RETURNING 1
+)
+SELECT count(*) FROM ins
+"""
+# halfvec holds at most 4,000 dimensions: beyond that, one exact full-precision scan.
+HALFVEC_MAX_DIMS = 4000
+_EXACT_PAIRS_SQL = """
 WITH nn AS (
     SELECT a.occupation_id, a.basis, b.similar_id, b.score
       FROM occupation_vectors a
      CROSS JOIN LATERAL (
-        SELECT o.occupation_id AS similar_id, (-(o.embedding <#> a.embedding))::real AS score
+        SELECT o.occupation_id AS similar_id, -(o.embedding <#> a.embedding) AS score
           FROM occupation_vectors o
          WHERE o.occupation_id <> a.occupation_id
          ORDER BY o.embedding <#> a.embedding, o.occupation_id
@@ -110,7 +146,7 @@ ins AS (
     INSERT INTO occupation_similarity (occupation_id, similar_id, rank, score, basis, computed_at)
     SELECT occupation_id, similar_id,
            row_number() OVER (PARTITION BY occupation_id ORDER BY score DESC, similar_id),
-           score, basis, now()
+           score::real, basis, now()
       FROM nn WHERE score >= %(min_score)s
     RETURNING 1
 )
@@ -163,7 +199,16 @@ def compute(
             raise _NoVectors
         conn.execute("ANALYZE occupation_vectors")
         conn.execute("DELETE FROM occupation_similarity")
-        pairs = conn.execute(_PAIRS_SQL, params).fetchone()[0]
+        if dims <= HALFVEC_MAX_DIMS:
+            conn.execute("TRUNCATE occupation_vectors_half")
+            conn.execute(
+                """INSERT INTO occupation_vectors_half (occupation_id, embedding)
+                   SELECT occupation_id, embedding::halfvec FROM occupation_vectors"""
+            )
+            conn.execute("ANALYZE occupation_vectors_half")
+            pairs = conn.execute(_PAIRS_SQL, {**params, "candidates": 2 * top_k}).fetchone()[0]
+        else:
+            pairs = conn.execute(_EXACT_PAIRS_SQL, params).fetchone()[0]
         seconds = time.perf_counter() - started
         pairs_s = seconds - vectors_s
         conn.execute(
