@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from jobpipe.logs import MAX_FIELD_CHARS, log_event, register_secret, setup_logging
 
 

@@ -6,12 +6,13 @@ import shutil
 import socket
 import subprocess
 
-import jobpipe
 import pytest
 import requests
+from prometheus_client import CollectorRegistry, Counter
+
+import jobpipe
 from jobpipe.errors import UserError
 from jobpipe.metrics import BATCH_BUCKETS, MODEL_CALL_BUCKETS, DaemonMetrics, serve_metrics
-from prometheus_client import CollectorRegistry, Counter
 
 PROMTOOL = shutil.which("promtool")
 

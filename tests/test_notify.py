@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from jobpipe.notify import STATUS_MAX_CHARS, Notifier, ascii_status
 
 REPO = Path(__file__).resolve().parents[1]

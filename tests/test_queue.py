@@ -238,3 +238,18 @@ def test_concurrent_migrate_serialised(pg_server):
     outs = sorted(int(p.communicate(timeout=60)[0].strip()) for p in procs)
     total = len(db.available_migrations())
     assert outs == [0, 0, total]
+
+
+def test_change_while_running_is_not_lost(db_conn):
+    queue.enqueue(db_conn, "embed", [5])
+    (item,) = queue.claim(db_conn, "embed", "w", 1, 60, POLICY)
+    # The subject changes while its item runs (from Python and from SQL/trigger alike).
+    assert queue.enqueue(db_conn, "embed", [5]) == 0
+    db_conn.execute("SELECT jobpipe_enqueue('embed', 5)")
+    assert queue.complete(db_conn, "embed", "w", {item.id: "ok"}) == 1
+    rows = db_conn.execute("SELECT status FROM queue WHERE subject = 5 ORDER BY id").fetchall()
+    assert rows == [("done",), ("pending",)]
+    # Without a change, completing does not re-enqueue.
+    (again,) = queue.claim(db_conn, "embed", "w", 1, 60, POLICY)
+    queue.complete(db_conn, "embed", "w", {again.id: "ok"})
+    assert db_conn.execute("SELECT count(*) FROM queue WHERE status = 'pending'").fetchone()[0] == 0

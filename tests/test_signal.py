@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from jobpipe.errors import ConfigError
 from jobpipe.signal import (
     AMBIGUOUS,
@@ -34,7 +35,6 @@ from jobpipe.signal import (
     redact_number,
     rest_group_id,
 )
-
 from tests.fakes.signal import FakeSignalGateway
 
 SENDER = "+4915100000001"

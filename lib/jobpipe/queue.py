@@ -70,11 +70,12 @@ def enqueue(conn: Conn, stage: str, subjects: Iterable[int], priority: int = 0, 
         SELECT %(stage)s, s, %(prio)s, now() + make_interval(secs => %(delay)s)
           FROM unnest(%(ids)s::bigint[]) AS s
         ON CONFLICT (stage, subject) WHERE status IN ('pending', 'running') DO UPDATE
-            SET priority = excluded.priority,
+            SET priority = greatest(queue.priority, excluded.priority),
                 run_after = CASE WHEN queue.status = 'pending'
                                  THEN least(queue.run_after, excluded.run_after) ELSE queue.run_after END,
+                rerun = queue.rerun OR queue.status = 'running',
                 updated_at = now()
-            WHERE excluded.priority > queue.priority
+            WHERE excluded.priority > queue.priority OR queue.status = 'running'
         RETURNING (xmax = 0) AS inserted
         """,
         {"stage": stage, "prio": priority, "delay": delay_s, "ids": ids},
@@ -92,7 +93,7 @@ def reclaim_expired(conn: Conn, stage: str, policy: RetryPolicy) -> int:
             attempts = attempts + 1,
             status = CASE WHEN attempts + 1 >= %(max)s THEN 'given_up' ELSE 'pending' END,
             finished_at = CASE WHEN attempts + 1 >= %(max)s THEN now() END,
-            run_after = now(), lease_owner = NULL, lease_expires = NULL,
+            run_after = now(), lease_owner = NULL, lease_expires = NULL, rerun = false,
             last_error = %(err)s, updated_at = now()
          WHERE stage = %(stage)s AND status = 'running' AND lease_expires < now()
         RETURNING status
@@ -152,12 +153,23 @@ def complete(conn: Conn, stage: str, owner: str, outcomes: dict[int, str]) -> in
                lease_owner = NULL, lease_expires = NULL, updated_at = now()
           FROM unnest(%s::bigint[], %s::text[]) AS o(id, outcome)
          WHERE q.id = o.id AND q.status = 'running' AND q.lease_owner = %s
-        RETURNING q.outcome
+        RETURNING q.outcome, q.subject, q.priority, q.rerun
         """,
         (ids, [outcomes[i] for i in ids], owner),
     )
-    done = Counter(o for (o,) in cur.fetchall())
+    rows = cur.fetchall()
+    done = Counter(o for o, _, _, _ in rows)
     _count(conn, stage, done)
+    again = [(subj, prio) for _, subj, prio, rerun in rows if rerun]
+    if again:
+        # The subject changed while it was being worked on: its work is due again.
+        conn.execute(
+            """INSERT INTO queue (stage, subject, priority)
+               SELECT %s, s, p FROM unnest(%s::bigint[], %s::smallint[]) AS t(s, p)
+               ON CONFLICT (stage, subject) WHERE status IN ('pending', 'running') DO NOTHING""",
+            (stage, [a for a, _ in again], [b for _, b in again]),
+        )
+        conn.execute("SELECT pg_notify(%s, '')", (channel(stage),))
     return sum(done.values())
 
 
@@ -186,7 +198,7 @@ def fail(
             status = CASE WHEN q.attempts + 1 >= %(max)s THEN 'given_up' ELSE 'pending' END,
             finished_at = CASE WHEN q.attempts + 1 >= %(max)s THEN now() END,
             run_after = now() + make_interval(secs => f.delay),
-            last_error = f.err, lease_owner = NULL, lease_expires = NULL, updated_at = now()
+            last_error = f.err, lease_owner = NULL, lease_expires = NULL, rerun = false, updated_at = now()
           FROM unnest(%(ids)s::bigint[], %(errs)s::text[], %(delays)s::float8[]) AS f(id, err, delay)
          WHERE q.id = f.id AND q.status = 'running' AND q.lease_owner = %(owner)s
         RETURNING q.status, q.subject
@@ -215,7 +227,7 @@ def defer(conn: Conn, owner: str, item_ids: Sequence[int], delay_s: float, reaso
         return 0
     cur = conn.execute(
         """UPDATE queue SET status = 'pending', run_after = now() + make_interval(secs => %s),
-                  lease_owner = NULL, lease_expires = NULL, updated_at = now(),
+                  lease_owner = NULL, lease_expires = NULL, rerun = false, updated_at = now(),
                   last_error = coalesce(%s, last_error)
             WHERE id = ANY(%s) AND status = 'running' AND lease_owner = %s""",
         (delay_s, clean_text(reason, 2000), list(item_ids), owner),
@@ -228,14 +240,14 @@ def release(conn: Conn, owner: str, item_ids: Sequence[int] | None = None) -> in
     if item_ids is None:
         cur = conn.execute(
             """UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL,
-                      run_after = now(), updated_at = now()
+                      rerun = false, run_after = now(), updated_at = now()
                 WHERE status = 'running' AND lease_owner = %s""",
             (owner,),
         )
     else:
         cur = conn.execute(
             """UPDATE queue SET status = 'pending', lease_owner = NULL, lease_expires = NULL,
-                      run_after = now(), updated_at = now()
+                      rerun = false, run_after = now(), updated_at = now()
                 WHERE id = ANY(%s) AND status = 'running' AND lease_owner = %s""",
             (list(item_ids), owner),
         )

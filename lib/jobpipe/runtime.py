@@ -212,6 +212,7 @@ class Runner:
         self._last_watchdog = 0.0
         self._last_status = 0.0
         self._rr = 0
+        self._last_reclaim: dict[str, float] = {}
         self.alerter: Any = None
 
     # ------------------------------------------------------------------ signals
@@ -501,9 +502,13 @@ class Runner:
 
     def _claim_batch(self, stage: Stage) -> int:
         policy = self._policy(stage)
-        reclaimed = queue.reclaim_expired(self.conn, stage.name, policy)
-        if reclaimed:
-            log_event(log, "leases_reclaimed", stage=stage.name, n=reclaimed)
+        now = time.monotonic()
+        # Expired leases are rare; looking for them once per status interval keeps claims cheap.
+        if now - self._last_reclaim.get(stage.name, 0.0) >= self.cfg.runtime.status_interval_s:
+            self._last_reclaim[stage.name] = now
+            reclaimed = queue.reclaim_expired(self.conn, stage.name, policy)
+            if reclaimed:
+                log_event(log, "leases_reclaimed", stage=stage.name, n=reclaimed)
         items = queue.claim(self.conn, stage.name, self.owner, stage.batch_size, self.cfg.queue.lease_s)
         if not items:
             return 0

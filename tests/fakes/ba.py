@@ -761,6 +761,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--today", type=date.fromisoformat, default=None, help="YYYY-MM-DD (default: today)")
     parser.add_argument("--max-size", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--catalogue", help="BERUFENET detail objects (JSON list) to draw occupations from")
+    parser.add_argument("--label-share", type=float, default=1.0,
+                        help="share of postings that carry their occupation label (hauptberuf)")
     args = parser.parse_args(argv)
     population = Population.generate(
         args.postings,
@@ -769,8 +772,10 @@ def main(argv: list[str] | None = None) -> int:
         partner_share=args.partner_share,
         dirty_share=args.dirty_share,
         occupations=args.occupations,
+        catalogue=Catalogue.from_berufenet_file(args.catalogue) if args.catalogue else None,
         today=args.today,
     )
+    population.label_share = args.label_share
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

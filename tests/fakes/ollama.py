@@ -179,6 +179,43 @@ def default_chat_handler(view: dict[str, Any]) -> str:
     return orjson.dumps({"echo": last}).decode()
 
 
+_CANDIDATE = re.compile(r"^\s*(?:-\s*)?(\d+)\s*:\s*(.+?)\s*$", re.M)
+_TITLE = re.compile(r'Normalised title: "(.*)"')
+
+
+def _trigrams(text: str) -> set[str]:
+    t = f"  {text.lower()} "
+    return {t[i : i + 3] for i in range(len(t) - 2)}
+
+
+def candidate_picker_handler(view: dict[str, Any]) -> str:
+    """A simulated LLM for demos and end-to-end tests (labelled as simulated wherever it runs):
+    it answers the classifier's schema by picking the candidate whose name shares the most
+    character trigrams with the normalised title: "yes" above 0.35 Jaccard, "no" below 0.15,
+    else "uncertain". Deterministic, instant, and wrong in the ways a weak model is."""
+    last = next((m.get("content", "") for m in reversed(view["messages"]) if m.get("role") == "user"), "")
+    m = _TITLE.search(str(last))
+    title = m.group(1) if m else str(last)
+    best_id, best = None, 0.0
+    tt = _trigrams(title)
+    for cid, name in _CANDIDATE.findall(str(last)):
+        cn = _trigrams(name)
+        score = len(tt & cn) / max(1, len(tt | cn))
+        if score > best:
+            best_id, best = int(cid), score
+    if best >= 0.35:
+        return orjson.dumps({"occupation_id": best_id, "verdict": "yes"}).decode()
+    if best < 0.15:
+        return orjson.dumps({"occupation_id": None, "verdict": "no"}).decode()
+    return orjson.dumps({"occupation_id": best_id, "verdict": "uncertain"}).decode()
+
+
+CHAT_POLICIES: dict[str, ChatHandler] = {
+    "schema": default_chat_handler,
+    "pick-candidate": candidate_picker_handler,
+}
+
+
 # -- the HTTP server --------------------------------------------------------------------------
 
 
@@ -988,6 +1025,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--chat-model", action="append", default=[], metavar="NAME")
     ap.add_argument("--fail-mode", choices=[m for m in FAIL_MODES if m], default=None)
+    ap.add_argument(
+        "--chat-policy",
+        choices=sorted(CHAT_POLICIES),
+        default="schema",
+        help="how chat answers are made: a schema instance, or pick-candidate (simulated classifier LLM)",
+    )
     a = ap.parse_args(argv)
     models = None
     if a.model:
@@ -1005,6 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
         port=a.port,
         latency_per_input=a.latency_per_input / 1000,
         latency_per_request=a.latency_per_request / 1000,
+        chat_handler=CHAT_POLICIES[a.chat_policy],
     )
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
