@@ -93,7 +93,7 @@ class ClassifierDaemon(Daemon):
                 write=self.write_llm,
                 # Small claims: the runtime's pool is shared and first-in-first-out, so a long row of
                 # waiting LLM calls would hold up the next vector batch (and then starve the LLM).
-                batch_size=min(c.batch_size, c.workers),
+                batch_size=min(c.batch_size, 4 * c.workers),
                 workers=c.workers,
                 per_item=True,
                 max_attempts=c.max_attempts,

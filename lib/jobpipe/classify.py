@@ -34,7 +34,7 @@ from psycopg import sql
 
 from jobpipe.catalogue import DATA_PACKAGE, embedding_text
 from jobpipe.embeddings import as_vector, text_hash
-from jobpipe.errors import ItemError, UserError
+from jobpipe.errors import DependencyDown, ItemError, UserError
 from jobpipe.text import clean_text, normalise_whitespace
 from jobpipe.titles import normalise
 
@@ -335,10 +335,21 @@ class CatalogueSync:
         else:
             self.ready_event.clear()
 
-    def run_until_ready(self, conn: Any, stop: threading.Event | None = None) -> None:
+    def run_until_ready(self, conn: Any, *, retries: int = 5, pause: threading.Event | None = None) -> None:
+        """Embed until complete (commands and benchmarks); a model server that drops a connection
+        now and then is retried `retries` times in a row with a growing pause, then DependencyDown."""
+        wait = pause or threading.Event()  # never set: wait() is a pause that a caller may cut short
+        failures = 0
         self.step(conn, force_check=True)
-        while self.todo and not (stop is not None and stop.is_set()):
-            self.step(conn)
+        while self.todo:
+            try:
+                self.step(conn)
+                failures = 0
+            except DependencyDown as exc:
+                failures += 1
+                if failures > retries:
+                    raise
+                wait.wait(min(30.0, exc.retry_after or 2.0**failures))
 
 
 # ------------------------------------------------------------------ the vector stage
