@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from prometheus_client import Gauge
 
-from jobpipe import classify, embeddings
+from jobpipe import alerting, classify, embeddings
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -264,6 +264,33 @@ class ClassifierDaemon(Daemon):
             embedding_model=self.versions.embedding_model,
         )
         return {item.id: outcomes.get(job.title_id, "missing") for item, job, _ in done}
+
+    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+        """Titles waiting on an empty catalogue; results left stale by a model or prompt change."""
+        waiting, occupations = conn.execute(
+            "SELECT (SELECT count(*) FROM titles WHERE outcome IS NULL), (SELECT count(*) FROM occupations)"
+        ).fetchone()
+        stale = classify.count_stale(conn, self.versions)
+        return [
+            alerting.Condition(
+                "catalogue_empty",
+                "titles wait for an occupation catalogue",
+                occupations == 0 and waiting > 0,
+                f"{occupations} occupations, {waiting:,} titles waiting",
+                alerting.FAIL,
+                hint="load one: `jobpipe occupations fetch` (live BERUFENET) or "
+                "`jobpipe occupations load FILE...` (saved answers)",
+            ),
+            alerting.count_condition(
+                "stale_results",
+                "classifications made with another LLM, prompt or embedding model",
+                stale,
+                1,
+                what="stale titles",
+                hint=f"`jobpipe classifier requeue --stale` re-classifies them with {self.llm_model} and "
+                f"prompt {self.prompt.version}",
+            ),
+        ]
 
     def close(self) -> None:
         self._closing.set()

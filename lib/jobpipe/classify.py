@@ -608,6 +608,27 @@ class Versions:
     embedding_model: str
 
 
+# A result is stale when it rests on another LLM, prompt or embedding model than the current ones.
+_STALE = sql.SQL(
+    "(t.outcome = ANY(%(llm_outcomes)s) AND (t.model IS DISTINCT FROM %(llm)s"
+    " OR t.prompt_version IS DISTINCT FROM %(pv)s OR t.embedding_model IS DISTINCT FROM %(em)s))"
+    " OR (t.outcome = 'no_match' AND t.embedding_model IS DISTINCT FROM %(em)s)"
+)
+
+
+def count_stale(conn: Any, current: Versions) -> int:
+    """Titles whose result was made with another LLM, prompt version or embedding model."""
+    query = sql.SQL("SELECT count(*) FROM titles t WHERE {stale}").format(stale=_STALE)
+    params = {
+        "llm_outcomes": list(LLM_OUTCOMES),
+        "llm": current.llm_model,
+        "pv": current.prompt_version,
+        "em": current.embedding_model,
+    }
+    row = conn.execute(query, params).fetchone()
+    return int(row[0]) if row else 0
+
+
 def requeue(
     conn: Any,
     *,
@@ -635,13 +656,7 @@ def requeue(
         conds.append(sql.SQL("t.outcome IS NULL"))
     if stale is not None:
         params.update(llm=stale.llm_model, pv=stale.prompt_version, em=stale.embedding_model)
-        conds.append(
-            sql.SQL(
-                "(t.outcome = ANY(%(llm_outcomes)s) AND (t.model IS DISTINCT FROM %(llm)s"
-                " OR t.prompt_version IS DISTINCT FROM %(pv)s OR t.embedding_model IS DISTINCT FROM %(em)s))"
-                " OR (t.outcome = 'no_match' AND t.embedding_model IS DISTINCT FROM %(em)s)"
-            )
-        )
+        conds.append(_STALE)
     if not conds:
         return 0
     query = sql.SQL(
