@@ -4,8 +4,9 @@ A posting is "unverified since" its verified_at, or its first_seen_at when it wa
 It is stale once that is older than `verifier.max_age_h`.
 
 The sweep (called from the verifier's loop) enqueues stale postings for stage 'verify':
-- order: never-verified first (least recently seen in a crawl first), then the others by least
-  recently seen in a crawl, then longest unverified;
+- order: never-verified first (least recently seen in a crawl first), then those not seen in a crawl
+  within max_age either, then the rest; within each, longest unverified first. Each part is a
+  range of the postings_verify index read in order, so a sweep costs O(its budget), not O(backlog);
 - rate: a token bucket of `sweep_per_minute` shared by all instances through the one-row table
   verifier_sweep (row-locked; database clock), and at most `sweep_per_minute` background items
   live at once, so a large backlog is spread out instead of being dumped into the queue;
@@ -34,6 +35,8 @@ STAGE = "verify"
 ON_DEMAND_PRIORITY = 10  # the same as jobpipe_request_verify() in the schema
 BACKGROUND_PRIORITY = 0
 
+# ORDER BY spells out the index postings_verify (verified_at NULLS FIRST, last_seen_at) exactly:
+# then every part is an ordered index scan that stops after LIMIT rows.
 _CANDIDATES = """
 WITH live AS (
     SELECT subject FROM queue WHERE stage = 'verify' AND status IN ('pending', 'running')
@@ -47,14 +50,23 @@ recently_given_up AS (
   WHERE p.active AND p.verified_at IS NULL AND p.first_seen_at < now() - make_interval(secs => %(age_s)s)
     AND p.id NOT IN (SELECT subject FROM live)
     AND p.id NOT IN (SELECT subject FROM recently_given_up)
-  ORDER BY p.last_seen_at, p.id
+  ORDER BY p.verified_at NULLS FIRST, p.last_seen_at
   LIMIT %(n)s)
 UNION ALL
 (SELECT p.id FROM postings p
   WHERE p.active AND p.verified_at < now() - make_interval(secs => %(age_s)s)
+    AND p.last_seen_at < now() - make_interval(secs => %(age_s)s)
     AND p.id NOT IN (SELECT subject FROM live)
     AND p.id NOT IN (SELECT subject FROM recently_given_up)
-  ORDER BY p.last_seen_at, p.verified_at, p.id
+  ORDER BY p.verified_at NULLS FIRST, p.last_seen_at
+  LIMIT %(n)s)
+UNION ALL
+(SELECT p.id FROM postings p
+  WHERE p.active AND p.verified_at < now() - make_interval(secs => %(age_s)s)
+    AND p.last_seen_at >= now() - make_interval(secs => %(age_s)s)
+    AND p.id NOT IN (SELECT subject FROM live)
+    AND p.id NOT IN (SELECT subject FROM recently_given_up)
+  ORDER BY p.verified_at NULLS FIRST, p.last_seen_at
   LIMIT %(n)s)
 LIMIT %(n)s
 """
