@@ -157,6 +157,7 @@ class ClassifierDaemon(Daemon):
 
     def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
         jobs = classify.load_title_jobs(conn, [it.subject for it in items])
+        self._deferred.difference_update(it.subject for it in items if it.subject not in jobs)  # deleted
         return {it.id: jobs[it.subject] for it in items if it.subject in jobs}
 
     def call(self, jobs: list[classify.TitleJob]) -> list[Any]:
