@@ -104,8 +104,10 @@ def _status(conn: Any, cfg: Any, as_json: bool) -> int:
     if as_json:
         print(json.dumps(out))
     else:
+        active = conn.execute("SELECT EXISTS (SELECT 1 FROM postings WHERE active)").fetchone()[0]
+        oldest = f"{st.oldest_age_s / 3600:.1f} h" if active else "none (no active postings)"
         print(
-            f"oldest unverified active posting: {st.oldest_age_s / 3600:.1f} h "
+            f"oldest unverified active posting: {oldest} "
             f"(alert beyond {st.limit_s / 3600:.1f} h){'  ALERT' if st.firing else ''}"
         )
         print(
