@@ -116,11 +116,13 @@ class Proc:
         if self.alive():
             self.proc.send_signal(sig)  # type: ignore[union-attr]
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 30.0, signalled: bool = False) -> int | None:
+        """SIGTERM (unless already sent: a second one means "exit at once"), wait, then kill."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if not signalled:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -412,7 +414,7 @@ class Sandbox:
     def stop_daemons(self) -> dict[str, int | None]:
         for p in self.daemons.values():
             p.signal(signal.SIGTERM)
-        return {p.name: p.stop() for p in self.daemons.values()}
+        return {p.name: p.stop(signalled=True) for p in self.daemons.values()}
 
     def stop(self) -> None:
         self.stop_daemons()
