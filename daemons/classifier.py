@@ -27,7 +27,9 @@ A model that is not pulled (404) is a dependency problem: items are deferred, no
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -38,6 +40,9 @@ from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
 from jobpipe.runtime import Context, Daemon, Skip, Stage
+
+log = logging.getLogger("jobpipe.classifier")
+REPAIR_INTERVAL_S = 5.0  # how often postings that raced their title's classification are repaired
 
 
 class ClassifierDaemon(Daemon):
@@ -64,6 +69,7 @@ class ClassifierDaemon(Daemon):
         self._closing = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self._deferred: set[int] = set()  # titles waiting for the catalogue (counted by pending_work)
+        self._last_repair = 0.0
         m = ctx.metrics
         self.catalogue_gauge = Gauge(
             f"{m.prefix}catalogue_occupations",
@@ -144,6 +150,13 @@ class ClassifierDaemon(Daemon):
             conn.close()
 
     def tick(self, conn: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_repair >= REPAIR_INTERVAL_S:
+            self._last_repair = now
+            # Postings that raced their title's classification (see migration 0061).
+            fixed = conn.execute("SELECT jobpipe_repair_posting_occupations(interval '1 day')").fetchone()[0]
+            if fixed:
+                log_event(log, "posting_occupations_repaired", n=fixed)
         s, m = self.sync, self.ctx.metrics
         self.catalogue_gauge.labels(m.daemon, "pending").set(len(s.todo))
         self.catalogue_gauge.labels(m.daemon, "failed").set(len(s.failed))

@@ -448,7 +448,9 @@ class Sandbox:
                        (SELECT count(*) FROM queue
                          WHERE status IN ('pending', 'running') AND stage <> 'verify'),
                        (SELECT count(*) FROM fetch_sources WHERE enabled AND last_success_at IS NULL),
-                       (SELECT count(*) FROM queue WHERE status = 'given_up')""").fetchone()
+                       (SELECT count(*) FROM queue WHERE status = 'given_up'),
+                       (SELECT count(*) FROM postings p JOIN titles t ON t.id = p.title_id
+                         WHERE p.occupation_id IS DISTINCT FROM t.occupation_id)""").fetchone()
         keys = (
             "postings",
             "descriptions",
@@ -459,17 +461,19 @@ class Sandbox:
             "live_items",
             "uncrawled",
             "given_up",
+            "unpropagated",
         )
         return dict(zip(keys, row, strict=True))
 
-    def drained(self, expected_postings: int | None = None) -> bool:
-        p = self.progress()
+    @staticmethod
+    def is_drained(p: dict[str, int]) -> bool:
+        """Nothing left to do: crawled, every stage empty, every posting verified and consistent."""
         return (
             p["postings"] > 0
             and p["live_items"] == 0
             and p["uncrawled"] == 0
             and p["verified"] == p["postings"]
-            and (expected_postings is None or p["postings"] >= expected_postings)
+            and p["unpropagated"] == 0
         )
 
     def wait_drained(
@@ -492,13 +496,7 @@ class Sandbox:
                 on_progress(p)
             if during:
                 during(p)
-            ok = (
-                p["postings"] > 0
-                and p["live_items"] == 0
-                and p["uncrawled"] == 0
-                and p["verified"] == p["postings"]
-            )
-            streak = streak + 1 if ok else 0
+            streak = streak + 1 if self.is_drained(p) else 0
             if streak >= 2:
                 return time.monotonic() - t0
             for d in self.daemons.values():
