@@ -85,7 +85,11 @@ def _normalised(title: str) -> str:
 
 
 def _text(value: str | None) -> str | None:
-    return None if value is None else clean_text(value)
+    if value is None:
+        return None
+    if value.isascii() and "\x00" not in value:
+        return value  # the common case, already clean (clean_text would re-encode it to check)
+    return clean_text(value)
 
 
 def _location(loc: Location) -> dict[str, Any]:
@@ -110,16 +114,20 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATACLASS)
 
 
-def _safe_raw(raw: dict[str, Any]) -> dict[str, Any] | str:
-    """The raw item as jsonb-safe JSON. jsonb rejects `\\u0000`, and orjson rejects lone surrogates;
-    ba_wire already cleans both, this is the guard for records built elsewhere."""
+def _payload(rows: list[dict[str, Any]]) -> str:
+    """The rows as one JSON array for jsonb_to_recordset.
+
+    jsonb rejects `\\u0000` and orjson rejects lone surrogates. ba_wire already cleans both, so
+    the page is serialised once and checked once; only a page that fails (records built
+    elsewhere) has its raw items cleaned and is serialised again.
+    """
     try:
-        dumped = orjson.dumps(raw)
+        dumped = _dumps(rows)
     except (TypeError, orjson.JSONEncodeError):
-        return _deep_clean(raw)
+        dumped = b"\\u0000"
     if b"\\u0000" in dumped:
-        return _deep_clean(raw)
-    return raw
+        dumped = _dumps([{**row, "raw": _deep_clean(row["raw"])} for row in rows])
+    return dumped.decode("utf-8")
 
 
 def _deep_clean(value: Any) -> Any:
@@ -174,7 +182,7 @@ def _complete(
         **fields,
         "title_norm": normalise(title) if title else None,
         "content_hash": digest,
-        "raw": _safe_raw(record.raw),
+        "raw": record.raw,
     }
 
 
@@ -309,7 +317,7 @@ def upsert_postings(
     inserted = updated = 0
     if todo:
         rows = [_complete(*batch[key], normalise) for key in todo]
-        cur = conn.execute(_WRITE, {"rows": _dumps(rows).decode("utf-8"), "source": src})
+        cur = conn.execute(_WRITE, {"rows": _payload(rows), "source": src})
         for (new,) in cur.fetchall():
             if new:
                 inserted += 1
