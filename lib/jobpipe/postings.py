@@ -87,7 +87,7 @@ def _normalised(title: str) -> str:
 def _text(value: str | None) -> str | None:
     if value is None:
         return None
-    if value.isascii() and "\x00" not in value:
+    if isinstance(value, str) and value.isascii() and "\x00" not in value:
         return value  # the common case, already clean (clean_text would re-encode it to check)
     return clean_text(value)
 
