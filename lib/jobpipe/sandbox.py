@@ -517,7 +517,10 @@ class Sandbox:
                                   description_state, md5(coalesce(description, '')), external_url, has_salary,
                                   (SELECT o.name FROM occupations o WHERE o.id = p.occupation_id)
                              FROM postings p ORDER BY external_id""",
-            "titles": """SELECT t.title_norm, o.name, t.outcome FROM titles t
+            # The kind of exact evidence (label, name, alias) depends on which posting showed the
+            # title first; the decision does not.
+            "titles": """SELECT t.title_norm, o.name, regexp_replace(t.outcome, '^matched_.*', 'matched')
+                           FROM titles t
                            LEFT JOIN occupations o ON o.id = t.occupation_id ORDER BY t.title_norm""",
             "embeddings": """SELECT p.external_id, e.model, e.text_hash, md5(e.embedding::text)
                                FROM posting_embeddings e JOIN postings p ON p.id = e.posting_id
