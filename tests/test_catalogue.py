@@ -239,3 +239,18 @@ def test_fetch_of_a_dead_api_raises_and_writes_nothing(db_conn: Any) -> None:
         with pytest.raises(DependencyDown):
             catalogue.fetch(client)
     assert db_conn.execute("SELECT count(*) FROM occupations").fetchone()[0] == 0
+
+
+def test_cli_fetch(pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeBA(postings=5, catalogue=Catalogue.load(25)) as fake:
+        cfg = tmp_path / "jobpipe.yaml"
+        doc = {
+            "database": {"url": pg_url},
+            "classifier": {"berufenet_url": fake.berufenet_url},
+            "fetcher": {"rate_limit_per_s": 100.0},
+        }
+        cfg.write_text(json.dumps(doc), encoding="utf-8")
+        assert main(["-c", str(cfg), "occupations", "fetch", "--json"]) == 0
+        assert fake.last_headers.get("X-API-Key") == "infosysbub-berufenet"
+    out = json.loads(capsys.readouterr().out)
+    assert (out["occupations"], out["inserted"], out["problems"]) == (25, 25, [])
