@@ -16,9 +16,9 @@ from jobpipe.errors import DependencyDown, UserError
 
 # Modules that define `add_commands(sub)`; each registers its own subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
-    "jobpipe.cli_demo",
     "jobpipe.cli_core",
     "jobpipe.cli_run",
+    "jobpipe.cli_demo",
     "jobpipe.cli_embed",
     "jobpipe.cli_fetch",
     "jobpipe.cli_install",
