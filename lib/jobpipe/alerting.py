@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 
 from jobpipe import db, queue
-from jobpipe.config import Config, _check
+from jobpipe.config import Config, check_value
 from jobpipe.errors import ConfigError, DependencyDown
 from jobpipe.logs import log_event
 from jobpipe.logs import redact as redact_secrets
@@ -147,7 +147,9 @@ def validate_overrides(raw: Any) -> dict[str, dict[str, Any]]:
                     f"alerts.overrides.{daemon}.{key}: not an overridable alert setting "
                     f"(one of {', '.join(names)})"
                 )
-            out[str(daemon)][key] = _check(registry[f"alerts.{key}"], value, f"alerts.overrides.{daemon}")
+            out[str(daemon)][key] = check_value(
+                registry[f"alerts.{key}"], value, f"alerts.overrides.{daemon}"
+            )
     return out
 
 

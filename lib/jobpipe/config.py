@@ -63,7 +63,7 @@ class Config:
             key = dunder.replace("__", ".", 1)
             if key not in registry:
                 raise ConfigError(f"unknown setting {key!r}")
-            values[key] = Value(_check(registry[key], raw, "override"), "override")
+            values[key] = Value(check_value(registry[key], raw, "override"), "override")
         return Config(values, self.path)
 
     def redacted(self, key: str) -> Any:
@@ -88,7 +88,7 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     )
 
 
-def _check(setting: Setting, value: Any, where: str) -> Any:
+def check_value(setting: Setting, value: Any, where: str) -> Any:
     """Type/range/choice check; returns the value (ints widened to float for float settings)."""
     expected = setting.value_type
     ok = isinstance(value, expected)
@@ -184,7 +184,7 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
                 where = f"{file_path}:{lines.get(key, lines.get(str(sec), 1))}"
                 if key not in registry:
                     raise ConfigError(f"{where}: unknown setting {key!r}{_suggest(str(name), names)}")
-                values[key] = Value(_check(registry[key], raw, where), where)
+                values[key] = Value(check_value(registry[key], raw, where), where)
 
     env_keys = {"JOBPIPE_" + k.replace(".", "_").upper(): k for k in registry}
     for var, raw in env.items():
@@ -202,7 +202,7 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
                 raise ConfigError(
                     f"env {var}: cannot parse {raw!r} as {_type_name(setting.value_type)}"
                 ) from None
-        values[key] = Value(_check(setting, parsed, f"env {var}"), f"env {var}")
+        values[key] = Value(check_value(setting, parsed, f"env {var}"), f"env {var}")
 
     return Config(values, file_path)
 

@@ -64,8 +64,6 @@ class Stage:
     workers: int = 1
     per_item: bool = False
     max_attempts: int = 5
-    # Called in the failing transaction with the items that were just given up.
-    on_given_up: Callable[[Any, list[int]], None] | None = None
 
 
 @dataclass
@@ -450,8 +448,6 @@ class Runner:
             try:
                 self.daemon.tick(self.conn)
                 claimed = self._claim_more()
-                if self.dep_down and not any(d == "database" for d in self.dep_down):
-                    pass
             except DependencyDown as exc:
                 self._dependency_failed(exc)
         if self.inflight:
@@ -587,8 +583,6 @@ class Runner:
                         outcomes.update(stage.write(self.conn, b.results))
                     done = queue.complete(self.conn, stage.name, self.owner, outcomes)
                     failed = queue.fail(self.conn, stage.name, self.owner, b.errors, policy)
-                    if failed["given_up_subjects"] and stage.on_given_up is not None:
-                        stage.on_given_up(self.conn, failed["given_up_subjects"])
                     delay = self.backoff_s
                     queue.defer(
                         self.conn,
