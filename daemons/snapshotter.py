@@ -149,7 +149,7 @@ class SnapshotterDaemon(Daemon):
 
     # ------------------------------------------------------------------ the work (job thread)
     def _work(self, days: list[date], sim_due: bool) -> _JobResult:
-        sec, emb = self.ctx.cfg.snapshotter, self.ctx.cfg.embedder
+        sec = self.ctx.cfg.snapshotter
         if self.job_conn is None or self.job_conn.closed:
             self.job_conn = self.ctx.connect()
         conn = self.job_conn
@@ -174,15 +174,8 @@ class SnapshotterDaemon(Daemon):
                 )
             if sim_due and not self.ctx.stop.is_set():
                 with self.ctx.metrics.batch_timer(SIMILARITY):
-                    out.similarity = similarity.compute_or_keep(
-                        conn,
-                        model=emb.model,
-                        dims=emb.dimensions,
-                        top_k=sec.similarity_top_k,
-                        min_postings=sec.min_postings_for_centroid,
-                        min_score=sec.similarity_min_score,
-                        only_if_due_h=sec.similarity_interval_h,
-                        statement_timeout_s=sec.statement_timeout_s,
+                    out.similarity = similarity.compute_configured(
+                        conn, self.ctx.cfg, only_if_due_h=sec.similarity_interval_h
                     )
                 s = out.similarity
                 log_event(

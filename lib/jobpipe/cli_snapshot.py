@@ -51,16 +51,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         db.check_schema(conn)
         if args.similarity:
             emb = cfg.embedder
-            r = similarity.compute_or_keep(
-                conn,
-                model=emb.model,
-                dims=emb.dimensions,
-                top_k=sec.similarity_top_k,
-                min_postings=sec.min_postings_for_centroid,
-                min_score=sec.similarity_min_score,
-                wait=True,
-                statement_timeout_s=sec.statement_timeout_s,
-            )
+            r = similarity.compute_configured(conn, cfg, wait=True)
             if args.json:
                 print(
                     json.dumps(

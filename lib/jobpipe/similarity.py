@@ -26,6 +26,8 @@ from typing import Any
 
 import psycopg
 
+from jobpipe.config import Config
+
 Conn = psycopg.Connection[Any]
 
 SIMILARITY_LOCK = 0x6A700041
@@ -239,6 +241,25 @@ def compute_or_keep(conn: Conn, **kwargs: Any) -> SimilarityResult:
             (kwargs["model"], time.perf_counter() - started),
         )
         return SimilarityResult(NO_VECTORS, seconds=time.perf_counter() - started)
+
+
+def compute_configured(conn: Conn, cfg: Config, **kwargs: Any) -> SimilarityResult:
+    """`compute_or_keep` with the model of [embedder] and the parameters of [snapshotter].
+
+    One place maps the settings to the computation, so the daemon and `jobpipe snapshot
+    --similarity` cannot drift apart; callers add only how they run (`only_if_due_h`, `wait`).
+    """
+    sec, emb = cfg.snapshotter, cfg.embedder
+    return compute_or_keep(
+        conn,
+        model=emb.model,
+        dims=emb.dimensions,
+        top_k=sec.similarity_top_k,
+        min_postings=sec.min_postings_for_centroid,
+        min_score=sec.similarity_min_score,
+        statement_timeout_s=sec.statement_timeout_s,
+        **kwargs,
+    )
 
 
 @dataclass(frozen=True, slots=True)
