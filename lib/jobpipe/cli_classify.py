@@ -98,23 +98,10 @@ def cmd_occupations_load(args: argparse.Namespace) -> int:
 
 def make_ba_client(cfg: Any) -> Any:
     """The BA client with the fetcher's politeness settings and the BERUFENET endpoint of the classifier."""
-    from jobpipe.ba import BAClient
+    from jobpipe import crawl  # imported on use: the other commands do not need the crawler
 
-    f, c = cfg.fetcher, cfg.classifier
-    return BAClient(
-        f.base_url,
-        f.api_key,
-        berufenet_url=c.berufenet_url,
-        berufenet_api_key=c.berufenet_api_key,
-        user_agent=f.user_agent,
-        max_concurrency=f.max_concurrency,
-        rate_limit_per_s=f.rate_limit_per_s,
-        connect_timeout=min(10.0, f.timeout_s),
-        read_timeout=f.timeout_s,
-        max_retries=f.max_retries,
-        backoff_base_s=f.backoff_base_s,
-        backoff_max_s=f.backoff_max_s,
-    )
+    c = cfg.classifier
+    return crawl.make_client(cfg, berufenet_url=c.berufenet_url, berufenet_api_key=c.berufenet_api_key)
 
 
 def cmd_occupations_fetch(args: argparse.Namespace) -> int:

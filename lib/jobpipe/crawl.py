@@ -113,8 +113,9 @@ SPLIT_DIMENSIONS: tuple[Dimension, ...] = (
 )
 
 
-def make_client(cfg: Config, observer: Any = None) -> BAClient:
-    """The BA client as configured in the fetcher section (also used by `jobpipe fetch`)."""
+def make_client(cfg: Config, observer: Any = None, **extra: Any) -> BAClient:
+    """The BA client as configured in the fetcher section (also used by `jobpipe fetch` and
+    `jobpipe occupations fetch`); `extra`: further BAClient arguments, e.g. the BERUFENET endpoint."""
     f = cfg.fetcher
     return BAClient(
         f.base_url,
@@ -129,6 +130,7 @@ def make_client(cfg: Config, observer: Any = None) -> BAClient:
         backoff_max_s=f.backoff_max_s,
         max_description_chars=f.description_max_chars,
         observer=observer,
+        **extra,
     )
 
 
