@@ -48,6 +48,11 @@ def known_prefixes(model: str) -> tuple[str, str]:
     return "", ""
 
 
+def bad_response(what: str) -> DependencyDown:
+    """The server answered, but not in the shape its API promises (for the flavour modules)."""
+    return DependencyDown(DEPENDENCY, f"unexpected answer shape: {what}", kind="bad_response")
+
+
 def _explicit(prefix: str | None) -> str | None:
     """None and "auto" mean: use the table."""
     return None if prefix is None or prefix == "auto" else prefix

@@ -9,12 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobpipe.endpoints import EndpointPool
-from jobpipe.errors import DependencyDown
-from jobpipe.models import DEPENDENCY, ChatClient, EmbeddingClient, Role
-
-
-def _bad_response(what: str) -> DependencyDown:
-    return DependencyDown(DEPENDENCY, f"unexpected answer shape: {what}", kind="bad_response")
+from jobpipe.models import ChatClient, EmbeddingClient, Role, bad_response
 
 
 class _OllamaMixin:
@@ -34,7 +29,7 @@ class _OllamaMixin:
         doc = self.pool.get_json("tags", "/api/tags")
         models = doc.get("models") if isinstance(doc, dict) else None
         if not isinstance(models, list):
-            raise _bad_response("/api/tags without a models list")
+            raise bad_response("/api/tags without a models list")
         return [
             {
                 "name": m.get("name"),
@@ -80,7 +75,7 @@ class OllamaEmbeddingClient(_OllamaMixin, EmbeddingClient):
         doc = self.pool.post_json("embed", "/api/embed", payload, model=self.model)
         vectors = doc.get("embeddings") if isinstance(doc, dict) else None
         if not isinstance(vectors, list):
-            raise _bad_response("/api/embed answer without an embeddings list")
+            raise bad_response("/api/embed answer without an embeddings list")
         return vectors
 
 
@@ -117,5 +112,5 @@ class OllamaChatClient(_OllamaMixin, ChatClient):
         message = doc.get("message") if isinstance(doc, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
-            raise _bad_response("/api/chat answer without message.content")
+            raise bad_response("/api/chat answer without message.content")
         return content, doc.get("done_reason")

@@ -14,14 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from jobpipe.endpoints import EndpointPool
-from jobpipe.errors import DependencyDown
-from jobpipe.models import DEPENDENCY, ChatClient, EmbeddingClient, Role
+from jobpipe.models import ChatClient, EmbeddingClient, Role, bad_response
 
 _INPUT_TYPE: dict[str, str] = {"query": "query", "document": "passage"}
-
-
-def _bad_response(what: str) -> DependencyDown:
-    return DependencyDown(DEPENDENCY, f"unexpected answer shape: {what}", kind="bad_response")
 
 
 class _OpenAIMixin:
@@ -40,7 +35,7 @@ class _OpenAIMixin:
         doc = self.pool.get_json("models", "/v1/models")
         data = doc.get("data") if isinstance(doc, dict) else None
         if not isinstance(data, list):
-            raise _bad_response("/v1/models without a data list")
+            raise bad_response("/v1/models without a data list")
         return [{"name": m.get("id"), "digest": None} for m in data if isinstance(m, dict)]
 
 
@@ -74,14 +69,14 @@ class OpenAIEmbeddingClient(_OpenAIMixin, EmbeddingClient):
         doc = self.pool.post_json("embed", "/v1/embeddings", payload, model=self.model)
         data = doc.get("data") if isinstance(doc, dict) else None
         if not isinstance(data, list):
-            raise _bad_response("/v1/embeddings answer without a data list")
+            raise bad_response("/v1/embeddings answer without a data list")
         vectors: list[Any] = [None] * len(data)
         for pos, item in enumerate(data):
             if not isinstance(item, dict):
-                raise _bad_response("/v1/embeddings data item is not an object")
+                raise bad_response("/v1/embeddings data item is not an object")
             index = item.get("index", pos)
             if not isinstance(index, int) or not 0 <= index < len(data) or vectors[index] is not None:
-                raise _bad_response(f"/v1/embeddings data has a bad or repeated index {index!r}")
+                raise bad_response(f"/v1/embeddings data has a bad or repeated index {index!r}")
             vectors[index] = item.get("embedding")
         return vectors
 
@@ -104,5 +99,5 @@ class OpenAIChatClient(_OpenAIMixin, ChatClient):
         message = first.get("message") if isinstance(first, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
-            raise _bad_response("/v1/chat/completions answer without choices[0].message.content")
+            raise bad_response("/v1/chat/completions answer without choices[0].message.content")
         return content, first.get("finish_reason")
