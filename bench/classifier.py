@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 import titlegen  # noqa: E402
-from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from jobpipe import catalogue, classify, db, embedded  # noqa: E402
 from jobpipe.embeddings import as_vector  # noqa: E402
@@ -98,12 +95,6 @@ class ScriptedLLM:
             with self.lock:
                 self.now -= 1
                 self.last_end = max(self.last_end, time.monotonic())
-
-
-def url_for(admin_url: str, dbname: str) -> str:
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
 
 
 def write_config(path: Path, db_url: str, fake_url: str, workers: int, batch_size: int) -> None:
@@ -227,14 +218,13 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-classifier-"))
     admin = a.db_url or embedded.start(tmp / "pgdata")
-    name = "bench_cls_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    db_url = url_for(admin, name)
     llm = ScriptedLLM(truth, latency)
     try:
-        db.migrate(db_url)
-        with db.connect(db_url) as conn, FakeOllama(capacity=a.capacity, chat_handler=llm) as fake:
+        with (
+            db.scratch_database(admin, "bench_cls_") as db_url,
+            db.connect(db_url) as conn,
+            FakeOllama(capacity=a.capacity, chat_handler=llm) as fake,
+        ):
             catalogue.upsert(conn, occupations)
             cfg = tmp / "jobpipe.yaml"
             write_config(cfg, db_url, fake.url, workers, a.batch_size)
@@ -261,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute("DELETE FROM queue")  # the predecessor needs no queue: keep the daemon's out of it
             pred = predecessor(conn, fake.url, pred_sample, ids)
     finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         if a.db_url is None:
             embedded.stop(tmp / "pgdata")
         shutil.rmtree(tmp, ignore_errors=True)

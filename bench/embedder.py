@@ -36,7 +36,8 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,6 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 import requests  # noqa: E402
-from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from jobpipe import db, embedded  # noqa: E402
 
@@ -82,19 +82,16 @@ DESCRIPTION_SENTENCES = (
 # ------------------------------------------------------------------ databases
 
 
-def url_for(admin_url: str, dbname: str) -> str:
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
+@contextmanager
+def fresh_database(admin_url: str, n: int) -> Iterator[str]:
+    """A new migrated database with `n` pending postings (queued for 'embed' by the real triggers),
+    dropped on exit."""
+    with db.scratch_database(admin_url, "bench_emb_") as url:
+        populate(url, n)
+        yield url
 
 
-def fresh_database(admin_url: str, n: int) -> tuple[str, str]:
-    """A new migrated database with `n` pending postings (queued for 'embed' by the real triggers)."""
-    name = "bench_emb_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(admin_url, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    url = url_for(admin_url, name)
-    db.migrate(url)
+def populate(url: str, n: int) -> None:
     with db.connect(url) as conn:
         conn.execute(
             """
@@ -109,12 +106,6 @@ def fresh_database(admin_url: str, n: int) -> tuple[str, str]:
             {"titles": list(TITLES), "sent": list(SENTENCES), "k": DESCRIPTION_SENTENCES, "n": n},
         )
         conn.execute("ANALYZE")
-    return name, url
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # ------------------------------------------------------------------ the fake, as its own process
@@ -205,8 +196,7 @@ def jobpipe_env(url: str, fake: Fake, batch: int, workers: int) -> dict[str, str
 
 
 def run_jobpipe(name: str, admin: str, fake: Fake, n: int, batch: int, workers: int, logs: Path) -> Run:
-    dbname, url = fresh_database(admin, n)
-    try:
+    with fresh_database(admin, n) as url:
         cmd = [sys.executable, "-m", "jobpipe.cli", "run", "embedder", "--once", "--metrics-port", "0"]
         started, seconds, rss, code = timed_process(
             cmd, jobpipe_env(url, fake, batch, workers), logs / f"{name}.log"
@@ -215,13 +205,10 @@ def run_jobpipe(name: str, admin: str, fake: Fake, n: int, batch: int, workers: 
             raise SystemExit(f"{name}: the embedder exited {code}; see {logs / f'{name}.log'}")
         vectors, embed_s = vectors_written(url, started)
         return Run(name, n, seconds, embed_s, vectors, rss, fake.counters()["embed_requests"])
-    finally:
-        drop_database(admin, dbname)
 
 
 def run_predecessor(name: str, admin: str, fake: Fake, n: int, logs: Path) -> Run:
-    dbname, url = fresh_database(admin, n)
-    try:
+    with fresh_database(admin, n) as url:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--predecessor", url, fake.url]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         started, seconds, rss, code = timed_process(cmd, env, logs / f"{name}.log")
@@ -229,8 +216,6 @@ def run_predecessor(name: str, admin: str, fake: Fake, n: int, logs: Path) -> Ru
             raise SystemExit(f"{name}: exited {code}; see {logs / f'{name}.log'}")
         vectors, embed_s = vectors_written(url, started)
         return Run(name, n, seconds, embed_s, vectors, rss, fake.counters()["embed_requests"])
-    finally:
-        drop_database(admin, dbname)
 
 
 def predecessor_main(url: str, ollama_url: str, threads: int = 8) -> int:
@@ -306,8 +291,7 @@ def pgai_python(venv: Path, logs: Path) -> tuple[Path | None, str]:
 
 def run_pgai(name: str, admin: str, fake: Fake, n: int, batch: int, workers: int, py: Path,
              logs: Path) -> Run:  # fmt: skip
-    dbname, url = fresh_database(admin, n)
-    try:
+    with fresh_database(admin, n) as url:
         r = subprocess.run(
             [str(py), "-c", f"import pgai; pgai.install({url!r})"], capture_output=True, text=True
         )
@@ -339,8 +323,6 @@ def run_pgai(name: str, admin: str, fake: Fake, n: int, batch: int, workers: int
             raise RuntimeError(f"pgai worker exited {code}; see {logs / f'{name}.log'}")
         vectors, embed_s = vectors_written(url, started, "pgai_embeddings")
         return Run(name, n, seconds, embed_s, vectors, rss, fake.counters()["embed_requests"])
-    finally:
-        drop_database(admin, dbname)
 
 
 # ------------------------------------------------------------------ main

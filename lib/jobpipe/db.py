@@ -10,11 +10,15 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobpipe import embedded
 from jobpipe.config import Config
@@ -139,3 +143,27 @@ def check_schema(conn: psycopg.Connection[Any]) -> None:
             f"the database schema is behind: {len(missing)} migration(s) pending ({', '.join(missing)}); "
             "run `jobpipe migrate`"
         )
+
+
+def url_for(url: str, dbname: str) -> str:
+    """`url` with another database name (same server, user and options)."""
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+@contextmanager
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new, migrated database named `prefix` + a random suffix on the server of `admin_url`;
+    yields its URL and drops it on exit (WITH (FORCE): connections left open do not block it).
+    For benchmarks, which measure against a database of their own."""
+    name = prefix + uuid.uuid4().hex[:10]
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")  # generated here: safe to splice
+    try:
+        url = url_for(admin_url, name)
+        migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
