@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -190,18 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.postings is None:
         args.postings = 20_000 if args.quick else 1_000_000
-    tmp: Path | None = None
-    admin = args.db_url
-    if not admin:
-        tmp = Path(tempfile.mkdtemp(prefix="jobpipe-bench-pg-"))
-        admin = embedded.start(tmp / "pgdata")
-    try:
-        with db.scratch_database(admin, "bench_health_") as url:
-            res = run(url, args)
-    finally:
-        if tmp is not None:
-            embedded.stop(tmp / "pgdata")
-            shutil.rmtree(tmp, ignore_errors=True)
+    with (
+        embedded.given_or_temporary(args.db_url, "jobpipe-bench-pg-") as admin,
+        db.scratch_database(admin, "bench_health_") as url,
+    ):
+        res = run(url, args)
     res["mode"] = "quick" if args.quick else "full"
     res["ok"] = res["health_s"] <= GOAL_S
     print(f"{'measurement':<36}{'value':>14}  goal")

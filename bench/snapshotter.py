@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -238,18 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
 
-    tmp: Path | None = None
-    admin = args.db_url
-    if not admin:
-        tmp = Path(tempfile.mkdtemp(prefix="jobpipe-bench-pg-"))
-        admin = embedded.start(tmp / "pgdata")
-    try:
-        with db.scratch_database(admin, "bench_snapshotter_") as url:
-            res = run(url, args)
-    finally:
-        if tmp is not None:
-            embedded.stop(tmp / "pgdata")
-            shutil.rmtree(tmp, ignore_errors=True)
+    with (
+        embedded.given_or_temporary(args.db_url, "jobpipe-bench-pg-") as admin,
+        db.scratch_database(admin, "bench_snapshotter_") as url,
+    ):
+        res = run(url, args)
 
     res["mode"] = "quick" if args.quick else "full"
     res["snapshot_ok"] = res["snapshot_s"] <= GOAL_SNAPSHOT_S

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from jobpipe.errors import UserError
@@ -111,3 +114,18 @@ def stop(data_dir: Path) -> bool:
                 f"cannot stop the embedded PostgreSQL in {data_dir}: {exc.stderr.strip()}"
             ) from None
     return True
+
+
+@contextmanager
+def given_or_temporary(url: str | None, prefix: str) -> Iterator[str]:
+    """`url` when one is given (an operator's server), else a temporary embedded server in a new
+    directory named `prefix`..., stopped and deleted on exit. For benchmarks and demos."""
+    if url:
+        yield url
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield start(tmp / "pgdata")
+    finally:
+        stop(tmp / "pgdata")
+        shutil.rmtree(tmp, ignore_errors=True)
