@@ -1,4 +1,4 @@
-"""bench/queue.py in quick mode, so the benchmark cannot rot (figures are not asserted here)."""
+"""bench/work_queue.py in quick mode, so the benchmark cannot rot (figures are not asserted here)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_queue_bench_quick(pg_url):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "queue.py"), "--quick", "--url", pg_url],
+        [sys.executable, str(ROOT / "bench" / "work_queue.py"), "--quick", "--url", pg_url],
         capture_output=True,
         text=True,
         timeout=600,

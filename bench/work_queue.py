@@ -1,29 +1,25 @@
-"""Queue benchmark: claim+complete throughput, and claim latency with little vs much history.
+"""Queue benchmark (named work_queue.py: a bench/queue.py would shadow the stdlib `queue` module
+for every script in bench/): claim+complete throughput, and claim latency with little vs much history.
 
 History must not slow claims: the claim path only touches partial indexes over live rows, so
 the claim latency with 1,000,000 finished items should stay within 1.5x of that with 10,000.
 Both are measured side by side in one run on the same server.
 
-    python bench/queue.py            # 10,000 vs 1,000,000 finished items
-    python bench/queue.py --quick    # 2,000 vs 100,000 (CI)
+    python bench/work_queue.py            # 10,000 vs 1,000,000 finished items
+    python bench/work_queue.py --quick    # 2,000 vs 100,000 (CI)
 
 Prints a table, then one `RESULT {json}` line.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
-
-# This file is named like the stdlib `queue` module: keep its directory off the import path,
-# or `import queue` inside the standard library (concurrent.futures, psycopg) would find it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
