@@ -329,7 +329,7 @@ def snapshotter(b: Board) -> None:
     b.ts(
         "Missing snapshot days",
         "Due days without a complete snapshot (within catch_up_days): the snapshotter's backlog.",
-        ("max(jobpipe_snapshotter_missing_days)", "missing days"),
+        ("max(jobpipe_snapshotter_missing_snapshots)", "missing snapshots"),
     )
     b.ts(
         "Newest snapshot",
