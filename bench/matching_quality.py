@@ -168,8 +168,11 @@ def measure(conn: Any, client: Any, which: str, rows: list[dict[str, Any]]) -> d
             ok.add(ev[1])
         acceptable.append(ok)
     pipeline_hits = 0
+    # One embedding per distinct text for both variants: a title that normalisation leaves as it
+    # is must get the very same vector in both, or batch-dependent float noise could flip a tie.
+    every = embed_all(client, [t for ts in texts.values() for t in ts])
     for variant, variant_texts in texts.items():
-        vectors = embed_all(client, variant_texts)
+        vectors = {t: every[t] for t in set(variant_texts)}
         keys = {t: i for i, t in enumerate(sorted(vectors))}
         found = classify.search_candidates(
             conn, {keys[t]: v for t, v in vectors.items()}, MODEL, DIM, max(KS)
