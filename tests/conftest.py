@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -46,10 +45,7 @@ def pg_server() -> Iterator[dict[str, Any]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def url_for(admin_url: str, dbname: str) -> str:
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
+url_for = db.url_for  # kept importable for tests: `from tests.conftest import url_for`
 
 
 @pytest.fixture(scope="session")
