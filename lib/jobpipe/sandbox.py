@@ -35,6 +35,7 @@ import jobpipe
 from jobpipe import db, embedded
 from jobpipe.errors import UserError
 from jobpipe.settings import DAEMONS
+from jobpipe.supervisor import die_with_parent
 
 SENDER = "+4915100000001"
 RECIPIENT = "+4917600000002"
@@ -50,16 +51,6 @@ def source_root() -> Path:
             "clone installed with `pip install -e .`"
         )
     return root
-
-
-def _die_with_parent() -> None:
-    """Child processes end when the sandbox's process does, even if it is killed (Linux prctl)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def free_port() -> int:
@@ -106,7 +97,7 @@ class Proc:
             stdout=self.log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def alive(self) -> bool:
@@ -170,7 +161,7 @@ class Sandbox:
             stdout=subprocess.PIPE,
             stderr=open(self.logs / f"sim-{name}.log", "ab"),  # noqa: SIM115
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.sims[name] = p
         out: list[str] = []
@@ -272,7 +263,7 @@ class Sandbox:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.sims["signal"] = p
         self._wait_http(f"http://127.0.0.1:{self.signal_port}/v1/health", 30)

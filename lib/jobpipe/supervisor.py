@@ -20,6 +20,17 @@ from pathlib import Path
 from typing import IO
 
 
+def die_with_parent() -> None:
+    """In a child before exec: receive SIGTERM when the parent dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so supervised processes never outlive their supervisor."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class Child:
     name: str
@@ -75,7 +86,12 @@ class Supervisor:
             c.log = open(self.log_dir / f"{c.name}.log", "ab")  # noqa: SIM115 - kept open for the child's life
             stdout = c.log
         c.proc = subprocess.Popen(
-            [*self.base_cmd, "run", c.name], env=env, stdout=stdout, stderr=stdout, start_new_session=True
+            [*self.base_cmd, "run", c.name],
+            env=env,
+            stdout=stdout,
+            stderr=stdout,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         c.ready = False
         c.status = "starting"
