@@ -101,7 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(box.cli("search", q, "--limit", "5", check=False).stdout.rstrip())
             print()
         section("[simulated Signal gateway] messages it would have sent")
-        print("\n".join(box.signal_lines) if box.signal_lines else "(none: no alert condition was crossed)")
+        sent = [line for line in box.signal_lines if " listening on " not in line]
+        print("\n".join(sent) if sent else "(none: no alert condition was crossed)")
         print(f"\n== demo finished in {time.monotonic() - t0:.0f}s ==")
         return 0
     finally:
