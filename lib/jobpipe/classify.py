@@ -285,6 +285,8 @@ class CatalogueSync:
             self._next_check = now + self.check_interval_s
             sig = self._current_signature(conn)
             if sig == self._signature:
+                if self.total and not self.ready_event.is_set():
+                    self._finish(conn)  # a finish cut short (e.g. the database restarted) is redone
                 return False
             todo, total = occupations_to_embed(conn, self.model, self.dimensions)
             index = load_exact_index(conn)
