@@ -8,7 +8,8 @@ title, description or occupation change:
 - call: one `embed_batch` request per batch (role "document"), `embedder.workers` in flight;
   a 400 is narrowed down to the offending posting by the client, a wrong dimension is that
   posting's ItemError, a server that is down defers the batch without charging it;
-- write: one statement per batch (binary `vector[]` upsert) with model, text hash, dimension.
+- write: one statement per batch (binary `vector[]` upsert) with model, text hash, dimension; a
+  posting changed meanwhile was re-queued by the change itself (the queue's `rerun`).
 
 A model change in the config is rolled out by a sweep in `tick`: postings without a vector of
 the new model are queued in bounded steps, below new postings. The HNSW index for the model's
@@ -24,7 +25,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from jobpipe import embeddings, queue
+from jobpipe import embeddings
 from jobpipe.errors import ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -46,7 +47,6 @@ class EmbedderDaemon(Daemon):
         self.max_chars: int = e.max_chars
         self.client = embeddings.client_from_config(ctx.cfg, observer=ctx.metrics.observe_model_call)
         self.sweep = embeddings.Sweep(self.model, backlog=e.reembed_backlog)
-        self._changed: set[int] = set()  # postings updated while their item was running
         self._index_thread: threading.Thread | None = None
         self._index_error: BaseException | None = None
         self._index_pid: int | None = None
@@ -203,18 +203,12 @@ class EmbedderDaemon(Daemon):
         # of commits, never half of one: their items come back when the leases expire.
         conn.execute("SET LOCAL synchronous_commit = off")
         rows = {d.posting_id: (d, v) for _, d, v in done}  # one row per posting (duplicates collapse)
-        written, changed = embeddings.upsert(conn, list(rows.values()), self.model, self.dimensions)
-        self._changed |= changed
+        written = embeddings.upsert(conn, list(rows.values()), self.model, self.dimensions)
         return {it.id: ("embedded" if it.subject in written else "missing") for it, _, _ in done}
 
     # -- periodic work ----------------------------------------------------------------------------
 
     def tick(self, conn: Any) -> None:
-        if self._changed:
-            # Their items are complete now, so enqueue creates new ones; an unchanged text is
-            # then a cheap "unchanged" skip, a changed one is embedded again.
-            ids, self._changed = sorted(self._changed), set()
-            queue.enqueue(conn, embeddings.STAGE, ids)
         if not self.sweep.done:
             n = self.sweep.step(conn)
             if n:
@@ -223,8 +217,8 @@ class EmbedderDaemon(Daemon):
         self.ctx.set_status_extra(self._status_text())
 
     def pending_work(self, conn: Any) -> int:
-        """Asked when no queue item is due: the sweep, rows changed while running, a due index build."""
-        if not self.sweep.done or self._changed:
+        """Asked when no queue item is due: the sweep, a due index build."""
+        if not self.sweep.done:
             return 1
         self._maybe_build_index(conn, idle=True)  # idle now: start it without waiting for the next check
         return 0

@@ -384,7 +384,7 @@ def test_dimension_conflict_for_the_same_model_is_a_config_error(db_conn):
 
 def test_a_change_during_embedding_is_embedded_afterwards(fake, pg_url, db_conn):
     """A description that arrives while the posting's item is running cannot queue a new item
-    (one live item per posting); the embedder notices the row changed and queues it itself."""
+    (one live item per posting); the queue marks the running item and queues it again on completion."""
     ids = add_postings(db_conn, [{"title": "Koch"}])
     fake.fail_mode = "hang"
     cfg = make_cfg(fake)

@@ -152,11 +152,14 @@ def test_bad_bytes_in_the_request_are_replaced_like_go_does(fake: FakeOllama) ->
 
 
 def test_dimensions_request_cuts_and_renormalises(fake: FakeOllama) -> None:
-    r = post(fake, "/api/embed", {"model": NOMIC, "input": ["Koch"], "dimensions": 64})
+    text = "Koch (m/w/d) in der Großküche eines Krankenhauses"  # features enough to reach the cut
+    r = post(fake, "/api/embed", {"model": NOMIC, "input": [text, "x"], "dimensions": 64})
     v = np.asarray(r.json()["embeddings"][0])
     assert v.shape == (64,) and abs(np.linalg.norm(v) - 1) < 1e-5
-    full = np.asarray(fake.vector(NOMIC, "Koch"))[:64]
+    full = np.asarray(fake.vector(NOMIC, text))[:64]
     assert np.allclose(v, full / np.linalg.norm(full), atol=1e-6)
+    tiny = np.asarray(r.json()["embeddings"][1])  # no feature of "x" in the first 64: still a unit vector
+    assert abs(np.linalg.norm(tiny) - 1) < 1e-5
 
 
 def test_poison_and_wrong_dimension_switches(fake: FakeOllama) -> None:

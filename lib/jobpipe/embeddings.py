@@ -174,7 +174,6 @@ class PostingDoc:
     posting_id: int
     text: str
     text_hash: str
-    row_version: str  # postings.xmin at load time: a change since then is noticed at write time
     stored_hash: str | None  # hash of the stored embedding of this model, if any
 
 
@@ -187,7 +186,7 @@ def load_docs(
     """
     rows = conn.execute(
         """
-        SELECT p.id, p.xmin::text, p.title, o.name, left(p.description, %(chars)s),
+        SELECT p.id, p.title, o.name, left(p.description, %(chars)s),
                CASE WHEN e.dimensions = %(dims)s THEN e.text_hash END
           FROM unnest(%(ids)s::bigint[]) AS u(id)
           JOIN postings p ON p.id = u.id
@@ -197,9 +196,9 @@ def load_docs(
         {"ids": list(posting_ids), "chars": max_chars, "dims": dimensions, "model": model},
     ).fetchall()
     out = []
-    for pid, xmin, title, occupation, description, stored in rows:
+    for pid, title, occupation, description, stored in rows:
         text = posting_text(title, occupation, description, max_chars)
-        out.append(PostingDoc(pid, text, text_hash(text), xmin, stored))
+        out.append(PostingDoc(pid, text, text_hash(text), stored))
     return out
 
 
@@ -218,53 +217,37 @@ def upsert(
     rows: Sequence[tuple[PostingDoc, np.ndarray]],
     model: str,
     dimensions: int,
-) -> tuple[set[int], set[int]]:
-    """Write a batch of vectors in ONE statement; return (written posting ids, changed posting ids).
+) -> set[int]:
+    """Write a batch of vectors in ONE statement; return the posting ids written.
 
     The vectors go as one binary `vector[]` parameter (text-formatting 30k floats per batch would
-    cost more than the database work). Postings deleted since load are skipped (not written).
-    "Changed" are postings whose row was updated after it was loaded: their vector is of the text
-    as loaded, and the caller must embed them again (a change made while the queue item was
-    running could not enqueue a new one).
+    cost more than the database work). Postings deleted since load are skipped (not written). A
+    posting changed while its vector was computed needs nothing here: the change re-queued it
+    (the queue's `rerun`), so its new text is embedded next.
     """
     if not rows:
-        return set(), set()
-    ids = [d.posting_id for d, _ in rows]
+        return set()
     cur = conn.execute(
         """
-        WITH u AS (
-            SELECT * FROM unnest(%(ids)s::bigint[], %(hashes)s::text[], %(vecs)b::vector[], %(xmins)s::text[])
-                       AS u(posting_id, text_hash, embedding, seen)
-        ), ins AS (
-            INSERT INTO posting_embeddings AS pe (posting_id, model, text_hash, dimensions, embedding)
-            SELECT u.posting_id, %(model)s, u.text_hash, %(dims)s, u.embedding
-              FROM u JOIN postings p ON p.id = u.posting_id
-            ON CONFLICT (posting_id, model) DO UPDATE
-               SET text_hash = excluded.text_hash, dimensions = excluded.dimensions,
-                   embedding = excluded.embedding, created_at = now()
-            RETURNING pe.posting_id
-        )
-        SELECT u.posting_id, ins.posting_id IS NOT NULL, p.xmin::text IS DISTINCT FROM u.seen
-          FROM u LEFT JOIN ins ON ins.posting_id = u.posting_id
-                 LEFT JOIN postings p ON p.id = u.posting_id
+        INSERT INTO posting_embeddings AS pe (posting_id, model, text_hash, dimensions, embedding)
+        SELECT u.posting_id, %(model)s, u.text_hash, %(dims)s, u.embedding
+          FROM unnest(%(ids)s::bigint[], %(hashes)s::text[], %(vecs)b::vector[])
+               AS u(posting_id, text_hash, embedding)
+          JOIN postings p ON p.id = u.posting_id
+        ON CONFLICT (posting_id, model) DO UPDATE
+           SET text_hash = excluded.text_hash, dimensions = excluded.dimensions,
+               embedding = excluded.embedding, created_at = now()
+        RETURNING pe.posting_id
         """,
         {
-            "ids": ids,
+            "ids": [d.posting_id for d, _ in rows],
             "hashes": [d.text_hash for d, _ in rows],
             "vecs": [v for _, v in rows],
-            "xmins": [d.row_version for d, _ in rows],
             "model": model,
             "dims": dimensions,
         },
     )
-    written: set[int] = set()
-    changed: set[int] = set()
-    for pid, ok, moved in cur.fetchall():
-        if ok:
-            written.add(pid)
-            if moved:
-                changed.add(pid)
-    return written, changed
+    return {pid for (pid,) in cur.fetchall()}
 
 
 # ------------------------------------------------------------------ re-embedding sweep

@@ -138,9 +138,26 @@ class _Batch:
     deferred: list[int] = field(default_factory=list)
     dependency_error: DependencyDown | None = None
     started: float = field(default_factory=time.monotonic)
+    parts: list[_Batch] = field(default_factory=list)  # the batches a merged write is made of
 
     def done(self) -> bool:
         return all(f.done() for _, f in self.futures)
+
+    @classmethod
+    def merged(cls, batches: list[_Batch]) -> _Batch:
+        """Finished batches of one stage as one, to be written in one transaction."""
+        if len(batches) == 1:
+            return batches[0]
+        m = cls(batches[0].stage, [], {}, started=min(b.started for b in batches), parts=batches)
+        for b in batches:
+            m.items += b.items
+            m.payloads.update(b.payloads)
+            m.results += b.results
+            m.skips.update(b.skips)
+            m.errors.update(b.errors)
+            m.deferred += b.deferred
+            m.dependency_error = m.dependency_error or b.dependency_error
+        return m
 
 
 class _Rate:
@@ -481,14 +498,16 @@ class Runner:
                 mine = [b for b in self.inflight if b.stage is stage]
                 if stage.per_item:
                     busy = sum(1 for b in mine for _, f in b.futures if not f.done())
-                    room = busy < stage.workers and len(mine) < 2
+                    room = 1 if busy < stage.workers and len(mine) < 2 else 0
                 else:
-                    room = len(mine) < stage.workers + 1
-                if not room:
+                    room = stage.workers + 1 - len(mine)
+                if room <= 0:
                     break
-                got = self._claim_batch(stage)
+                # All the batches there is room for in one claim and one load: with a fast model
+                # server several finish per turn, and round trips are then what the loop waits on.
+                got = self._claim_batches(stage, room)
                 total += got
-                if got < stage.batch_size:
+                if got < room * stage.batch_size:
                     break
         self._rr += 1
         return total
@@ -496,7 +515,8 @@ class Runner:
     def _policy(self, stage: Stage) -> RetryPolicy:
         return RetryPolicy(stage.max_attempts, self.cfg.queue.backoff_base_s, self.cfg.queue.backoff_max_s)
 
-    def _claim_batch(self, stage: Stage) -> int:
+    def _claim_batches(self, stage: Stage, n_batches: int = 1) -> int:
+        """Claim up to `n_batches` batches of `stage`, load them at once, dispatch their calls."""
         policy = self._policy(stage)
         now = time.monotonic()
         # Expired leases are rare; looking for them once per status interval keeps claims cheap.
@@ -505,7 +525,9 @@ class Runner:
             reclaimed = queue.reclaim_expired(self.conn, stage.name, policy)
             if reclaimed:
                 log_event(log, "leases_reclaimed", stage=stage.name, n=reclaimed)
-        items = queue.claim(self.conn, stage.name, self.owner, stage.batch_size, self.cfg.queue.lease_s)
+        items = queue.claim(
+            self.conn, stage.name, self.owner, stage.batch_size * n_batches, self.cfg.queue.lease_s
+        )
         if not items:
             return 0
         try:
@@ -519,20 +541,22 @@ class Runner:
                     self.conn, stage.name, self.owner, {i.id: f"load failed: {exc}" for i in items}, policy
                 )
             return len(items)
-        batch = _Batch(stage, items, payloads)
-        callable_items: list[Item] = []
-        for it in items:
-            p = payloads.get(it.id, Skip("missing"))
-            if isinstance(p, Skip):
-                batch.skips[it.id] = p.outcome
-            else:
-                callable_items.append(it)
-        if callable_items:
-            groups = [[it] for it in callable_items] if stage.per_item else [callable_items]
-            for g in groups:
-                fut = self.pool.submit(stage.call, [payloads[it.id] for it in g])
-                batch.futures.append((g, fut))
-        self.inflight.append(batch)
+        for k in range(0, len(items), stage.batch_size):
+            chunk = items[k : k + stage.batch_size]
+            batch = _Batch(stage, chunk, {it.id: payloads[it.id] for it in chunk if it.id in payloads})
+            callable_items: list[Item] = []
+            for it in chunk:
+                p = payloads.get(it.id, Skip("missing"))
+                if isinstance(p, Skip):
+                    batch.skips[it.id] = p.outcome
+                else:
+                    callable_items.append(it)
+            if callable_items:
+                groups = [[it] for it in callable_items] if stage.per_item else [callable_items]
+                for g in groups:
+                    fut = self.pool.submit(stage.call, [payloads[it.id] for it in g])
+                    batch.futures.append((g, fut))
+            self.inflight.append(batch)
         return len(items)
 
     def _collect(self, batch: _Batch) -> None:
@@ -568,9 +592,12 @@ class Runner:
             else:
                 still.append(b)
         self.inflight = still
+        # The finished batches of a stage are written together: one transaction, one write and
+        # one completion for all of them (a failing merged write is redone batch by batch).
         while self.unwritten:
-            self._write(self.unwritten[0])
-            self.unwritten.pop(0)
+            stage = self.unwritten[0].stage
+            self._write(_Batch.merged([b for b in self.unwritten if b.stage is stage]))
+            self.unwritten = [b for b in self.unwritten if b.stage is not stage]
 
     def _write(self, b: _Batch) -> None:
         stage = b.stage
@@ -594,6 +621,10 @@ class Runner:
             except DB_ERRORS:
                 raise
             except Exception as exc:
+                if b.parts:  # rolled back: find the batch that fails, keep the others' results
+                    for part in b.parts:
+                        self._write(part)
+                    return
                 log.exception("write failed", extra={"event": "write_failed", "stage": stage.name})
                 self.last_error = f"{stage.name} write: {exc}"[:200]
                 with self.conn.transaction():

@@ -42,7 +42,6 @@ import socket
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -74,8 +73,10 @@ ChatHandler = Callable[[dict[str, Any]], "str | tuple[str, str]"]
 
 # -- the embedding function -------------------------------------------------------------------
 
-_WORD = re.compile(r"\w+")
 _K1, _K2, _K3 = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
+_P = 0x100000001B3  # FNV prime, odd: invertible modulo 2**64
+_P_INV = pow(_P, -1, 2**64)
+_BMP_WORD: np.ndarray | None = None  # is chr(c) a regex \w character, for every c < 0x10000
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
@@ -95,50 +96,70 @@ def _model_seed(model: str) -> int:
     return int.from_bytes(hashlib.blake2b(_base_name(model).encode(), digest_size=8).digest(), "little")
 
 
-def embed_vectors(model: str, texts: list[str], dim: int) -> np.ndarray:
-    """The fake's embeddings of `texts` by `model`: (n, dim) float32, rows of L2 norm 1.
+def _is_word(cps: np.ndarray) -> np.ndarray:
+    r"""re's \w (str.isalnum() or "_") for each code point, by table for the BMP."""
+    global _BMP_WORD
+    if _BMP_WORD is None:
+        _BMP_WORD = np.fromiter(
+            (chr(c).isalnum() or c == 0x5F for c in range(0x10000)), dtype=bool, count=0x10000
+        )
+    out = _BMP_WORD[np.minimum(cps, 0xFFFF)]
+    big = np.flatnonzero(cps > 0xFFFF)
+    if len(big):
+        out[big] = [chr(int(c)).isalnum() for c in cps[big]]
+    return out
 
-    Features: every character trigram of " text " (lowercased) and every word, hashed with a
-    model-specific seed to a position and a sign. Shared trigrams and words make near-duplicates
-    close; anything else lands on nearly orthogonal vectors. Same result in every process.
-    Vectorised over the whole batch, so the fake is never the bottleneck of a benchmark.
+
+def _powers(base: int, n: int) -> np.ndarray:
+    """base**0 .. base**(n-1) modulo 2**64."""
+    out = np.full(n, base, dtype=np.uint64)
+    out[0] = 1
+    return np.cumprod(out, dtype=np.uint64)
+
+
+def embed_vectors(model: str, texts: list[str], dim: int) -> np.ndarray:
+    r"""The fake's embeddings of `texts` by `model`: (n, dim) float32, rows of L2 norm 1.
+
+    Features: every character trigram of " text " (lowercased) and every word (a run of regex
+    \w characters), hashed with a model-specific seed to a position and a sign. Shared trigrams
+    and words make near-duplicates close; anything else lands on nearly orthogonal vectors. Same
+    result in every process. Vectorised over the whole batch (no Python code per character or per
+    word): the fake shares the benchmark machine with the client it measures, so its own CPU
+    must stay small.
     """
     n = len(texts)
     out = np.zeros((n, dim), dtype=np.float64)
     if n == 0:
         return out.astype(np.float32)
     seed = np.uint64(_model_seed(model))
-    lowered = [" " + t.lower() + " " for t in texts]
+    lowered = [" " + t.lower() + " " for t in texts]  # the spaces also keep words inside one text
     lengths = np.fromiter((len(t) for t in lowered), dtype=np.int64, count=n)
     cps = np.frombuffer("".join(lowered).encode("utf-32-le", errors="replace"), dtype=np.uint32)
     cps = cps.astype(np.uint64)
     row = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    if len(cps) >= 3:
-        keep = row[:-2] == row[2:]  # trigrams inside one text only
-        h = _mix((cps[:-2] * _K1) ^ (cps[1:-1] * _K2) ^ (cps[2:] * _K3) ^ seed)[keep]
-        _scatter(out, row[:-2][keep], h, dim)
-    word_rows: list[int] = []
-    crcs: list[int] = []
-    for k, text in enumerate(lowered):
-        for w in _WORD.findall(text):
-            word_rows.append(k)
-            crcs.append(zlib.crc32(w.encode("utf-8", errors="replace")))
-    if crcs:
-        h = _mix((np.array(crcs, dtype=np.uint64) << 32) ^ seed ^ _K3)
-        _scatter(out, np.array(word_rows, dtype=np.int64), h, dim)
+    keep = row[:-2] == row[2:]  # trigrams inside one text only
+    tri = _mix((cps[:-2] * _K1) ^ (cps[1:-1] * _K2) ^ (cps[2:] * _K3) ^ seed)[keep]
+    # Words: a polynomial hash sum(cp_i * P**(i - start)) per run, from prefix sums (wrapping).
+    word = _is_word(cps)
+    at = np.flatnonzero(word)
+    first = np.flatnonzero(word[at] & ~word[at - 1])  # where each run starts, within `at`
+    words = np.zeros(0, dtype=np.uint64)
+    if len(first):
+        terms = cps[at] * _powers(_P, len(cps))[at]
+        sums = np.add.reduceat(terms, first)
+        words = _mix((sums * _powers(_P_INV, len(cps))[at[first]]) ^ seed ^ _K3)
+    h = np.concatenate([tri, words])
+    rows = np.concatenate([row[:-2][keep], row[at[first]] if len(first) else np.zeros(0, np.int64)])
+    # Position from the high bits (multiply-shift), sign from the lowest bit.
+    pos = (((h >> np.uint64(32)) * np.uint64(dim)) >> np.uint64(32)).astype(np.int64)
+    signs = (h & np.uint64(1)).astype(np.float64) * 2.0 - 1.0
+    out += np.bincount(rows * dim + pos, weights=signs, minlength=out.size).reshape(out.shape)
     norms = np.linalg.norm(out, axis=1)
     empty = norms == 0.0  # no feature at all (empty text): a fixed model-specific unit vector
     if empty.any():
         out[empty, int(seed % np.uint64(dim))] = 1.0
         norms[empty] = 1.0
     return (out / norms[:, None]).astype(np.float32)
-
-
-def _scatter(out: np.ndarray, rows: np.ndarray, h: np.ndarray, dim: int) -> None:
-    """Add +-1 at (row, h % dim), the sign from the hash's top bit."""
-    signs = np.where((h >> 63) == 1, 1.0, -1.0)
-    flat = rows * dim + (h % np.uint64(dim)).astype(np.int64)
-    out += np.bincount(flat, weights=signs, minlength=out.size).reshape(out.shape)
 
 
 def embed_vector(model: str, text: str, dim: int) -> np.ndarray:
@@ -691,8 +712,10 @@ class FakeOllama:
             start = time.monotonic()
             vecs: Any = embed_vectors(model, texts, dim)  # (n, dim) array
             if isinstance(dimensions, int) and 0 < dimensions < dim:  # Matryoshka-style cut, renormalised
-                vecs = vecs[:, :dimensions]
-                vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+                vecs = vecs[:, :dimensions].copy()
+                norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+                vecs[norms[:, 0] == 0.0, 0] = norms[norms == 0.0] = 1.0  # no feature left in the cut
+                vecs = vecs / norms
             wrong, match = self.wrong_dimension, self.wrong_dimension_match
             if wrong is not None:  # rows of another length: a list of arrays from here on
                 vecs = [
