@@ -183,3 +183,27 @@ def test_error_message_reads_both_flavours() -> None:
     assert error_message(b'{"error": {"message": "bad", "type": "invalid_request_error"}}') == "bad"
     assert error_message(b"<html>502</html>") == "<html>502</html>"
     assert error_message(b'{"detail": "x"}') == '{"detail": "x"}'
+
+
+def test_proxies_from_the_environment_are_honoured(fakes, monkeypatch) -> None:
+    """The environment is read once, at construction (not per request), and still applies:
+    HTTP_PROXY routes the call through the proxy, NO_PROXY exempts the host again."""
+    proxy, _ = fakes  # any HTTP server shows whether the request reached it
+    target = "http://ollama.invalid:11434"
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    via_proxy = EndpointPool("ollama", [target], concurrency=1, connect_timeout=1, read_timeout=2)
+    monkeypatch.setenv("NO_PROXY", "ollama.invalid")
+    direct = EndpointPool("ollama", [target], concurrency=1, connect_timeout=1, read_timeout=2)
+    monkeypatch.delenv("HTTP_PROXY")  # too late to matter: both pools have read it
+    try:
+        with pytest.raises(DependencyDown) as through:
+            via_proxy.post_json("embed", "/api/embed", {"model": "m", "input": ["x"]})
+        assert through.value.kind == "not_found"  # the proxy answered (it does not know the URL)
+        with pytest.raises(DependencyDown) as no_proxy:
+            direct.post_json("embed", "/api/embed", {"model": "m", "input": ["x"]})
+        assert no_proxy.value.kind != "not_found"  # no server at all: the name does not resolve
+    finally:
+        via_proxy.close()
+        direct.close()

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -350,3 +351,35 @@ def test_schema_behind_refuses_to_start(pg_server, ollama):
     assert proc.returncode == 2
     assert "run `jobpipe migrate`" in err
     assert "Traceback" not in err
+
+
+def test_merged_write_that_fails_charges_only_the_failing_batch(pg_url, db_conn, ollama):
+    """Batches that finish together are written in one transaction; when that write fails, each
+    batch is written on its own, so only the batch with the bad item is charged."""
+    written: list[int] = []
+
+    class Poisoned(SampleDaemon):
+        def write(self, conn: Any, done: list[tuple[Any, Any, Any]]) -> dict[int, str]:
+            written.append(len(done))
+            if any(it.subject == 13 for it, _, _ in done):
+                raise ValueError("cannot store subject 13")
+            return super().write(conn, done)
+
+    cfg = config.load(environ={}).with_overrides(ollama__urls=[ollama.url], queue__backoff_base_s=3600)
+    runner = runtime.Runner(Poisoned, cfg, db_url=pg_url, serve=False)
+    daemon = Poisoned(runtime.Context(cfg, runner.metrics, runner.owner, pg_url, runner.stop, runtime.log))
+    daemon.setup(db_conn)
+    (stage,) = daemon.stages()
+    queue.enqueue(db_conn, "sample", range(1, 17))
+    items = queue.claim(db_conn, "sample", runner.owner, 16, 60)
+    batches = [
+        runtime._Batch(stage, part, {}, results=[(it, "text", [0.1, 0.2]) for it in part])
+        for part in (items[:8], items[8:])
+    ]
+    runner._write_batches(db_conn, batches)
+    assert written == [16, 8, 8]  # merged first, then batch by batch
+    rows = db_conn.execute("SELECT subject, status, attempts, last_error FROM queue").fetchall()
+    failed = {s for s, status, _, _ in rows if status != "done"}
+    assert 13 in failed and len(failed) == 8  # the bad item's batch, not the other one
+    assert all("write failed: cannot store subject 13" in e for s, _, _, e in rows if s in failed)
+    assert count(db_conn, "SELECT count(*) FROM sample_results") == 8

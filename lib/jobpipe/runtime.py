@@ -7,10 +7,15 @@ batch, in the transaction that completes the queue items). This module does the 
 - start-up: connect with backoff (a database that is down is a state, not a crash), refuse a
   schema that is behind, then READY=1;
 - the loop: wait for NOTIFY or the poll interval, claim batches, keep `workers` calls in flight
-  with one batch prefetched so the model server never idles while the database is written;
+  with as many batches queued behind them, so the model server never idles while the loop
+  claims or the database is written;
+- writes: finished batches go to a writer thread with its own connection (jobpipe.writer), so
+  claiming and writing overlap; the finished batches of a stage are written together, results
+  and completion in one transaction;
 - outcomes: results completed, ItemError charged (retry with backoff, then given up),
   DependencyDown deferred without charge while the whole daemon backs off;
-- the database going away mid-run: results are kept, the loop reconnects and writes them;
+- the database going away mid-run: results are kept, both connections reconnect and the
+  writer writes them;
 - STATUS= (rate, pending, in flight, last error), WATCHDOG=1 from this loop only, metrics;
 - SIGTERM: STOPPING=1, no new claims, in-flight calls get `drain_timeout_s`, leases of what is
   left are released, exit 0. A second signal exits at once (leases then expire).
@@ -41,6 +46,7 @@ from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics, serve_metrics
 from jobpipe.notify import Notifier
 from jobpipe.queue import Item, RetryPolicy
+from jobpipe.writer import BatchWriter
 
 log = logging.getLogger("jobpipe.runtime")
 
@@ -56,6 +62,10 @@ class Skip:
 
 @dataclass
 class Stage:
+    """`load(conn, items)` and `write(conn, results)` get a connection; `call(payloads)` none.
+    `write` runs on the writer thread (its own connection), concurrently with the daemon's
+    `load`/`tick` on the loop thread: it must not share unguarded state with them."""
+
     name: str
     load: Callable[[Any, list[Item]], dict[int, Any]]
     call: Callable[[list[Any]], list[Any]]
@@ -76,12 +86,12 @@ class Context:
     log: logging.Logger
     status_extra: str = ""
 
-    def connect(self) -> Any:
+    def connect(self, purpose: str = "") -> Any:
         return db.connect(
             self.url,
             connect_timeout=self.cfg.database.connect_timeout_s,
             statement_timeout_s=self.cfg.database.statement_timeout_s,
-            application_name=f"jobpipe-{self.metrics.daemon}",
+            application_name=f"jobpipe-{self.metrics.daemon}" + (f"-{purpose}" if purpose else ""),
         )
 
     def set_status_extra(self, text: str) -> None:
@@ -137,6 +147,7 @@ class _Batch:
     errors: dict[int, str] = field(default_factory=dict)
     deferred: list[int] = field(default_factory=list)
     dependency_error: DependencyDown | None = None
+    defer_until: float = 0.0  # monotonic time deferred items are due again: when the backoff ends
     started: float = field(default_factory=time.monotonic)
     parts: list[_Batch] = field(default_factory=list)  # the batches a merged write is made of
 
@@ -157,6 +168,7 @@ class _Batch:
             m.errors.update(b.errors)
             m.deferred += b.deferred
             m.dependency_error = m.dependency_error or b.dependency_error
+            m.defer_until = max(m.defer_until, b.defer_until)
         return m
 
 
@@ -166,19 +178,22 @@ class _Rate:
     def __init__(self, window_s: float = 60.0) -> None:
         self.window = window_s
         self.events: collections.deque[tuple[float, int]] = collections.deque()
+        self.lock = threading.Lock()  # added to by the writer thread, read by the loop
 
     def add(self, n: int) -> None:
         if n:
-            self.events.append((time.monotonic(), n))
+            with self.lock:
+                self.events.append((time.monotonic(), n))
 
     def per_second(self) -> float:
         now = time.monotonic()
-        while self.events and self.events[0][0] < now - self.window:
-            self.events.popleft()
-        if not self.events:
-            return 0.0
-        span = max(1.0, now - self.events[0][0])
-        return sum(n for _, n in self.events) / span
+        with self.lock:
+            while self.events and self.events[0][0] < now - self.window:
+                self.events.popleft()
+            if not self.events:
+                return 0.0
+            span = max(1.0, now - self.events[0][0])
+            return sum(n for _, n in self.events) / span
 
 
 class Runner:
@@ -212,8 +227,9 @@ class Runner:
         self.conn: Any = None
         self.listen_conn: Any = None
         self.waiter: queue.Waiter | None = None
-        self.inflight: list[_Batch] = []
-        self.unwritten: list[_Batch] = []
+        self.inflight: list[_Batch] = []  # claimed, calls not all finished
+        self.writing: list[tuple[list[_Batch], cf.Future[None]]] = []  # handed to the writer
+        self.writer: BatchWriter[_Batch] | None = None
         self.last_error = ""
         self.rate = _Rate()
         self.dep_down: dict[str, str] = {}
@@ -321,7 +337,7 @@ class Runner:
             try:
                 self.queue_stats = queue.stats(self.conn, [s.name for s in self.stage_list])
                 for st in self.queue_stats.values():
-                    running = sum(len(b.items) for b in self.inflight if b.stage.name == st.stage)
+                    running = sum(len(b.items) for b in self._held() if b.stage.name == st.stage)
                     self.metrics.set_queue(
                         st.stage, st.pending + st.scheduled, running, st.given_up, st.oldest_pending_age_s
                     )
@@ -329,7 +345,7 @@ class Runner:
             except DB_ERRORS:
                 raise
         pending = sum(s.pending + s.scheduled for s in self.queue_stats.values())
-        inflight = sum(len(b.items) for b in self.inflight)
+        inflight = sum(len(b.items) for b in self._held())
         parts = [f"{self.rate.per_second():.1f} items/s", f"pending {pending}", f"in flight {inflight}"]
         if self.dep_down:
             parts.append("DOWN " + ",".join(sorted(self.dep_down)))
@@ -396,6 +412,13 @@ class Runner:
             return 0
         db.check_schema(self.conn)  # UserError: exit 2 with what to run
         self.daemon.setup(self.conn)
+        self.writer = BatchWriter(
+            lambda: self.ctx.connect("writer"),
+            self._write_batches,
+            name=f"{self.name}-writer",
+            log=log,
+            reconnect_max_s=self.cfg.database.reconnect_max_s,
+        ).start()
         self._status(force=True)
         self.notifier.ready(f"ready: {len(self.stage_list)} stage(s), {workers} worker(s)")
         log_event(log, "ready", owner=self.owner, stages=[s.name for s in self.stage_list])
@@ -451,7 +474,7 @@ class Runner:
     def _turn(self) -> bool:
         """One loop turn; True when `once` and everything is drained."""
         self._ping()
-        self._write_finished()
+        self._hand_off_finished()
         self._status()
         now = time.monotonic()
         for entry in self.periodic:
@@ -467,8 +490,8 @@ class Runner:
                 claimed = self._claim_more()
             except DependencyDown as exc:
                 self._dependency_failed(exc)
-        if self.inflight:
-            futures = [f for b in self.inflight for _, f in b.futures]
+        if self.inflight or self.writing:
+            futures = [f for b in self.inflight for _, f in b.futures] + [f for _, f in self.writing]
             cf.wait(futures, timeout=self._tick_s(), return_when=cf.FIRST_COMPLETED)
             return False
         if claimed:
@@ -493,14 +516,17 @@ class Runner:
         for k in range(n):
             stage = self.stage_list[(self._rr + k) % n]
             while not self.stop.is_set() and time.monotonic() >= self.backoff_until:
-                # Finished but unwritten batches count too: with a fast model server they would
-                # otherwise let one turn claim the whole queue, holding every result in memory.
+                # Batches whose calls are not finished: `workers` being called and as many queued
+                # behind them, so a worker never waits for the loop's next claim (`workers` is
+                # still the number of requests in flight). Batches still to be written count
+                # towards a second bound, so a slow database holds back claims (and memory).
                 mine = [b for b in self.inflight if b.stage is stage]
+                held = sum(1 for b in self._held() if b.stage is stage)
                 if stage.per_item:
                     busy = sum(1 for b in mine for _, f in b.futures if not f.done())
-                    room = 1 if busy < stage.workers and len(mine) < 2 else 0
+                    room = 1 if busy < stage.workers and len(mine) < 2 and held < 4 else 0
                 else:
-                    room = stage.workers + 1 - len(mine)
+                    room = min(2 * stage.workers - len(mine), 4 * stage.workers - held)
                 if room <= 0:
                     break
                 # All the batches there is room for in one claim and one load: with a fast model
@@ -583,39 +609,55 @@ class Runner:
                 else:
                     batch.results.append((it, batch.payloads[it.id], res))
 
-    def _write_finished(self) -> None:
-        still: list[_Batch] = []
-        for b in self.inflight:
-            if b.done():
-                self._collect(b)
-                self.unwritten.append(b)
-            else:
-                still.append(b)
-        self.inflight = still
-        # The finished batches of a stage are written together: one transaction, one write and
-        # one completion for all of them (a failing merged write is redone batch by batch).
-        while self.unwritten:
-            stage = self.unwritten[0].stage
-            self._write(_Batch.merged([b for b in self.unwritten if b.stage is stage]))
-            self.unwritten = [b for b in self.unwritten if b.stage is not stage]
+    def _held(self) -> list[_Batch]:
+        """Batches claimed and not yet written: calls in flight, and those with the writer."""
+        return self.inflight + [b for bs, _ in self.writing for b in bs]
 
-    def _write(self, b: _Batch) -> None:
+    def _hand_off_finished(self) -> None:
+        """Batches whose calls are all done go to the writer; written ones are forgotten."""
+        for _, fut in self.writing:
+            if fut.done() and fut.exception() is not None:
+                self.last_error = f"write: {fut.exception()}"[:200]
+        self.writing = [(bs, f) for bs, f in self.writing if not f.done()]
+        finished = [b for b in self.inflight if b.done()]
+        if not finished:
+            return
+        self.inflight = [b for b in self.inflight if not b.done()]
+        for b in finished:
+            self._collect(b)
+            if b.dependency_error is not None:
+                self._dependency_failed(b.dependency_error)
+                b.defer_until = self.backoff_until
+            elif b.results:
+                for dep in self.daemon_cls.dependencies:
+                    if dep in self.dep_down:
+                        self._set_dependency(dep, True)
+                self.backoff_s = self.cfg.runtime.dependency_backoff_s
+        assert self.writer is not None
+        self.writing.append((finished, self.writer.submit(finished)))
+
+    def _write_batches(self, conn: Any, batches: list[_Batch]) -> None:
+        """On the writer thread: the finished batches of each stage in one transaction (a merged
+        write that fails is redone batch by batch, so one bad batch costs only its own items)."""
+        for stage in dict.fromkeys(b.stage.name for b in batches):
+            self._write(conn, _Batch.merged([b for b in batches if b.stage.name == stage]))
+
+    def _write(self, conn: Any, b: _Batch) -> None:
         stage = b.stage
         policy = self._policy(stage)
         with self.metrics.batch_timer(stage.name):
             try:
-                with self.conn.transaction():
+                with conn.transaction():
                     outcomes = dict(b.skips)
                     if b.results:
-                        outcomes.update(stage.write(self.conn, b.results))
-                    done = queue.complete(self.conn, stage.name, self.owner, outcomes)
-                    failed = queue.fail(self.conn, stage.name, self.owner, b.errors, policy)
-                    delay = self.backoff_s
+                        outcomes.update(stage.write(conn, b.results))
+                    done = queue.complete(conn, stage.name, self.owner, outcomes)
+                    failed = queue.fail(conn, stage.name, self.owner, b.errors, policy)
                     queue.defer(
-                        self.conn,
+                        conn,
                         self.owner,
                         b.deferred,
-                        delay,
+                        max(0.0, b.defer_until - time.monotonic()),  # due when the backoff ends
                         str(b.dependency_error) if b.dependency_error else None,
                     )
             except DB_ERRORS:
@@ -623,13 +665,13 @@ class Runner:
             except Exception as exc:
                 if b.parts:  # rolled back: find the batch that fails, keep the others' results
                     for part in b.parts:
-                        self._write(part)
+                        self._write(conn, part)
                     return
                 log.exception("write failed", extra={"event": "write_failed", "stage": stage.name})
                 self.last_error = f"{stage.name} write: {exc}"[:200]
-                with self.conn.transaction():
+                with conn.transaction():
                     failed = queue.fail(
-                        self.conn,
+                        conn,
                         stage.name,
                         self.owner,
                         {i.id: f"write failed: {exc}" for i in b.items},
@@ -650,13 +692,6 @@ class Runner:
             log_event(
                 log, "items_failed", level="warning", stage=stage.name, n=len(b.errors), example=first[:300]
             )
-        if b.dependency_error is not None:
-            self._dependency_failed(b.dependency_error)
-        elif b.results:
-            for dep in self.daemon_cls.dependencies:
-                if dep in self.dep_down:
-                    self._set_dependency(dep, True)
-            self.backoff_s = self.cfg.runtime.dependency_backoff_s
         log_event(
             log,
             "batch_done",
@@ -669,6 +704,7 @@ class Runner:
         )
 
     def _dependency_failed(self, exc: DependencyDown) -> None:
+        """Back the whole daemon off (until `backoff_until`)."""
         self._set_dependency(exc.dependency, False, str(exc))
         self.last_error = str(exc)[:200]
         delay = exc.retry_after if exc.retry_after else self.backoff_s
@@ -686,21 +722,24 @@ class Runner:
                 timeout=min(0.2, max(0.0, deadline - time.monotonic())),
                 return_when=cf.FIRST_COMPLETED,
             )
-            try:
-                self._write_finished()
-            except DB_ERRORS:
-                break
+            self._hand_off_finished()
+        self._hand_off_finished()
+        not_written = 0
+        if self.writer is not None:
+            # What has finished is written (a few seconds at most while the database is up);
+            # the leases are released only then, or the writer could complete released items.
+            not_written = self.writer.close(timeout=max(2.0, deadline - time.monotonic()))
         released = 0
         if self.conn is not None:
             try:
-                self._write_finished()
                 released = queue.release(self.conn, self.owner)
                 self.conn.execute(
                     "DELETE FROM daemon_status WHERE daemon = %s AND instance = %s", (self.name, self.owner)
                 )
             except DB_ERRORS:
                 pass  # leases will expire on their own
-        log_event(log, "stopped", released=released, abandoned=sum(len(b.items) for b in self.inflight))
+        abandoned = sum(len(b.items) for b in self.inflight)
+        log_event(log, "stopped", released=released, abandoned=abandoned, not_written=not_written)
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
         if self.daemon is not None:

@@ -132,10 +132,15 @@ def embed_vectors(model: str, texts: list[str], dim: int) -> np.ndarray:
     if n == 0:
         return out.astype(np.float32)
     seed = np.uint64(_model_seed(model))
-    lowered = [" " + t.lower() + " " for t in texts]  # the spaces also keep words inside one text
-    lengths = np.fromiter((len(t) for t in lowered), dtype=np.int64, count=n)
-    cps = np.frombuffer("".join(lowered).encode("utf-32-le", errors="replace"), dtype=np.uint32)
-    cps = cps.astype(np.uint64)
+    # " t1  t2 ... " lowered at once: every text padded with a space at both ends (the spaces also
+    # keep words inside one text). Lowering can change a length ("İ"): then text by text.
+    joined = (" " + "  ".join(texts) + " ").lower()
+    lengths = np.fromiter((len(t) + 2 for t in texts), dtype=np.int64, count=n)
+    if len(joined) != int(lengths.sum()):
+        lowered = [" " + t.lower() + " " for t in texts]
+        joined = "".join(lowered)
+        lengths = np.fromiter((len(t) for t in lowered), dtype=np.int64, count=n)
+    cps = np.frombuffer(joined.encode("utf-32-le", errors="replace"), dtype=np.uint32).astype(np.uint64)
     row = np.repeat(np.arange(n, dtype=np.int64), lengths)
     keep = row[:-2] == row[2:]  # trigrams inside one text only
     tri = _mix((cps[:-2] * _K1) ^ (cps[1:-1] * _K2) ^ (cps[2:] * _K3) ^ seed)[keep]
@@ -145,8 +150,9 @@ def embed_vectors(model: str, texts: list[str], dim: int) -> np.ndarray:
     first = np.flatnonzero(word[at] & ~word[at - 1])  # where each run starts, within `at`
     words = np.zeros(0, dtype=np.uint64)
     if len(first):
-        terms = cps[at] * _powers(_P, len(cps))[at]
-        sums = np.add.reduceat(terms, first)
+        prefix = np.cumsum(cps[at] * _powers(_P, len(cps))[at], dtype=np.uint64)
+        ends = np.append(first[1:], len(at)) - 1
+        sums = prefix[ends] - np.where(first > 0, prefix[first - 1], np.uint64(0))
         words = _mix((sums * _powers(_P_INV, len(cps))[at[first]]) ^ seed ^ _K3)
     h = np.concatenate([tri, words])
     rows = np.concatenate([row[:-2][keep], row[at[first]] if len(first) else np.zeros(0, np.int64)])

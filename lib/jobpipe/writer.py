@@ -1,0 +1,152 @@
+"""Writes finished batches on a thread and a database connection of its own.
+
+Why: the work loop claims, loads and dispatches on its connection; when it also wrote every
+result, a fast model server left it waiting on one database round trip after another, and the
+writes (the larger part) held up the next claims. With the writes here, claiming and writing
+overlap, each on its own backend.
+
+What it guarantees:
+- everything submitted is written in submission order, in groups (what queued up while the last
+  group was written goes in the next one);
+- the database going away loses nothing: the group is kept, the connection is opened again with
+  backoff, and the same group is written once it is back;
+- `close` writes what is left within its timeout and then gives up the rest (their leases expire
+  and the items are claimed again), so a stop never hangs on a database that is down.
+
+The runtime passes `write(conn, batches)`, which owns the transaction and raises only database
+errors (anything else is the caller's to handle: it has the items to charge).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import psycopg
+
+from jobpipe.errors import DependencyDown
+from jobpipe.logs import log_event
+
+T = TypeVar("T")
+
+RETRY_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DependencyDown)
+
+
+class BatchWriter(Generic[T]):
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        write: Callable[[Any, list[T]], None],
+        *,
+        name: str = "writer",
+        log: logging.Logger | None = None,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        self._connect = connect
+        self._write = write
+        self.name = name
+        self.log = log or logging.getLogger("jobpipe.writer")
+        self.reconnect_max_s = reconnect_max_s
+        self._queue: collections.deque[tuple[list[T], cf.Future[None]]] = collections.deque()
+        self._cv = threading.Condition()
+        self._closing = False
+        self._abort = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.conn: Any = None
+        self.last_error = ""
+
+    def start(self) -> BatchWriter[T]:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, batches: list[T]) -> cf.Future[None]:
+        """Queue `batches` for writing; the future is done when they are written (its exception
+        is set when they were given up: a bug in `write`, or `close` ran out of time)."""
+        fut: cf.Future[None] = cf.Future()
+        with self._cv:
+            if self._closing:
+                raise RuntimeError("writer is closed")
+            self._queue.append((batches, fut))
+            self._cv.notify()
+        return fut
+
+    def pending(self) -> int:
+        """Batches submitted and not yet written."""
+        with self._cv:
+            return sum(len(b) for b, _ in self._queue)
+
+    def close(self, timeout: float) -> int:
+        """Write what was submitted, waiting at most `timeout` s; return the batches given up."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(max(0.0, timeout))
+            if self._thread.is_alive():
+                self._abort.set()  # stop retrying; a write in progress ends with its statement
+                self._thread.join(5.0)
+        given_up = 0
+        with self._cv:
+            while self._queue:
+                batches, fut = self._queue.popleft()
+                given_up += len(batches)
+                fut.set_exception(RuntimeError("not written: the writer was closed"))
+        self._close_conn()
+        return given_up
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._abort.is_set():
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if not self._queue:
+                    return  # closing, and everything is written
+                group = list(self._queue)
+            batches = [b for bs, _ in group for b in bs]
+            try:
+                if self.conn is None:
+                    self.conn = self._connect()
+                self._write(self.conn, batches)
+            except RETRY_ERRORS as exc:
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if msg != self.last_error:
+                    log_event(self.log, "write_retry", level="warning", batches=len(batches), error=msg)
+                self.last_error = msg
+                self._close_conn()
+                self._abort.wait(delay)
+                delay = min(delay * 2, self.reconnect_max_s)
+                continue
+            except Exception as exc:  # a bug: never end the thread silently, never retry forever
+                self.log.exception("write crashed", extra={"event": "write_crashed"})
+                self._finish(group, exc)
+                continue
+            if self.last_error:
+                log_event(self.log, "write_resumed", batches=len(batches))
+            self.last_error = ""
+            delay = 0.5
+            self._finish(group, None)
+
+    def _finish(self, group: list[tuple[list[T], cf.Future[None]]], exc: BaseException | None) -> None:
+        with self._cv:
+            for _ in group:
+                self._queue.popleft()
+        for _, fut in group:
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+    def _close_conn(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
