@@ -400,3 +400,16 @@ def test_control_api(fake: FakeOllama) -> None:
     assert r.status_code == 400
     assert requests.post(fake.url + "/_fake/reset", timeout=5).ok
     assert requests.get(fake.url + "/_fake/state", timeout=5).json()["counters"]["requests"] == 0
+
+
+def test_feature_chars_limits_what_the_vectors_are_made_of(fake: FakeOllama) -> None:
+    a, b = "Koch (m/w/d) in der Großküche", "Koch (m/w/d) in der Kantine"
+
+    def embed() -> list[Any]:
+        return post(fake, "/api/embed", {"model": NOMIC, "input": [a, b]}).json()["embeddings"]
+
+    full = embed()
+    assert full[0] != full[1]
+    fake.configure(feature_chars=12)  # both start with "Koch (m/w/d)"
+    cut = embed()
+    assert cut[0] == cut[1] == fake.vector(NOMIC, "Koch (m/w/d)")

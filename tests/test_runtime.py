@@ -383,3 +383,30 @@ def test_merged_write_that_fails_charges_only_the_failing_batch(pg_url, db_conn,
     assert 13 in failed and len(failed) == 8  # the bad item's batch, not the other one
     assert all("write failed: cannot store subject 13" in e for s, _, _, e in rows if s in failed)
     assert count(db_conn, "SELECT count(*) FROM sample_results") == 8
+
+
+def test_one_outage_doubles_the_backoff_once_not_once_per_batch(pg_url, db_conn):
+    """All batches in flight fail when the model server goes down; that is one failure: the
+    backoff doubles once, and every deferred item is due when that backoff ends."""
+    with FakeOllama() as fake:
+        fake.fail_mode = "503"
+        queue.enqueue(db_conn, "sample", range(1, 33))  # 4 batches of 8, all claimed at once
+        cfg = config.load(environ={}).with_overrides(
+            ollama__urls=[fake.url],
+            queue__poll_interval_s=0.1,
+            runtime__dependency_backoff_s=30,
+            runtime__dependency_backoff_max_s=3600,
+        )
+        runner = runtime.Runner(SampleDaemon, cfg, db_url=pg_url, serve=False)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        try:
+            deferred = "SELECT count(*) FROM queue WHERE status = 'pending' AND run_after > now()"
+            wait_until(lambda: count(db_conn, deferred) == 32, timeout=30)
+            assert runner.backoff_s == 60
+            late = "SELECT count(*) FROM queue WHERE run_after > now() + interval '31 seconds'"
+            assert count(db_conn, late) == 0
+            assert count(db_conn, "SELECT max(attempts) FROM queue") == 0
+        finally:
+            runner.stop.set()
+            thread.join(20)

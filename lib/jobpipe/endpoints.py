@@ -36,6 +36,7 @@ from requests.adapters import HTTPAdapter
 from jobpipe.errors import DependencyDown, ItemError
 
 log = logging.getLogger(__name__)
+READ_CHUNK = 1 << 22  # bytes per read of an answer body: whole answers in one go
 
 # (op, endpoint base URL, seconds, outcome "ok" or an error kind). The runtime feeds Prometheus with it.
 Observer = Callable[[str, str, float, str], None]
@@ -265,25 +266,29 @@ class EndpointPool:
         url = base + path
         try:
             resp = self.session.request(
-                method, url, data=body, timeout=self.timeout, proxies=self._proxies.get(base)
+                method, url, data=body, timeout=self.timeout, proxies=self._proxies.get(base), stream=True
             )
+            with resp:  # read whole, then the connection goes back to the pool
+                # In one read, not requests' 10 kB chunks: an embeddings answer of 300 kB took
+                # some 30 reads, each a trip through urllib3 and a GIL hand-off.
+                content = b"".join(resp.iter_content(READ_CHUNK))
         except requests.RequestException as exc:
             kind = _transport_kind(exc)
             raise DependencyDown(self.dependency, f"{method} {url}: {kind}: {exc}", kind=kind) from exc
         status = resp.status_code
         if 200 <= status < 300:
             if raw:
-                return resp.content
+                return content
             try:
-                return orjson.loads(resp.content)
+                return orjson.loads(content)
             except orjson.JSONDecodeError as exc:
-                snippet = resp.content[:80].decode("utf-8", errors="replace")
+                snippet = content[:80].decode("utf-8", errors="replace")
                 raise DependencyDown(
                     self.dependency,
                     f"{url} answered {status} with a body that is not JSON: {snippet!r}",
                     kind="bad_response",
                 ) from exc
-        message = error_message(resp.content)
+        message = error_message(content)
         if status in (400, 413, 422):
             raise ItemError(f"{url} rejected the input ({status}): {message}", kind=BAD_INPUT)
         if status == 404 and (model is not None and _MODEL_NOT_FOUND.search(message)):

@@ -234,6 +234,7 @@ class Runner:
         self.rate = _Rate()
         self.dep_down: dict[str, str] = {}
         self.backoff_until = 0.0
+        self._dependency_failed_at = float("-inf")
         self.backoff_s = cfg.runtime.dependency_backoff_s
         self.signals = 0
         self.pool: cf.ThreadPoolExecutor | None = None
@@ -626,7 +627,10 @@ class Runner:
         for b in finished:
             self._collect(b)
             if b.dependency_error is not None:
-                self._dependency_failed(b.dependency_error)
+                # Batches claimed before the last failure are the same outage seen again: they
+                # wait for the current backoff instead of doubling it once per batch.
+                if b.started > self._dependency_failed_at:
+                    self._dependency_failed(b.dependency_error)
                 b.defer_until = self.backoff_until
             elif b.results:
                 for dep in self.daemon_cls.dependencies:
@@ -708,7 +712,8 @@ class Runner:
         self._set_dependency(exc.dependency, False, str(exc))
         self.last_error = str(exc)[:200]
         delay = exc.retry_after if exc.retry_after else self.backoff_s
-        self.backoff_until = time.monotonic() + delay
+        self._dependency_failed_at = time.monotonic()
+        self.backoff_until = self._dependency_failed_at + delay
         self.backoff_s = min(self.backoff_s * 2, self.cfg.runtime.dependency_backoff_max_s)
         self.metrics.item_outcomes("dependency", {})
 

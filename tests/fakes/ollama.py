@@ -17,6 +17,9 @@ Switches (set as attributes or with `configure(**switches)`, at any time, from a
   (200 with a non-JSON body).
 - `poison`: a substring; a request with an input containing it gets 400.
 - `wrong_dimension` (+ `wrong_dimension_match` substring, None = every input): vectors of that length.
+- `feature_chars`: vectors from the first N characters of each input only (None = all). For
+  benchmarks that do not look at the vectors: the fake's CPU then stays small next to the
+  client it measures on the same machine.
 - `perturb_under_concurrency`: noise of `perturb_scale` is added to vectors while more than one
   model request is in flight (to prove the determinism check can fail).
 - `chat_handler(view) -> str | (str, done_reason)`: the assistant's content. `view` is flavour-free:
@@ -331,6 +334,7 @@ class FakeOllama:
         self.latency_per_input = latency_per_input
         self.latency_per_request = latency_per_request
         self.context_chars = context_chars
+        self.feature_chars: int | None = None
         self.chat_handler: ChatHandler = chat_handler or default_chat_handler
         self.chat_malformed = False
         self.poison: str | None = None
@@ -716,7 +720,8 @@ class FakeOllama:
             if gone:
                 return None
             start = time.monotonic()
-            vecs: Any = embed_vectors(model, texts, dim)  # (n, dim) array
+            fc = self.feature_chars
+            vecs: Any = embed_vectors(model, [t[:fc] for t in texts] if fc else texts, dim)  # (n, dim)
             if isinstance(dimensions, int) and 0 < dimensions < dim:  # Matryoshka-style cut, renormalised
                 vecs = vecs[:, :dimensions].copy()
                 norms = np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -1026,6 +1031,7 @@ class FakeOllama:
             "perturb_scale",
             "chat_malformed",
             "context_chars",
+            "feature_chars",
             "hang_max",
         )
         return {n: getattr(self, n) for n in names}
