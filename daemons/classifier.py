@@ -32,10 +32,9 @@ import threading
 import time
 from typing import Any
 
-import psycopg
 from prometheus_client import Gauge
 
-from jobpipe import alerting, classify, embeddings
+from jobpipe import alerting, classify, db, embeddings
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -131,12 +130,9 @@ class ClassifierDaemon(Daemon):
                 continue
             except DependencyDown as exc:
                 error = str(exc)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except db.CONNECTION_ERRORS as exc:
                 error = f"database: {exc}".splitlines()[0]
-                try:
-                    conn.close()
-                except Exception:
-                    pass
+                db.close_quietly(conn)
                 conn = None
             except Exception as exc:  # a bug must not end the thread silently: log, retry later
                 error = f"{type(exc).__name__}: {exc}"

@@ -21,7 +21,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from jobpipe import alerting, demand, similarity
+from jobpipe import alerting, db, demand, similarity
+from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 from jobpipe.runtime import Context, Daemon
 
@@ -203,7 +204,7 @@ class SnapshotterDaemon(Daemon):
         except Exception as exc:  # a failed run is retried later, the daemon lives
             self.m_runs.labels(d, "job", "failed").inc()
             self.ctx.metrics.item_outcomes(SNAPSHOT, {"failed": 1})
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc)
             log_event(
                 self.ctx.log,
                 "snapshot_job_failed",
@@ -259,12 +260,8 @@ class SnapshotterDaemon(Daemon):
             self.ctx.set_status_extra("; ".join(parts))
 
     def _drop_job_conn(self) -> None:
-        if self.job_conn is not None:
-            try:
-                self.job_conn.close()
-            except Exception:  # closing a broken connection
-                pass
-            self.job_conn = None
+        db.close_quietly(self.job_conn)
+        self.job_conn = None
 
     def close(self) -> None:
         # A running statement is cancelled: its transaction rolls back, nothing is half-written.

@@ -33,11 +33,9 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
-
 from jobpipe import db, queue
 from jobpipe.config import Config, check_value
-from jobpipe.errors import ConfigError, DependencyDown
+from jobpipe.errors import ConfigError, first_line
 from jobpipe.logs import log_event
 from jobpipe.logs import redact as redact_secrets
 from jobpipe.settings import all_settings
@@ -47,7 +45,7 @@ log = logging.getLogger("jobpipe.alerting")
 FAIL = "fail"
 WARN = "warn"
 FAILURE_OUTCOMES = (queue.FAILED, queue.GIVEN_UP)
-DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DependencyDown)
+DB_ERRORS = db.UNREACHABLE
 
 # A daemon_status row older than this is a dead instance (it updates every status interval).
 STALE_INSTANCE_S = 120.0
@@ -848,14 +846,10 @@ class Alerter:
 
     def _db_failed(self, exc: BaseException) -> None:
         self._drop_conn()
-        self.db_watch.down(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        self.db_watch.down(first_line(exc))
 
     def _drop_conn(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
+        db.close_quietly(self.conn)
         self.conn = None
 
     def evaluate(self, conn: Any) -> list[Transition]:

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Arbitrary constant: the advisory lock key that serialises migrations across processes.
 MIGRATION_LOCK = 0x6A6F6270  # "jobp"
+# The connection failed or went away: reconnect and retry (db.connect raises DependencyDown).
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+UNREACHABLE = (*CONNECTION_ERRORS, DependencyDown)
 
 
 def resolve_url(cfg: Config, start_embedded: bool = True) -> str:
@@ -72,6 +75,15 @@ def connect(
         except psycopg.ProgrammingError:
             pass  # extension not installed yet: only the migration connection sees this
     return conn
+
+
+def close_quietly(conn: Any) -> None:
+    """Close `conn` if there is one; a broken connection may fail to close, which is fine."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:
+            pass
 
 
 @dataclass(frozen=True, slots=True)

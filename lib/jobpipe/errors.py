@@ -47,3 +47,9 @@ class DependencyDown(JobpipeError):
         self.dependency = dependency
         self.kind = kind
         self.retry_after = retry_after
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (psycopg's run over several), else its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

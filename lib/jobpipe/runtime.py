@@ -41,7 +41,7 @@ import psycopg
 
 from jobpipe import db, queue
 from jobpipe.config import Config
-from jobpipe.errors import DependencyDown, ItemError, UserError
+from jobpipe.errors import DependencyDown, ItemError, UserError, first_line
 from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics, serve_metrics
 from jobpipe.notify import Notifier
@@ -50,7 +50,7 @@ from jobpipe.writer import BatchWriter
 
 log = logging.getLogger("jobpipe.runtime")
 
-DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+DB_ERRORS = db.CONNECTION_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +312,7 @@ class Runner:
                 return
             except (DependencyDown, *DB_ERRORS) as exc:
                 self._close_db()
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                msg = first_line(exc)
                 self._set_dependency("database", False, msg)
                 self.last_error = f"database: {msg}"
                 self._status(force=True)
@@ -320,12 +320,8 @@ class Runner:
                 delay = min(delay * 2, self.cfg.database.reconnect_max_s)
 
     def _close_db(self) -> None:
-        for c in (self.conn, self.listen_conn):
-            if c is not None:
-                try:
-                    c.close()
-                except Exception:
-                    pass
+        db.close_quietly(self.conn)
+        db.close_quietly(self.listen_conn)
         self.conn = self.listen_conn = None
         self.waiter = None
 
@@ -463,7 +459,7 @@ class Runner:
         self.alerter.start()
 
     def _database_lost(self, exc: BaseException) -> None:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         log_event(log, "database_lost", level="warning", error=msg)
         self.last_error = f"database: {msg}"
         self._set_dependency("database", False, msg)
@@ -542,7 +538,7 @@ class Runner:
     def _policy(self, stage: Stage) -> RetryPolicy:
         return RetryPolicy(stage.max_attempts, self.cfg.queue.backoff_base_s, self.cfg.queue.backoff_max_s)
 
-    def _claim_batches(self, stage: Stage, n_batches: int = 1) -> int:
+    def _claim_batches(self, stage: Stage, n_batches: int) -> int:
         """Claim up to `n_batches` batches of `stage`, load them at once, dispatch their calls."""
         policy = self._policy(stage)
         now = time.monotonic()
@@ -620,10 +616,13 @@ class Runner:
             if fut.done() and fut.exception() is not None:
                 self.last_error = f"write: {fut.exception()}"[:200]
         self.writing = [(bs, f) for bs, f in self.writing if not f.done()]
-        finished = [b for b in self.inflight if b.done()]
+        finished: list[_Batch] = []
+        running: list[_Batch] = []
+        for b in self.inflight:
+            (finished if b.done() else running).append(b)
         if not finished:
             return
-        self.inflight = [b for b in self.inflight if not b.done()]
+        self.inflight = running
         for b in finished:
             self._collect(b)
             if b.dependency_error is not None:

@@ -26,14 +26,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-import psycopg
-
-from jobpipe.errors import DependencyDown
+from jobpipe.db import UNREACHABLE, close_quietly
+from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 
 T = TypeVar("T")
-
-RETRY_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, DependencyDown)
 
 
 class BatchWriter(Generic[T]):
@@ -96,7 +93,8 @@ class BatchWriter(Generic[T]):
                 batches, fut = self._queue.popleft()
                 given_up += len(batches)
                 fut.set_exception(RuntimeError("not written: the writer was closed"))
-        self._close_conn()
+        close_quietly(self.conn)
+        self.conn = None
         return given_up
 
     # ------------------------------------------------------------------ the thread
@@ -114,12 +112,13 @@ class BatchWriter(Generic[T]):
                 if self.conn is None:
                     self.conn = self._connect()
                 self._write(self.conn, batches)
-            except RETRY_ERRORS as exc:
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            except UNREACHABLE as exc:
+                msg = first_line(exc)
                 if msg != self.last_error:
                     log_event(self.log, "write_retry", level="warning", batches=len(batches), error=msg)
                 self.last_error = msg
-                self._close_conn()
+                close_quietly(self.conn)
+                self.conn = None
                 self._abort.wait(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
                 continue
@@ -142,11 +141,3 @@ class BatchWriter(Generic[T]):
                 fut.set_result(None)
             else:
                 fut.set_exception(exc)
-
-    def _close_conn(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
-            self.conn = None
