@@ -335,6 +335,32 @@ def test_database_restart_under_running_daemon(tmp_path, ollama, notify):
         embedded.stop(data_dir)
 
 
+def test_lost_connection_is_reported_even_if_reconnecting_works_at_once(pg_url, db_conn, ollama, notify):
+    """A restart that is over before the daemon notices still shows up as DOWN database."""
+    queue.enqueue(db_conn, "sample", range(1, 51))
+    proc = start_daemon(daemon_env(pg_url, ollama.url, NOTIFY_SOCKET=notify.path))
+    try:
+        notify.wait_for("READY", timeout=30)
+        wait_until(lambda: count(db_conn, "SELECT count(*) FROM queue WHERE status='done'") == 50)
+        killed = count(
+            db_conn,
+            """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = 'jobpipe-sample'""",
+        )
+        assert killed == 1
+        t = notify.wait_for("STATUS", "DOWN database", timeout=20)
+        queue.enqueue(db_conn, "sample", range(51, 61))
+        wait_until(lambda: count(db_conn, "SELECT count(*) FROM queue WHERE status='done'") == 60)
+        assert proc.poll() is None
+        t_up = notify.wait_for("STATUS", "pending 0", timeout=20, after=t + 1e-6)
+        with notify.cond:
+            after_up = [v for tm, k, v in notify.messages if k == "STATUS" and tm >= t_up]
+        assert after_up and all("DOWN" not in v for v in after_up)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
 def test_schema_behind_refuses_to_start(pg_server, ollama):
     import uuid
 

@@ -464,6 +464,9 @@ class Runner:
         self.last_error = f"database: {msg}"
         self._set_dependency("database", False, msg)
         self._close_db()
+        # Said now, not only if the first reconnect fails: a restart that is over before we notice
+        # would otherwise leave no trace of the outage in systemctl status.
+        self._status(force=True)
         self._connect()
         if self.conn is not None:
             self.daemon.setup(self.conn)
