@@ -86,8 +86,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     import os
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
-    return subprocess.run([sys.executable, "-m", "jobpipe.cli", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "jobpipe.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 def test_cli_check_exit_codes_and_no_traceback(tmp_path):

@@ -382,6 +382,7 @@ def test_every_dashboard_query_and_recording_rule_returns_data(live: Live) -> No
     except AssertionError:
         logs = "\n".join(f"--- {d}\n{live.log_tail(d)}" for d in DAEMONS)
         raise AssertionError(f"queries without data: {json.dumps(empty, indent=1)}\n{logs}") from None
+
     # Sanity: the data is what the daemons did, per daemon. A daemon still in the backoff after
     # the fixture's Ollama outage resumes at its own pace: waited for, as the panels were.
     def done() -> set[str]:

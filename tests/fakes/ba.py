@@ -762,8 +762,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--catalogue", help="BERUFENET detail objects (JSON list) to draw occupations from")
-    parser.add_argument("--label-share", type=float, default=1.0,
-                        help="share of postings that carry their occupation label (hauptberuf)")
+    parser.add_argument(
+        "--label-share",
+        type=float,
+        default=1.0,
+        help="share of postings that carry their occupation label (hauptberuf)",
+    )
     args = parser.parse_args(argv)
     population = Population.generate(
         args.postings,

@@ -270,8 +270,16 @@ class Catalogue:
         for d in json.loads(Path(path).read_text(encoding="utf-8")):
             code = "".join(ch for ch in str(d.get("kldb2010", "")) if ch.isdigit())[:5] or "00000"
             masc, fem = gender_forms(d["kurzBezeichnungNeutral"])
-            occs.append(Occupation(id=int(d["id"]), name=d["kurzBezeichnungNeutral"], kldb=code,
-                                   berufsfeld=labels.get(code[:2], "Sonstige"), masculine=masc, feminine=fem))
+            occs.append(
+                Occupation(
+                    id=int(d["id"]),
+                    name=d["kurzBezeichnungNeutral"],
+                    kldb=code,
+                    berufsfeld=labels.get(code[:2], "Sonstige"),
+                    masculine=masc,
+                    feminine=fem,
+                )
+            )
         return cls(occs, labels)
 
     @classmethod
