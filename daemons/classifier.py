@@ -35,7 +35,7 @@ from typing import Any
 from prometheus_client import Gauge
 
 from jobpipe import alerting, classify, db, embeddings
-from jobpipe.errors import DependencyDown, ItemError
+from jobpipe.errors import DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
 from jobpipe.runtime import Context, Daemon, Skip, Stage
@@ -131,7 +131,7 @@ class ClassifierDaemon(Daemon):
             except DependencyDown as exc:
                 error = str(exc)
             except db.CONNECTION_ERRORS as exc:
-                error = f"database: {exc}".splitlines()[0]
+                error = f"database: {first_line(exc)}"
                 db.close_quietly(conn)
                 conn = None
             except Exception as exc:  # a bug must not end the thread silently: log, retry later

@@ -45,7 +45,6 @@ log = logging.getLogger("jobpipe.alerting")
 FAIL = "fail"
 WARN = "warn"
 FAILURE_OUTCOMES = (queue.FAILED, queue.GIVEN_UP)
-DB_ERRORS = db.UNREACHABLE
 
 # A daemon_status row older than this is a dead instance (it updates every status interval).
 STALE_INSTANCE_S = 120.0
@@ -791,7 +790,7 @@ class Alerter:
                     self._deliver()
                 due = self._next_delivery_in()
                 wait = min(max(0.0, next_eval - time.monotonic()), due if due is not None else interval)
-            except DB_ERRORS as exc:
+            except db.UNREACHABLE as exc:
                 self._db_failed(exc)
             except Exception:
                 # The alert thread must survive anything; the next turn retries.
@@ -811,7 +810,7 @@ class Alerter:
             self.evaluate(conn)
             self._deliver()
             self._check_gateway()
-        except DB_ERRORS as exc:
+        except db.UNREACHABLE as exc:
             self._db_failed(exc)
         self._count_evaluation()
 
@@ -825,12 +824,12 @@ class Alerter:
             return self.conn
         try:
             conn = self.connect()
-        except DB_ERRORS as exc:
+        except db.UNREACHABLE as exc:
             self._db_failed(exc)
             return None
         try:
             behind = [m.version for m in db.pending_migrations(conn)]
-        except DB_ERRORS as exc:
+        except db.UNREACHABLE as exc:
             conn.close()
             self._db_failed(exc)
             return None
@@ -881,7 +880,7 @@ class Alerter:
         if self.hooks is not None:
             try:
                 extra = list(self.hooks(conn) or [])
-            except DB_ERRORS:
+            except db.UNREACHABLE:
                 raise
             except Exception:
                 log.exception("alert hook failed", extra={"event": "alert_hook_failed"})

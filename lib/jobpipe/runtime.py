@@ -50,8 +50,6 @@ from jobpipe.writer import BatchWriter
 
 log = logging.getLogger("jobpipe.runtime")
 
-DB_ERRORS = db.CONNECTION_ERRORS
-
 
 @dataclass(frozen=True, slots=True)
 class Skip:
@@ -310,7 +308,7 @@ class Runner:
                 self.waiter = queue.Waiter(self.listen_conn, stages)
                 self._set_dependency("database", True)
                 return
-            except (DependencyDown, *DB_ERRORS) as exc:
+            except db.UNREACHABLE as exc:
                 self._close_db()
                 msg = first_line(exc)
                 self._set_dependency("database", False, msg)
@@ -331,16 +329,13 @@ class Runner:
             return
         self._last_status = now
         if self.conn is not None and self.stage_list:
-            try:
-                self.queue_stats = queue.stats(self.conn, [s.name for s in self.stage_list])
-                for st in self.queue_stats.values():
-                    running = sum(len(b.items) for b in self._held() if b.stage.name == st.stage)
-                    self.metrics.set_queue(
-                        st.stage, st.pending + st.scheduled, running, st.given_up, st.oldest_pending_age_s
-                    )
-                self._heartbeat_row()
-            except DB_ERRORS:
-                raise
+            self.queue_stats = queue.stats(self.conn, [s.name for s in self.stage_list])
+            for st in self.queue_stats.values():
+                running = sum(len(b.items) for b in self._held() if b.stage.name == st.stage)
+                self.metrics.set_queue(
+                    st.stage, st.pending + st.scheduled, running, st.given_up, st.oldest_pending_age_s
+                )
+            self._heartbeat_row()
         pending = sum(s.pending + s.scheduled for s in self.queue_stats.values())
         inflight = sum(len(b.items) for b in self._held())
         parts = [f"{self.rate.per_second():.1f} items/s", f"pending {pending}", f"in flight {inflight}"]
@@ -424,7 +419,7 @@ class Runner:
                 try:
                     if self._turn():
                         break
-                except DB_ERRORS as exc:
+                except db.CONNECTION_ERRORS as exc:
                     self._database_lost(exc)
         finally:
             self._shutdown()
@@ -558,7 +553,7 @@ class Runner:
             return 0
         try:
             payloads = stage.load(self.conn, items)
-        except DB_ERRORS:
+        except db.CONNECTION_ERRORS:
             raise
         except Exception as exc:
             log.exception("load failed", extra={"event": "load_failed"})
@@ -616,8 +611,8 @@ class Runner:
     def _hand_off_finished(self) -> None:
         """Batches whose calls are all done go to the writer; written ones are forgotten."""
         for _, fut in self.writing:
-            if fut.done() and fut.exception() is not None:
-                self.last_error = f"write: {fut.exception()}"[:200]
+            if fut.done() and (exc := fut.exception()) is not None:
+                self.last_error = f"write: {exc}"[:200]
         self.writing = [(bs, f) for bs, f in self.writing if not f.done()]
         finished: list[_Batch] = []
         running: list[_Batch] = []
@@ -666,7 +661,7 @@ class Runner:
                         max(0.0, b.defer_until - time.monotonic()),  # due when the backoff ends
                         str(b.dependency_error) if b.dependency_error else None,
                     )
-            except DB_ERRORS:
+            except db.CONNECTION_ERRORS:
                 raise
             except Exception as exc:
                 if b.parts:  # rolled back: find the batch that fails, keep the others' results
@@ -743,7 +738,7 @@ class Runner:
                 self.conn.execute(
                     "DELETE FROM daemon_status WHERE daemon = %s AND instance = %s", (self.name, self.owner)
                 )
-            except DB_ERRORS:
+            except db.CONNECTION_ERRORS:
                 pass  # leases will expire on their own
         abandoned = sum(len(b.items) for b in self.inflight)
         log_event(log, "stopped", released=released, abandoned=abandoned, not_written=not_written)
