@@ -28,6 +28,7 @@ from jobpipe.errors import ConfigError, DependencyDown
 from jobpipe.metrics import DaemonMetrics
 from tests.alert_daemon import FailingDaemon
 from tests.fakes.signal import DEFAULT_ACCOUNT, FakeSignalGateway
+from tests.waiting import in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = DEFAULT_ACCOUNT
@@ -38,15 +39,6 @@ HOST = socket.gethostname()
 
 
 # ---------------------------------------------------------------------------------------- helpers
-
-
-def wait_until(pred, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(interval)  # polling a database condition with a deadline
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def one(conn: Any, sql: str, params: Any = None) -> Any:
@@ -180,8 +172,7 @@ class InProcess:
         self.cls = type("Daemon", (FailingDaemon,), attrs)
         self.metrics = DaemonMetrics("summary")
         self.runner = runtime.Runner(self.cls, cfg, db_url=url, serve=False, metrics=self.metrics)
-        self.thread = threading.Thread(target=self.runner.run, daemon=True)
-        self.thread.start()
+        self.thread, _ = in_thread(self.runner.run)
         wait_until(lambda: self.runner.alerter is not None, 10, what="alerter started")
 
     @property
@@ -501,8 +492,7 @@ def test_daemon_hook_conditions(pg_url, db_conn, gw, tmp_path):
     cfg = test_config(gw)
     queue.enqueue(db_conn, "hooked", [1, 2, 3])
     runner = runtime.Runner(Hooked, cfg, db_url=pg_url, serve=False)
-    t = threading.Thread(target=runner.run, daemon=True)
-    t.start()
+    t, _ = in_thread(runner.run)
     try:
         msgs = gw.wait_for_messages(1, timeout=20)
         assert "FIRING truncated partitions" in msgs[0].message

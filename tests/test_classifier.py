@@ -11,15 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from jobpipe import catalogue, classify, config, queue, runtime
 from jobpipe.cli import main
 from jobpipe.daemons.classifier import ClassifierDaemon
 from jobpipe.metrics import DaemonMetrics
+from jobpipe.models import make_embedding_client
 from jobpipe.text import clean_text
 from jobpipe.titles import normalise
 from tests.fakes.ollama import FakeOllama
+from tests.waiting import in_thread, wait_until
 
 EMBED = "nomic-embed-text"
 LLM = "qwen2.5:7b"
@@ -293,11 +296,9 @@ class Background:
     def __init__(self, cls: type, cfg: config.Config, pg_url: str) -> None:
         self.metrics = DaemonMetrics("classifier")
         self.runner = runtime.Runner(cls, cfg, db_url=pg_url, once=True, serve=False, metrics=self.metrics)
-        self.result: list[int] = []
-        self.thread = threading.Thread(target=lambda: self.result.append(self.runner.run()), daemon=True)
 
     def __enter__(self) -> Background:
-        self.thread.start()
+        self.thread, self.box = in_thread(self.runner.run)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -312,17 +313,7 @@ class Background:
 
     def finish(self, timeout: float = 30.0) -> None:
         self.thread.join(timeout)
-        assert not self.thread.is_alive() and self.result == [0]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll a condition that has no notification of its own (metrics, rows), with a deadline."""
-    tick = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        tick.wait(0.05)
-    return predicate()
+        assert not self.thread.is_alive() and self.box.get("result") == 0, self.box
 
 
 def test_model_not_pulled_is_a_dependency_problem_and_charges_nothing(loaded: Any, pg_url: str) -> None:
@@ -330,7 +321,7 @@ def test_model_not_pulled_is_a_dependency_problem_and_charges_nothing(loaded: An
     with FakeOllama(chat_handler=oracle({"koch kantine": KOCH})) as fake:
         ids = add_titles(conn, ["Koch Kantine (m/w/d)", "Koch (m/w/d)"])
         with Background(ClassifierDaemon, make_cfg(fake, classifier__model="qwen2.5:72b"), pg_url) as bg:
-            assert wait_for(lambda: bg.deferred(classify.LLM_STAGE) >= 2, 20), "the LLM item was not deferred"
+            wait_until(lambda: bg.deferred(classify.LLM_STAGE) >= 2, 20, what="the LLM item to be deferred")
             assert fake.counters()["by_status"].get(404, 0) >= 2
             status, attempts, error = conn.execute(
                 "SELECT status, attempts, last_error FROM queue WHERE stage = %s", (classify.LLM_STAGE,)
@@ -368,7 +359,7 @@ def test_empty_catalogue_defers_without_charging_until_it_is_loaded(db_conn: Any
     with FakeOllama(chat_handler=oracle({})) as fake:
         ids = add_titles(db_conn, ["Koch Kantine (m/w/d)", "Koch (m/w/d)"])
         with Background(QuickSync, make_cfg(fake), pg_url) as bg:
-            assert wait_for(lambda: bg.deferred(classify.STAGE) >= 4, 20), "not deferred"
+            wait_until(lambda: bg.deferred(classify.STAGE) >= 4, 20, what="the items to be deferred")
             rows = db_conn.execute(
                 "SELECT attempts, last_error FROM queue WHERE stage = %s", (classify.STAGE,)
             )
@@ -600,18 +591,10 @@ def test_alert_conditions(db_conn: Any, pg_url: str) -> None:
 
 def test_catalogue_sync_finishes_after_a_finish_cut_short(pg_url, db_conn):
     """The database going away inside _finish must not leave the vector search waiting forever."""
-    import psycopg
-
-    from jobpipe import catalogue as catalogue_mod
-    from jobpipe import classify as classify_mod
-    from tests.fakes.ollama import FakeOllama
-
-    catalogue_mod.upsert(db_conn, catalogue_mod.shipped_catalogue()[:5])
+    catalogue.upsert(db_conn, catalogue.shipped_catalogue()[:5])
     with FakeOllama() as fake:
-        from jobpipe.models import make_embedding_client
-
         client = make_embedding_client("ollama", [fake.url], "nomic-embed-text", 2, 1.0, 5.0)
-        sync = classify_mod.CatalogueSync(client, "nomic-embed-text", 768, chunk=64)
+        sync = classify.CatalogueSync(client, "nomic-embed-text", 768, chunk=64)
         real_finish = sync._finish
         calls = []
 

@@ -5,7 +5,6 @@ and the determinism check (which must pass on the fake and fail on a fake that d
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ from jobpipe.daemons.embedder import EmbedderDaemon
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.text import clean_text
 from tests.fakes.ollama import FakeOllama
+from tests.waiting import in_thread, wait_until
 
 MODEL = "all-minilm"  # 384 dimensions in the fake, no role prefixes
 DIM = 384
@@ -261,9 +261,7 @@ def test_ollama_down_charges_no_attempts_and_work_resumes(fake, pg_url, db_conn,
         serve=False,
         periodic=runtime.default_periodic(EmbedderDaemon, cfg),
     )
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(runner.run()), daemon=True)
-    thread.start()
+    thread, box = in_thread(runner.run)
     try:
         # Deferred at least twice (the daemon backs off and tries again), never charged.
         def deferred_twice() -> bool:
@@ -275,7 +273,7 @@ def test_ollama_down_charges_no_attempts_and_work_resumes(fake, pg_url, db_conn,
                 {"daemon": "embedder", "stage": "embed", "outcome": "deferred"},
             ) >= 2 * len(ids)
 
-        assert wait_for(deferred_twice, 20), "the batch was not deferred"
+        wait_until(deferred_twice, 20, what="the batch to be deferred twice")
         assert (
             runner.metrics.registry.get_sample_value(
                 "jobpipe_dependency_up", {"daemon": "embedder", "dependency": "ollama"}
@@ -287,25 +285,12 @@ def test_ollama_down_charges_no_attempts_and_work_resumes(fake, pg_url, db_conn,
         assert stored(db_conn) == {}
         fake.fail_mode = None
         thread.join(30)
-        assert not thread.is_alive() and result == [0]
+        assert not thread.is_alive() and box.get("result") == 0, box
     finally:
         runner.stop.set()
         thread.join(10)
     assert set(stored(db_conn)) == set(ids)
     assert db_conn.execute("SELECT max(attempts) FROM queue WHERE stage='embed'").fetchone()[0] == 0
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    """Poll a database condition (no notification exists for it) with a deadline."""
-    done = threading.Event()
-    deadline = timeout
-    step = 0.05
-    while deadline > 0:
-        if predicate():
-            return True
-        done.wait(step)
-        deadline -= step
-    return predicate()
 
 
 # ------------------------------------------------------------------ model changes
@@ -388,9 +373,7 @@ def test_a_change_during_embedding_is_embedded_afterwards(fake, pg_url, db_conn)
     ids = add_postings(db_conn, [{"title": "Koch"}])
     fake.fail_mode = "hang"
     cfg = make_cfg(fake)
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(run_once(cfg, pg_url)), daemon=True)
-    thread.start()
+    thread, box = in_thread(lambda: run_once(cfg, pg_url))
     try:
         assert fake.wait_until(lambda f: f.in_flight >= 1, 10)
         db_conn.execute(
@@ -398,7 +381,7 @@ def test_a_change_during_embedding_is_embedded_afterwards(fake, pg_url, db_conn)
         )
         fake.fail_mode = None  # releases the held request
         thread.join(30)
-        assert result == [0]
+        assert box.get("result") == 0, box
     finally:
         fake.fail_mode = None
         thread.join(10)
@@ -477,16 +460,14 @@ def test_index_waits_for_a_large_backlog_then_is_built_in_bulk(fake, pg_url, db_
     cfg = make_cfg(fake, embedder__batch_size=2, embedder__workers=1)  # "caught up" = 8 items left
     fake.fail_mode = "hang"
     runner = runtime.Runner(EmbedderDaemon, cfg, db_url=pg_url, once=True, serve=False)
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(runner.run()), daemon=True)
-    thread.start()
+    thread, box = in_thread(runner.run)
     try:
         assert fake.wait_until(lambda f: f.in_flight >= 1, 10)  # the first turn (and tick) is over
         assert not embeddings.index_valid(db_conn, MODEL, DIM)
         assert "index waits for the backlog" in runner.ctx.status_extra
         fake.fail_mode = None
         thread.join(60)
-        assert result == [0]
+        assert box.get("result") == 0, box
     finally:
         fake.fail_mode = None
         runner.stop.set()

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from jobpipe.settings import DAEMONS
 from tests.conftest import url_for
 from tests.fakes.ba import FakeBA, Population
 from tests.fakes.ollama import FakeOllama
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MON = ROOT / "monitoring"
@@ -46,6 +47,7 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (De
 # Grafana's interval variables, as a query at 1 s resolution would get them.
 GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1s", "$__range": "1h"}
 LIVE_TIMEOUT_S = 45.0
+POLL_S = 0.25  # how often the live tests ask Prometheus and the daemons
 
 
 def load_dashboard_module() -> Any:
@@ -164,17 +166,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -299,7 +290,7 @@ def live(
                     ports[d] = port
             return len(ports) == len(DAEMONS)
 
-        wait_for("every daemon serving /metrics", all_serving, timeout=30)
+        wait_until(all_serving, 30, what="every daemon serving /metrics", interval=POLL_S)
 
         prom_port = free_port()
         prom_log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115
@@ -332,7 +323,7 @@ def live(
             except requests.ConnectionError:
                 return False
 
-        wait_for("Prometheus ready", ready, timeout=30)
+        wait_until(ready, 30, what="Prometheus ready", interval=POLL_S)
         lv = Live(prom_url, ports, procs, tmp, db_url, ollama)
 
         def ollama_error_seen() -> bool:
@@ -342,14 +333,15 @@ def live(
                     return True
             return False
 
-        wait_for("a failed Ollama call on record", ollama_error_seen, timeout=20)
+        wait_until(ollama_error_seen, 20, what="a failed Ollama call on record", interval=POLL_S)
         ollama.fail_mode = None
         # On-demand verification of the first postings the fetcher stored (the sweep would wait
         # for verifier.max_age_h).
-        wait_for(
-            "postings stored",
+        wait_until(
             lambda: conn.execute("SELECT count(*) FROM postings").fetchone()[0] >= 20,
-            timeout=30,
+            30,
+            what="postings stored",
+            interval=POLL_S,
         )
         conn.execute("SELECT jobpipe_request_verify(id) FROM postings ORDER BY id LIMIT 20")
         yield lv
@@ -378,7 +370,7 @@ def test_every_dashboard_query_and_recording_rule_returns_data(live: Live) -> No
         return not empty
 
     try:
-        wait_for("every panel query to return data", all_answer, timeout=LIVE_TIMEOUT_S, interval=1.0)
+        wait_until(all_answer, LIVE_TIMEOUT_S, what="every panel query to return data", interval=1.0)
     except AssertionError:
         logs = "\n".join(f"--- {d}\n{live.log_tail(d)}" for d in DAEMONS)
         raise AssertionError(f"queries without data: {json.dumps(empty, indent=1)}\n{logs}") from None
@@ -393,7 +385,9 @@ def test_every_dashboard_query_and_recording_rule_returns_data(live: Live) -> No
             )
         }
 
-    wait_for("every daemon to have done work", lambda: done() == set(DAEMONS), timeout=LIVE_TIMEOUT_S)
+    wait_until(
+        lambda: done() == set(DAEMONS), LIVE_TIMEOUT_S, what="every daemon to have done work", interval=POLL_S
+    )
     assert done() == set(DAEMONS)
     up = {r["metric"]["daemon"]: r["value"][1] for r in live.query('up{job="jobpipe"}')}
     assert up == {d: "1" for d in DAEMONS}
@@ -408,13 +402,18 @@ def test_daemon_down_alert_fires_when_a_daemon_stops(live: Live) -> None:
             for r in live.query('ALERTS{alertname="JobpipeDaemonDown", alertstate="firing"}')
         }
 
-    wait_for("all targets scraped", lambda: len(live.query('up{job="jobpipe"} == 1')) == len(DAEMONS), 15)
+    wait_until(
+        lambda: len(live.query('up{job="jobpipe"} == 1')) == len(DAEMONS),
+        15,
+        what="all targets scraped",
+        interval=POLL_S,
+    )
     assert firing() == set()
     proc = live.procs["embedder"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0  # a graceful stop
     stopped = time.monotonic()
-    assert wait_for("JobpipeDaemonDown firing", firing, timeout=20) == {"embedder"}
+    assert wait_until(firing, 20, what="JobpipeDaemonDown firing", interval=POLL_S) == {"embedder"}
     print(f"JobpipeDaemonDown fired {time.monotonic() - stopped:.1f}s after the embedder stopped")
     alert = live.query('ALERTS{alertname="JobpipeDaemonDown", alertstate="firing"}')[0]["metric"]
     assert alert["severity"] == "critical" and alert["job"] == "jobpipe"

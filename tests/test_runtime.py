@@ -22,6 +22,7 @@ from jobpipe import config, db, embedded, queue, runtime
 from jobpipe.metrics import DaemonMetrics
 from tests.fakes.ollama import FakeOllama
 from tests.sample_daemon import SampleDaemon
+from tests.waiting import in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,15 +131,6 @@ def start_daemon(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
         text=True,
         cwd=ROOT,
     )
-
-
-def wait_until(pred, timeout: float = 30.0, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def count(conn, sql: str) -> int:
@@ -424,8 +416,7 @@ def test_one_outage_doubles_the_backoff_once_not_once_per_batch(pg_url, db_conn)
             runtime__dependency_backoff_max_s=3600,
         )
         runner = runtime.Runner(SampleDaemon, cfg, db_url=pg_url, serve=False)
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
+        thread, _ = in_thread(runner.run)
         try:
             deferred = "SELECT count(*) FROM queue WHERE status = 'pending' AND run_after > now()"
             wait_until(lambda: count(db_conn, deferred) == 32, timeout=30)

@@ -12,9 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -29,6 +27,7 @@ from jobpipe import cli, config, db, demand, runtime, similarity
 from jobpipe.daemons.snapshotter import SnapshotterDaemon
 from jobpipe.errors import ConfigError
 from jobpipe.metrics import DaemonMetrics
+from tests.waiting import in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TZ = "Europe/Berlin"
@@ -148,13 +147,6 @@ def make_cfg(**overrides: Any) -> config.Config:
     return config.load(path=None, environ={}).with_overrides(**base)
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def waiting_on_lock(conn: Any, query_prefix: str) -> bool:
     """True when another backend waits for a heavyweight lock in a statement starting so."""
     row = conn.execute(
@@ -163,20 +155,6 @@ def waiting_on_lock(conn: Any, query_prefix: str) -> bool:
         (query_prefix + "%",),
     ).fetchone()
     return row[0] > 0
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # handed to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
 
 
 @pytest.fixture
@@ -396,7 +374,7 @@ def test_a_daemon_waits_out_another_instance_holding_the_day(conn: Any, pg_url: 
                 or 0.0
             )
 
-        wait_until(lambda: skipped() >= 1, what="the daemon to skip the locked day")
+        wait_until(lambda: skipped() >= 1, timeout=20, what="the daemon to skip the locked day")
         assert th.is_alive()  # the day is still missing: --once keeps waiting for it
         # Instance A finishes the day (its session lock is re-entrant), then lets go.
         assert demand.snapshot_day(other, day, only_if_missing=True).status == demand.DONE
@@ -430,7 +408,7 @@ def test_readers_see_the_old_day_or_the_new_one_never_half(conn: Any, pg_url: st
         worker.execute(f"SET TimeZone = '{TZ}'")
         th, box = in_thread(lambda: demand.snapshot_day(worker, day, wait=True))
         wait_until(
-            lambda: waiting_on_lock(reader, "INSERT INTO snapshot_runs"), what="the run to reach its end"
+            lambda: waiting_on_lock(reader, "INSERT INTO snapshot_runs"), 20, what="the run to reach its end"
         )
         assert stored(reader, day) == old  # the deleted and re-inserted rows are invisible until commit
         blocker.execute("COMMIT")
@@ -599,7 +577,9 @@ def test_similarity_readers_never_see_half_a_table(conn: Any, pg_url: str) -> No
             lambda: similarity.compute(worker, model=MODEL, dims=DIMS, top_k=3, min_postings=5, wait=True)
         )
         wait_until(
-            lambda: waiting_on_lock(reader, "INSERT INTO similarity_runs"), what="the run to reach its end"
+            lambda: waiting_on_lock(reader, "INSERT INTO similarity_runs"),
+            20,
+            what="the run to reach its end",
         )
         seen = reader.execute(
             "SELECT occupation_id, similar_id, score FROM occupation_similarity ORDER BY 1, 2"
@@ -663,7 +643,7 @@ def test_daemon_stop_cancels_a_running_snapshot_without_writing_half(conn: Any, 
     runner = runtime.Runner(SnapshotterDaemon, cfg, db_url=pg_url, serve=False)
     th, box = in_thread(runner.run)
     try:
-        wait_until(lambda: waiting_on_lock(conn, "DELETE FROM demand_snapshots"), what="the job to start")
+        wait_until(lambda: waiting_on_lock(conn, "DELETE FROM demand_snapshots"), 20, what="the job to start")
         runner.stop.set()
         th.join(30)
         assert not th.is_alive() and box.get("result") == 0, box

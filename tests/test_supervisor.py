@@ -13,7 +13,8 @@ import time
 
 from jobpipe.supervisor import Supervisor
 from tests.fakes.ollama import FakeOllama
-from tests.test_runtime import ROOT, daemon_env, wait_until
+from tests.test_runtime import ROOT, daemon_env
+from tests.waiting import wait_until
 
 SAMPLE = "tests.sample_daemon:SampleDaemon"
 

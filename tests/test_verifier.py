@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from jobpipe.daemons.verifier import VerifierDaemon
 from jobpipe.metrics import DaemonMetrics
 from tests.fakes.ba import Answer, FakeBA
 from tests.fakes.ba_data import Population
+from tests.waiting import in_thread, wait_until
 
 STALE = 2114
 
@@ -96,13 +96,6 @@ def make_stale(conn: Any, ids: list[int], never_verified: bool, days: float = 5.
             WHERE id = ANY(%(ids)s)""",
         {"d": days, "never": never_verified, "ids": ids},
     )
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def verify_items(conn: Any) -> dict[str, int]:
@@ -216,11 +209,11 @@ def test_an_idle_verifier_is_woken_by_notify(db_conn: Any, pg_url: str, tmp_path
             verifier__sweep_interval_s=60.0,
         )
         runner = runtime.Runner(VerifierDaemon, cfg, db_url=pg_url, serve=False)
-        th = threading.Thread(target=runner.run, daemon=True)
-        th.start()
+        th, _ = in_thread(runner.run)
         try:
             wait_until(
                 lambda: db_conn.execute("SELECT count(*) FROM daemon_status").fetchone()[0] == 1,
+                timeout=20,
                 what="the verifier to be ready",
             )
             refnr = pop.refnrs()[7]
@@ -391,8 +384,7 @@ def test_an_unreachable_api_defers_without_charging(db_conn: Any, pg_url: str) -
     fake.stop()  # connection refused from now on
     m = DaemonMetrics("verifier")
     runner = runtime.Runner(VerifierDaemon, cfg, db_url=pg_url, serve=False, metrics=m)
-    th = threading.Thread(target=runner.run, daemon=True)
-    th.start()
+    th, _ = in_thread(runner.run)
     try:
 
         def deferred() -> bool:
@@ -401,7 +393,7 @@ def test_an_unreachable_api_defers_without_charging(db_conn: Any, pg_url: str) -
             ).fetchone()[0]
             return n == 10
 
-        wait_until(deferred, what="every item to be deferred")
+        wait_until(deferred, timeout=20, what="every item to be deferred")
         assert sample(m, "jobpipe_dependency_up", dependency="ba_api") == 0
     finally:
         runner.stop.set()
