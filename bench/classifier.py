@@ -49,8 +49,8 @@ import titlegen  # noqa: E402
 from jobpipe import catalogue, classify, db, embedded  # noqa: E402
 from jobpipe.embeddings import as_vector  # noqa: E402
 from jobpipe.models import make_chat_client, make_embedding_client  # noqa: E402
+from jobpipe.sim.ollama import FakeOllama  # noqa: E402
 from jobpipe.titles import normalise  # noqa: E402
-from tests.fakes.ollama import FakeOllama  # noqa: E402
 
 EMBED, DIM, LLM = "nomic-embed-text", 768, "qwen2.5:7b"
 MIN_SIMILARITY, TOP_K = 0.35, 5

@@ -127,7 +127,7 @@ def populate(url: str, n: int) -> None:
 class Fake:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.ollama", "--port", "0"],
+            [sys.executable, "-m", "jobpipe.sim.ollama", "--port", "0"],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None

@@ -1,6 +1,6 @@
 """How fast is the fake Ollama? It must not be the bottleneck of the benchmarks it serves.
 
-Starts `python -m tests.fakes.ollama` as its own process (as bench/embedder.py does), then
+Starts `python -m jobpipe.sim.ollama` as its own process (as bench/embedder.py does), then
 embeds batches of realistic posting texts from several client threads through jobpipe's own
 EmbeddingClient, with zero simulated latency, and prints one line:
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobpipe.models import make_embedding_client  # noqa: E402
-from tests.fakes.ollama import FakeOllama  # noqa: E402
+from jobpipe.sim.ollama import FakeOllama  # noqa: E402
 
 _VOCABULARY = (
     "Koch Köchin Vollzeit Teilzeit Berlin München Hamburg Pflegefachkraft Softwareentwickler Java "
@@ -45,7 +45,7 @@ def posting_text(rng: random.Random, chars: int) -> str:
 
 
 def start_process(capacity: int | None) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "tests.fakes.ollama", "--port", "0"]
+    cmd = [sys.executable, "-m", "jobpipe.sim.ollama", "--port", "0"]
     if capacity:
         cmd += ["--capacity", str(capacity)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)

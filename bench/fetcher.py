@@ -8,7 +8,7 @@ Measures, each crawl in its own child process (so peak RSS is the ingest's own):
 - run 3 as if a day had passed (last_seen_at aged by a day first, outside the measurement): every
   unchanged row gets last_seen_at bumped, which rewrites the row - reported, for the honest cost.
 
-The fake BA runs as its own process (`python -m tests.fakes.ba`), the database is a fresh
+The fake BA runs as its own process (`python -m jobpipe.sim.ba`), the database is a fresh
 embedded PostgreSQL (or --database-url). The crawl is the daemon's: one source without
 filters, split by region and more under the 10,000-result cap, 100 postings per page.
 
@@ -87,7 +87,7 @@ def start_fake(postings: int, seed: int) -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable,
             "-m",
-            "tests.fakes.ba",
+            "jobpipe.sim.ba",
             "--port",
             "0",
             "--postings",

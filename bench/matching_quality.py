@@ -55,7 +55,7 @@ from jobpipe.titles import normalise  # noqa: E402
 
 MODEL, DIM = "multilingual-e5-small", 384
 LABELLED = ROOT / "bench" / "data" / "labelled_titles.csv"
-NAMES = ROOT / "tests" / "fakes" / "data" / "occupation-names-berufenet-2015.txt"
+NAMES = ROOT / "lib" / "jobpipe" / "sim" / "data" / "occupation-names-berufenet-2015.txt"
 GOAL_RECALL5 = 0.90
 KS = (1, 5, 10)
 FULL_FIRST_ID = 200_000

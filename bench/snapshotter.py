@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from jobpipe import db, demand, embedded, similarity  # noqa: E402
 
 NAMES_FILES = (
-    ROOT / "tests" / "fakes" / "data" / "occupation-names-berufenet-2015.txt",
+    ROOT / "lib" / "jobpipe" / "sim" / "data" / "occupation-names-berufenet-2015.txt",
     Path("/work/shared/data/occupation-names-berufenet-2015.txt"),
 )
 REGIONS = (
@@ -67,7 +67,7 @@ def occupation_names(n: int) -> list[str]:
             names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
             break
     else:
-        raise SystemExit("occupation names file not found (tests/fakes/data or /work/shared/data)")
+        raise SystemExit("occupation names file not found (lib/jobpipe/sim/data or /work/shared/data)")
     names = list(dict.fromkeys(names))
     if len(names) < n:
         raise SystemExit(f"only {len(names)} occupation names available, asked for {n}")

@@ -26,8 +26,8 @@ from jobpipe import alert_delivery, alerting, config, db, queue, runtime
 from jobpipe.alerting import Condition, StageFacts, Thresholds
 from jobpipe.errors import ConfigError, DependencyDown
 from jobpipe.metrics import DaemonMetrics
+from jobpipe.sim.signal import DEFAULT_ACCOUNT, FakeSignalGateway
 from tests.alert_daemon import FailingDaemon
-from tests.fakes.signal import DEFAULT_ACCOUNT, FakeSignalGateway
 from tests.waiting import in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

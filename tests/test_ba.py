@@ -16,7 +16,7 @@ import pytest
 from jobpipe.ba import BAClient, BAQueryError, Gone, RateLimiter, parse_retry_after
 from jobpipe.ba_wire import PostingDetails, SchemaError
 from jobpipe.errors import DependencyDown, ItemError
-from tests.fakes.ba import FakeBA, Population
+from jobpipe.sim.ba import FakeBA, Population
 
 TODAY = date(2026, 10, 1)
 

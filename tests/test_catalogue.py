@@ -14,9 +14,9 @@ from jobpipe.ba import BAClient
 from jobpipe.catalogue import CatalogueError
 from jobpipe.cli import main
 from jobpipe.errors import DependencyDown
+from jobpipe.sim.ba import FakeBA
+from jobpipe.sim.ba_data import DATA_DIR, Catalogue
 from jobpipe.titles import normalise
-from tests.fakes.ba import FakeBA
-from tests.fakes.ba_data import DATA_DIR, Catalogue
 
 SHIPPED = catalogue.shipped_catalogue()
 

@@ -19,9 +19,9 @@ from jobpipe.cli import main
 from jobpipe.daemons.classifier import ClassifierDaemon
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.models import make_embedding_client
+from jobpipe.sim.ollama import FakeOllama
 from jobpipe.text import clean_text
 from jobpipe.titles import normalise
-from tests.fakes.ollama import FakeOllama
 from tests.waiting import in_thread, wait_until
 
 EMBED = "nomic-embed-text"

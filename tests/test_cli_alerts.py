@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from jobpipe import alert_delivery, config
-from tests.fakes.signal import DEFAULT_ACCOUNT, FakeSignalGateway
+from jobpipe.sim.signal import DEFAULT_ACCOUNT, FakeSignalGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = socket.gethostname()

@@ -13,8 +13,8 @@ import pytest
 from jobpipe import cli, config, embeddings, queue, runtime
 from jobpipe.daemons.embedder import EmbedderDaemon
 from jobpipe.metrics import DaemonMetrics
+from jobpipe.sim.ollama import FakeOllama
 from jobpipe.text import clean_text
-from tests.fakes.ollama import FakeOllama
 from tests.waiting import in_thread, wait_until
 
 MODEL = "all-minilm"  # 384 dimensions in the fake, no role prefixes

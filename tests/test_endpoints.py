@@ -8,7 +8,7 @@ import pytest
 
 from jobpipe.endpoints import EndpointPool, error_message
 from jobpipe.errors import DependencyDown, ItemError
-from tests.fakes.ollama import FakeOllama
+from jobpipe.sim.ollama import FakeOllama
 
 
 class Clock:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fakes.ba import DIRTY_KINDS, STATES, Catalogue, FakeBA, Population
-from tests.fakes.ba_data import DATA_DIR
+from jobpipe.sim.ba import DIRTY_KINDS, STATES, Catalogue, FakeBA, Population
+from jobpipe.sim.ba_data import DATA_DIR
 
 TODAY = date(2026, 10, 1)
 KEY = {"X-API-Key": "jobboerse-jobsuche"}
@@ -433,7 +433,7 @@ def test_runs_as_a_process_with_a_control_api(http: requests.Session) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "tests.fakes.ba",
+        "jobpipe.sim.ba",
         "--port",
         "0",
         "--postings",

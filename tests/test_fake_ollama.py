@@ -18,7 +18,7 @@ import orjson
 import pytest
 import requests
 
-from tests.fakes.ollama import MSG_BUSY, MSG_TOO_LONG, FakeOllama, embed_vector, embed_vectors
+from jobpipe.sim.ollama import MSG_BUSY, MSG_TOO_LONG, FakeOllama, embed_vector, embed_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 NOMIC = "nomic-embed-text"
@@ -66,7 +66,7 @@ def test_near_duplicates_are_close_and_unrelated_texts_far() -> None:
 
 def test_process_mode_prints_url_and_answers_the_same_vectors(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.ollama", "--port", "0", "--capacity", "2", "--model", "tiny=16"],
+        [sys.executable, "-m", "jobpipe.sim.ollama", "--port", "0", "--capacity", "2", "--model", "tiny=16"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -23,8 +23,8 @@ from jobpipe.daemons.fetcher import FetcherDaemon
 from jobpipe.errors import ConfigError, DependencyDown
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.runtime import run_daemon
+from jobpipe.sim.ba import FakeBA, Population
 from tests.conftest import ROOT
-from tests.fakes.ba import FakeBA, Population
 
 TODAY = date(2026, 9, 14)
 

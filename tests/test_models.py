@@ -25,8 +25,8 @@ from jobpipe.models import (
     schema_problem,
 )
 from jobpipe.ollama import OllamaEmbeddingClient
+from jobpipe.sim.ollama import FakeOllama
 from jobpipe.text import clean_text
-from tests.fakes.ollama import FakeOllama
 
 PROVIDERS = ("ollama", "openai")
 EMBED_PATH = {"ollama": "/api/embed", "openai": "/v1/embeddings"}

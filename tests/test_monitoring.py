@@ -32,9 +32,9 @@ import yaml
 
 from jobpipe import catalogue, db
 from jobpipe.settings import DAEMONS
+from jobpipe.sim.ba import FakeBA, Population
+from jobpipe.sim.ollama import FakeOllama
 from tests.conftest import url_for
-from tests.fakes.ba import FakeBA, Population
-from tests.fakes.ollama import FakeOllama
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

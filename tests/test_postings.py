@@ -21,8 +21,8 @@ from jobpipe.postings import (
     store_descriptions,
     upsert_postings,
 )
+from jobpipe.sim.ba_data import Population
 from jobpipe.titles import normalise
-from tests.fakes.ba_data import Population
 
 TODAY = date(2026, 9, 14)
 

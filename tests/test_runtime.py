@@ -20,7 +20,7 @@ import requests
 
 from jobpipe import config, db, embedded, queue, runtime
 from jobpipe.metrics import DaemonMetrics
-from tests.fakes.ollama import FakeOllama
+from jobpipe.sim.ollama import FakeOllama
 from tests.sample_daemon import SampleDaemon
 from tests.waiting import in_thread, wait_until
 

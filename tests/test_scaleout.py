@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jobpipe import db
-from tests.fakes.ollama import FakeOllama
+from jobpipe.sim.ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 480

@@ -19,7 +19,7 @@ import requests
 from jobpipe import cli, config, embeddings, runtime, search
 from jobpipe.daemons.embedder import EmbedderDaemon
 from jobpipe.errors import UserError
-from tests.fakes.ollama import FakeOllama
+from jobpipe.sim.ollama import FakeOllama
 from tests.test_embedder import add_postings, make_cfg, write_config
 
 MODEL, DIM = "all-minilm", 384

@@ -35,7 +35,7 @@ from jobpipe.signal import (
     redact_number,
     rest_group_id,
 )
-from tests.fakes.signal import FakeSignalGateway
+from jobpipe.sim.signal import FakeSignalGateway
 
 SENDER = "+4915100000001"
 R1 = "+4917612345678"
@@ -567,7 +567,7 @@ def test_fake_as_a_process_prints_messages():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.signal", "--port", str(port), "--mode", "rest"],
+        [sys.executable, "-m", "jobpipe.sim.signal", "--port", str(port), "--mode", "rest"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -11,8 +11,8 @@ import sys
 import threading
 import time
 
+from jobpipe.sim.ollama import FakeOllama
 from jobpipe.supervisor import Supervisor
-from tests.fakes.ollama import FakeOllama
 from tests.test_runtime import ROOT, daemon_env
 from tests.waiting import wait_until
 

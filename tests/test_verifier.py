@@ -22,8 +22,8 @@ import pytest
 from jobpipe import ba_wire, cli, config, db, postings, queue, runtime, verification
 from jobpipe.daemons.verifier import VerifierDaemon
 from jobpipe.metrics import DaemonMetrics
-from tests.fakes.ba import Answer, FakeBA
-from tests.fakes.ba_data import Population
+from jobpipe.sim.ba import Answer, FakeBA
+from jobpipe.sim.ba_data import Population
 from tests.waiting import in_thread, wait_until
 
 STALE = 2114

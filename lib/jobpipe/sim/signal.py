@@ -7,7 +7,7 @@ to misbehave the way real gateways do (`set_fault`), to refuse connections (`go_
 same port), or to treat numbers as unregistered / untrusted.
 
 Run it as a process for the demo:
-    python -m tests.fakes.signal --port 8080 [--mode rest|jsonrpc]
+    python -m jobpipe.sim.signal --port 8080 [--mode rest|jsonrpc]
 Each delivered message is printed as "[simulated Signal gateway] would send to …".
 """
 
