@@ -42,14 +42,13 @@ import base64
 import binascii
 import collections
 import random
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -65,6 +64,7 @@ from jobpipe.sim.ba_data import (
     Population,
     SearchResult,
 )
+from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
 
 __all__ = ["DIRTY_KINDS", "STATES", "Catalogue", "FakeBA", "Faults", "Population"]
 
@@ -241,26 +241,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(SimHandler):
     server_version = "FakeBA/1.0"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        self.server.fake._serve(self, "GET")  # type: ignore[attr-defined]
-
-    def do_POST(self) -> None:
-        self.server.fake._serve(self, "POST")  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counters
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
 
 
 class FakeBA:
@@ -286,9 +268,8 @@ class FakeBA:
         self.api_key, self.berufenet_key = api_key, berufenet_key
         self.faults = Faults()
         self._clock = clock
-        self._host, self._port = host, port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._host = host
+        self._listener = Listener(self, _Handler, host, port, name="fake-ba", poll_interval=0.02)
         self._stopping = threading.Event()
         self._stats_lock = threading.Lock()
         self._counts: collections.Counter[tuple[str, int]] = collections.Counter()
@@ -301,21 +282,12 @@ class FakeBA:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeBA:
-        self._server = _Server((self._host, self._port), _Handler)
-        self._server.fake = self  # type: ignore[attr-defined]
-        # A short poll interval: shutdown() waits for it, and tests start many fakes.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-ba", daemon=True
-        )
-        self._thread.start()
+        self._listener.open()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._listener.close()
 
     def __enter__(self) -> FakeBA:
         return self.start()
@@ -325,8 +297,8 @@ class FakeBA:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "not started"
-        return self._server.server_address[1]
+        assert self._listener.is_open, "not started"
+        return self._listener.port
 
     @property
     def root(self) -> str:
@@ -386,7 +358,7 @@ class FakeBA:
             return "control", path
         return "other", path
 
-    def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         parts = urlsplit(handler.path)
         route, rest = self._route(parts.path)
         with self._stats_lock:
@@ -780,9 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         today=args.today,
     )
     population.label_share = args.label_share
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     with FakeBA(population, max_size=args.max_size, host=args.host, port=args.port) as fake:
         fake.faults.set_latency(args.latency)
         print(fake.url, flush=True)

@@ -40,17 +40,17 @@ import collections
 import hashlib
 import re
 import select
-import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 import orjson
+
+from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
 
 VERSION = "0.33.0"
 DEFAULT_EMBED_MODELS: dict[str, int] = {
@@ -257,48 +257,11 @@ class _Reply(Exception):
         self.status, self.body, self.ctype = status, body, ctype
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # hung handlers must not block stop()
-    allow_reuse_address = True
-    fake: FakeOllama
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that time out or a refuse switch cut connections: expected, keep quiet.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like Go's server
-    disable_nagle_algorithm = True  # headers and body go out as separate writes
+class _Handler(SimHandler):
     server_version = "FakeOllama/" + VERSION
-    sys_version = ""
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.fake._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.fake._track(self.connection, False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self, "POST")
 
     def do_HEAD(self) -> None:
-        self.server.fake._handle(self, "HEAD")
+        self.sim._handle(self, "HEAD")
 
 
 def _client_gone(sock: socket.socket) -> bool:
@@ -343,36 +306,40 @@ class FakeOllama:
         self.perturb_under_concurrency = False
         self.perturb_scale = perturb_scale
         self.hang_max = hang_max
-        self.host = host
-        self.port = port
+        self._listener = Listener(self, _Handler, host, port, name="fake-ollama", on_connect=self._connected)
         self._capacity = capacity
         self._fail_mode: str | None = None
         self._cond = threading.Condition()
         self._stopping = False
         self._hang_generation = 0
         self._computing: dict[str, int] = collections.Counter()
-        self._conns: set[socket.socket] = set()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._listener_lock = threading.Lock()
         self.requests_log: collections.deque[tuple[str, str, Any]] = collections.deque(maxlen=log_size)
         self.reset_counters()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     @property
+    def host(self) -> str:
+        return self._listener.host
+
+    @property
+    def port(self) -> int:
+        """The listening port (the kernel's choice once started with port 0); kept across "refuse"."""
+        return self._listener.port
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self._listener.url
 
     def start(self) -> FakeOllama:
-        self._open_listener()
+        self._listener.open()
         return self
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._close_listener()
+        self._listener.close()
 
     def __enter__(self) -> FakeOllama:
         return self.start()
@@ -380,47 +347,9 @@ class FakeOllama:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _open_listener(self) -> None:
-        with self._listener_lock:
-            if self._httpd is not None:
-                return
-            httpd = _Server((self.host, self.port), _Handler)
-            httpd.fake = self
-            self.port = httpd.server_address[1]
-            self._httpd = httpd
-            self._thread = threading.Thread(
-                target=httpd.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"fake-ollama-{self.port}",
-                daemon=True,
-            )
-            self._thread.start()
-
-    def _close_listener(self) -> None:
-        with self._listener_lock:
-            httpd, thread = self._httpd, self._thread
-            self._httpd = self._thread = None
-            if httpd is None:
-                return
-            httpd.shutdown()
-            httpd.server_close()
-            if thread is not None:
-                thread.join(timeout=5)
-            with self._cond:
-                conns = list(self._conns)
-            for conn in conns:  # keep-alive connections would otherwise go on being served
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
+    def _connected(self) -> None:
         with self._cond:
-            if add:
-                self._conns.add(conn)
-                self._counters["connections"] += 1
-            else:
-                self._conns.discard(conn)
+            self._counters["connections"] += 1
 
     # -- switches --------------------------------------------------------------------------------
 
@@ -448,9 +377,9 @@ class FakeOllama:
             old, self._fail_mode = self._fail_mode, mode
             self._cond.notify_all()
         if mode == "refuse" and old != "refuse":
-            self._close_listener()
+            self._listener.close()
         elif old == "refuse" and mode != "refuse" and not self._stopping:
-            self._open_listener()  # same port: the client's configured URL works again
+            self._listener.open()  # same port: the client's configured URL works again
 
     def configure(self, **switches: Any) -> None:
         """Set several switches at once, e.g. configure(poison="X", latency_per_input=0.004)."""
@@ -1085,9 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_per_request=a.latency_per_request / 1000,
         chat_handler=CHAT_POLICIES[a.chat_policy],
     )
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+    done = stop_on_signals()
     with fake:
         if a.fail_mode:
             fake.fail_mode = a.fail_mode

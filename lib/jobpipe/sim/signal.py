@@ -18,17 +18,16 @@ import base64
 import binascii
 import contextlib
 import json
-import signal as _signal
 import socket
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
 from jobpipe.signal import redact_number
+from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
 
 LABEL = "[simulated Signal gateway]"
 DEFAULT_ACCOUNT = "+4915100000001"
@@ -74,48 +73,18 @@ class ReceivedRequest:
     json: Any
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    fake: FakeSignalGateway
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients timing out and go_down() cutting connections are part of the game, not errors.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive like the real gateways (gin / Java HttpServer)
+class _Handler(SimHandler):
+    server_version = "FakeSignal/1.0"
     timeout = 30  # an idle keep-alive connection does not hold a thread forever
     # Buffered writes: headers and body leave in one segment (two small writes meet Nagle + delayed
     # ACK and cost ~40 ms per request on loopback).
     wbufsize = 1 << 16
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.fake._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            super().finish()
-        self.server.fake._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-        pass
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self, "POST")
 
     def do_PUT(self) -> None:
-        self.server.fake._handle(self, "PUT")
+        self.sim._handle(self, "PUT")
 
     def do_DELETE(self) -> None:
-        self.server.fake._handle(self, "DELETE")
+        self.sim._handle(self, "DELETE")
 
 
 class FakeSignalGateway:
@@ -142,7 +111,6 @@ class FakeSignalGateway:
             raise ValueError("success_form must be 'object' or 'array'")
         self.mode = mode
         self.account = account
-        self.host = host
         self.success_form = success_form  # REST: 201 {"timestamp"} or the newer array form
         self.about_mode = about_mode
         self.groups = groups  # signal-cli group ids the account is in; None: any
@@ -157,58 +125,42 @@ class FakeSignalGateway:
         self._fault_times: int | None = None
         self._fault_opts: dict[str, Any] = {}
         self._release = threading.Event()
-        self._conns: set[socket.socket] = set()
-        self._conn_lock = threading.Lock()
         self._last_ts = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = port
+        self._listener = Listener(self, _Handler, host, port, name="fake-signal")
         self._start()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     @property
+    def host(self) -> str:
+        return self._listener.host
+
+    @property
+    def port(self) -> int:
+        """The listening port (the kernel's choice for port 0); come_up() listens on it again."""
+        return self._listener.port
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self._listener.url
 
     @property
     def down(self) -> bool:
-        return self._server is None
+        return not self._listener.is_open
 
     def _start(self) -> None:
-        server = _Server((self.host, self.port), _Handler)
-        server.fake = self
-        self.port = server.server_address[1]
         self._release.clear()
-        self._server = server
-        # A short poll interval makes go_down()/close() return quickly.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-signal-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._listener.open()
 
     def go_down(self) -> None:
         """Refuse connections from now on: close the listening socket and every open connection."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._release.set()  # hung handlers give up
-        server.shutdown()
-        server.server_close()
-        with self._conn_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._listener.is_open:
+            self._release.set()  # hung handlers give up
+            self._listener.close()
 
     def come_up(self) -> None:
         """Listen again on the same port."""
-        if self._server is None:
+        if not self._listener.is_open:
             self._start()
 
     def close(self) -> None:
@@ -223,13 +175,6 @@ class FakeSignalGateway:
     def release(self) -> None:
         """Let requests held by the `hang` fault go (their connections are closed, no answer)."""
         self._release.set()
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._conn_lock:
-            if add:
-                self._conns.add(conn)
-            else:
-                self._conns.discard(conn)
 
     # -- switches --------------------------------------------------------------------------------
 
@@ -267,7 +212,7 @@ class FakeSignalGateway:
                 "body": body,
                 "content_type": content_type,
             }
-        if self._server is not None:
+        if self._listener.is_open:
             self._release.clear()  # a new fault starts un-released (release() may have been called before)
 
     def _take_fault(self) -> tuple[str | None, dict[str, Any]]:
@@ -393,7 +338,7 @@ class FakeSignalGateway:
             return False
         if fault == "slow" and opts["delay"] > 0:
             self._release.wait(opts["delay"])  # also cut short by go_down()/close()
-            if self._server is None:
+            if not self._listener.is_open:
                 h.close_connection = True
                 return False
         return True
@@ -744,9 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--account", default=DEFAULT_ACCOUNT, help="the sender number it accepts")
     parser.add_argument("--success-form", choices=("object", "array"), default="object")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    for sig in (_signal.SIGTERM, _signal.SIGINT):
-        _signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     fake = FakeSignalGateway(
         args.mode,
         account=args.account,
