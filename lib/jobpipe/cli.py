@@ -1,5 +1,10 @@
 """The `jobpipe` command. Each area adds its subcommands from its own `cli_<area>` module.
 
+Only the module of the command that runs is imported: `COMMANDS` names each top-level command's
+module and help line, so `jobpipe --help`, `--version`, `config show` and `health` start without
+numpy, prometheus_client, the model clients or the other command modules
+(tests/test_cli_startup.py checks both the table and the imports).
+
 A user's mistake (bad config, bad arguments, a database that is behind) ends with one line on
 stderr and exit code 2, never a traceback.
 """
@@ -14,22 +19,68 @@ from collections.abc import Sequence
 from jobpipe import __version__
 from jobpipe.errors import DependencyDown, UserError
 
-# Modules that define `add_commands(sub)`; each registers its own subcommands.
-COMMAND_MODULES: tuple[str, ...] = (
-    "jobpipe.cli_core",
-    "jobpipe.cli_run",
-    "jobpipe.cli_demo",
-    "jobpipe.cli_embed",
-    "jobpipe.cli_fetch",
-    "jobpipe.cli_install",
-    "jobpipe.cli_verify",
-    "jobpipe.cli_snapshot",
-    "jobpipe.cli_classify",
-    "jobpipe.cli_alerts",
-)
+# Top-level command -> (the module whose `add_commands(sub)` defines it, its help line).
+# A module may define several commands; its `add_commands` registers all of them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("jobpipe.cli_core", "show, check or print the documented defaults of the configuration"),
+    "db": ("jobpipe.cli_core", "manage the embedded PostgreSQL (when database.url is empty)"),
+    "migrate": ("jobpipe.cli_core", "apply pending schema migrations"),
+    "queue": ("jobpipe.cli_core", "inspect and manage the work queue"),
+    "run": ("jobpipe.cli_run", "run one daemon in the foreground (what jobpipe@DAEMON.service starts)"),
+    "up": ("jobpipe.cli_run", "run every enabled daemon, supervised, on the configured database"),
+    "demo": (
+        "jobpipe.cli_demo",
+        "run the five daemons offline against simulated services until drained, then show the results",
+    ),
+    "sim": ("jobpipe.cli_sim", "run one simulated external service (BA API, Ollama, Signal gateway)"),
+    "search": ("jobpipe.cli_embed", "postings most similar to a text (semantic search over the embeddings)"),
+    "embeddings": ("jobpipe.cli_embed", "check and inspect the posting embeddings"),
+    "fetch": ("jobpipe.cli_fetch", "BA crawl partitions: their state, and one-off crawls"),
+    "install": (
+        "jobpipe.cli_install",
+        "write the systemd units, /etc/jobpipe/{jobpipe.yaml,env} and create the service user",
+    ),
+    "uninstall": (
+        "jobpipe.cli_install",
+        "disable and remove what `jobpipe install` wrote (edited config files are kept)",
+    ),
+    "verify": (
+        "jobpipe.cli_verify",
+        "check postings against the BA now (ahead of the background backlog), or show the state",
+    ),
+    "snapshot": (
+        "jobpipe.cli_snapshot",
+        "compute the daily demand snapshot (default: yesterday), backfill days, or the similarity",
+    ),
+    "similar": ("jobpipe.cli_snapshot", "the occupations most similar to one (by id or name)"),
+    "occupations": ("jobpipe.cli_classify", "load, fetch and inspect the BERUFENET occupation catalogue"),
+    "classifier": ("jobpipe.cli_classify", "evaluate models, re-queue titles, outcome counts"),
+    "alert": ("jobpipe.cli_alerts", "send a test alert, or the OnFailure alert of a failed unit"),
+    "alerts": ("jobpipe.cli_alerts", "alerts firing now and what was sent recently"),
+    "health": ("jobpipe.cli_alerts", "one table per stage with a verdict; exit 0 OK, 1 WARN, 2 FAIL"),
+}
+# Every command module, in the order their commands are listed (for tests and documentation).
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The top-level command in argv: the first word that is not a global option or its value."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("-c", "--config"):
+            skip = True  # its value may look like anything, even a command name
+        elif arg == "--":
+            return None
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command listed; only `command`'s module is imported and defines its
+    subcommands (and those of its sibling commands), the others are help-only placeholders."""
     parser = argparse.ArgumentParser(
         prog="jobpipe",
         description="Daemons that keep a PostgreSQL + pgvector database of German job postings "
@@ -41,14 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).add_commands(sub)
+    for name, (_, text) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=text)  # listed in --help; never parsed (its module is not loaded)
+    # The listing follows COMMANDS, however the loaded modules ordered their commands.
+    by_name = {a.dest: a for a in sub._choices_actions}
+    sub._choices_actions[:] = [by_name[n] for n in COMMANDS if n in by_name]
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(requested_command(argv))
+    # Known args only: a passthrough command (`jobpipe sim ba --port 0`) hands the rest to its
+    # program; any other command gets argparse's usual error for them.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not hasattr(args, "func"):  # cannot happen with COMMANDS in step with the modules
+        parser.error(f"command {args.command!r} is not defined by {COMMANDS[args.command][0]}")
+    args.passthrough_args = extra
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -721,7 +721,7 @@ class FakeBA:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobpipe.sim.ba", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="jobpipe sim ba", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--postings", type=int, default=1000)

@@ -974,7 +974,7 @@ def _perturb(vecs: Any, scale: float) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jobpipe.sim.ollama", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="jobpipe sim ollama", description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--capacity", type=int, default=None, help="requests computed at once per model")

@@ -682,7 +682,9 @@ def _rest_group_to_internal(rest_id: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="A simulated Signal gateway (prints instead of sending).")
+    parser = argparse.ArgumentParser(
+        prog="jobpipe sim signal", description="A simulated Signal gateway (prints instead of sending)."
+    )
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--mode", choices=("rest", "jsonrpc"), default="rest")
