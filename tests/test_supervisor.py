@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+from jobpipe import embedded
 from jobpipe.sim.ollama import FakeOllama
 from jobpipe.supervisor import Supervisor
 from tests.test_runtime import ROOT, daemon_env
@@ -69,3 +70,51 @@ def test_jobpipe_up_stops_cleanly_on_sigint(pg_url):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def _up_until_ctrl_c(env: dict[str, str]) -> str:
+    """`jobpipe up --only snapshotter` in its own process group; once it runs, SIGINT to the whole
+    group (what Ctrl-C in a terminal does); returns its output after a clean exit."""
+    cmd = [sys.executable, "-m", "jobpipe.cli", "up", "--only", "snapshotter"]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        first: list[str] = []
+        while not first or "starting snapshotter" not in first[-1]:
+            line = proc.stdout.readline()
+            assert line, "".join(first)
+            first.append(line)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, "".join(first) + out
+        return "".join(first) + out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_jobpipe_up_stops_the_embedded_database_only_when_it_started_it(tmp_path):
+    data_dir = tmp_path / "pgdata"
+    with FakeOllama() as fake:
+        env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
+        env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
+        env["JOBPIPE_SNAPSHOTTER_METRICS_PORT"] = "0"
+        try:
+            out = _up_until_ctrl_c(env)
+            assert "all daemons stopped" in out
+            assert embedded.url_if_running(data_dir) is None, out  # Ctrl-C took the database down too
+            assert "stopped the embedded PostgreSQL it had started" in out
+
+            url = embedded.start(data_dir)  # an operator's `jobpipe db start` beforehand
+            out = _up_until_ctrl_c(env)
+            assert "keeps running: it was running before" in out
+            assert embedded.url_if_running(data_dir) == url  # left alone
+        finally:
+            embedded.stop(data_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -40,12 +41,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from jobpipe import db, embedded
-    from jobpipe.supervisor import Supervisor
+    """Supervise the daemons until Ctrl-C/SIGTERM. With the embedded database, a server this
+    command started is stopped again on the way out; one that was already running is left alone."""
+    from jobpipe import embedded
 
     cfg = config_mod.load(args.config)
     setup_logging("up", cfg.logging.level, cfg.logging.format)
-    url = db.resolve_url(cfg)
+    if cfg.database.url:
+        return _up(args, cfg, cfg.database.url)
+    say = functools.partial(print, flush=True)
+    with embedded.running(embedded.resolve_data_dir(cfg.database.data_dir), on_stop=say) as url:
+        return _up(args, cfg, url)
+
+
+def _up(args: argparse.Namespace, cfg: config_mod.Config, url: str) -> int:
+    from jobpipe import db, embedded
+    from jobpipe.supervisor import Supervisor
+
     applied = db.migrate(url)
     if applied:
         print(f"migrated: {', '.join(applied)}")

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,6 +114,24 @@ def stop(data_dir: Path) -> bool:
                 f"cannot stop the embedded PostgreSQL in {data_dir}: {exc.stderr.strip()}"
             ) from None
     return True
+
+
+@contextmanager
+def running(data_dir: Path, on_stop: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The embedded server in data_dir, started if needed; on exit (also by Ctrl-C or an error)
+    it is stopped again only when this call started it, so a server someone else (an earlier
+    `jobpipe db start`, another command) started keeps running. `on_stop` hears what happened."""
+    was_running = url_if_running(data_dir) is not None
+    url = start(data_dir)
+    try:
+        yield url
+    finally:
+        if not was_running:
+            stop(data_dir)
+            if on_stop:
+                on_stop(f"stopped the embedded PostgreSQL it had started ({data_dir.expanduser()})")
+        elif on_stop:
+            on_stop(f"the embedded PostgreSQL keeps running: it was running before ({data_dir.expanduser()})")
 
 
 @contextmanager
