@@ -101,6 +101,18 @@ def test_every_base_dependency_is_used() -> None:
     assert unused == set(), f"declared but never imported: {sorted(unused)}"
 
 
+def test_tests_and_benchmarks_need_only_the_test_extra() -> None:
+    """.ci/run installs `.[test]` into a venv of its own: tests/ and bench/ import nothing more."""
+    base, extras = declared()
+    local = {p.stem for d in ("tests", "bench") for p in (ROOT / d).rglob("*.py")} | {"tests"}
+    modules = {
+        str(p.relative_to(ROOT)): third_party_imports(p) - local
+        for d in ("tests", "bench")
+        for p in sorted((ROOT / d).rglob("*.py"))
+    }
+    assert undeclared(modules, base | extras["test"], {}) == []
+
+
 def test_extra_only_modules_exist() -> None:
     for module, extra in EXTRA_ONLY.items():
         assert (ROOT / module).is_file(), module

@@ -190,7 +190,7 @@ def test_cli_rejects_a_bad_user_with_one_line(tmp_path: Path) -> None:
     assert res.stderr.startswith("jobpipe: ") and len(res.stderr.strip().splitlines()) == 1
 
 
-def test_wheel_ships_the_unit_templates(tmp_path: Path) -> None:
+def test_wheel_ships_the_unit_templates_and_the_simulators(tmp_path: Path) -> None:
     """A non-editable install must find the units: they are package data (jobpipe.units).
     Built from a copy of the sources, so no build/ directory lands in the working tree."""
     src = tmp_path / "src"
@@ -212,3 +212,9 @@ def test_wheel_ships_the_unit_templates(tmp_path: Path) -> None:
     for unit in install.UNIT_FILES:
         assert f"jobpipe/units/{unit}" in names
     assert "jobpipe/install.py" in names
+    # The simulators and their reference data, for `jobpipe demo` / `jobpipe sim` from a wheel.
+    for sim in ("server.py", "ba.py", "ba_data.py", "ollama.py", "signal.py"):
+        assert f"jobpipe/sim/{sim}" in names
+    for data in ("kldb2010.csv", "occupation-names-berufenet-2015.txt"):
+        assert f"jobpipe/sim/data/{data}" in names
+    assert "jobpipe/data/berufenet_test_catalogue.json" in names
