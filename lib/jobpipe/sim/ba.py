@@ -31,8 +31,8 @@ Counters: `fake.count(route=None, status=None)`, `fake.arrivals` (monotonic requ
 `POST /_fake/reset`, `POST /_fake/population` ({"expire": [...], "modify": [...], "add": n,
 "today": "YYYY-MM-DD", "expire_share": 0.1}).
 
-Run: `python -m jobpipe.sim.ba --port 0 --postings 100000 --seed 1` prints the Jobsuche URL
-(first line) and the BERUFENET URL (second line), then serves until SIGTERM/SIGINT.
+Run: `jobpipe sim ba --port 0 --postings 100000 --seed 1` (or `python -m jobpipe.sim.ba`) prints
+the Jobsuche URL (first line) and the BERUFENET URL (second line), then serves until SIGTERM/SIGINT.
 """
 
 from __future__ import annotations

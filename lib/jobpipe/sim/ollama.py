@@ -30,7 +30,8 @@ Switches (set as attributes or with `configure(**switches)`, at any time, from a
 Also a control API for a fake running as a process: `GET /_fake/state`, `POST /_fake/configure`
 (JSON switches, not "refuse"), `POST /_fake/reset`, `POST /_fake/release`.
 
-Run: `python -m jobpipe.sim.ollama --port 0 --capacity 1 --latency-per-input 4` prints its URL.
+Run: `jobpipe sim ollama --port 0 --capacity 1 --latency-per-input 4` (or `python -m
+jobpipe.sim.ollama`) prints its URL.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ to misbehave the way real gateways do (`set_fault`), to refuse connections (`go_
 same port), or to treat numbers as unregistered / untrusted.
 
 Run it as a process for the demo:
-    python -m jobpipe.sim.signal --port 8080 [--mode rest|jsonrpc]
+    jobpipe sim signal --port 8080 [--mode rest|jsonrpc]   (or python -m jobpipe.sim.signal)
 Each delivered message is printed as "[simulated Signal gateway] would send to …".
 """
 
