@@ -150,7 +150,9 @@ alerts:
 EOF
 run "$jp" config check "$work/jobpipe.yaml"
 run "$jp" occupations fetch
-for daemon in fetcher classifier embedder verifier snapshotter; do
+# Every daemon the installed package knows (the settings registry's list), once each.
+read -r -a daemons <<<"$("$venv/bin/python" -c 'from jobpipe.settings import DAEMONS; print(*DAEMONS)')"
+for daemon in "${daemons[@]}"; do
     if [ "$daemon" = verifier ]; then
         run "$jp" verify 1 2 3 # on-demand requests: fresh postings are not due for re-checking yet
     fi
