@@ -80,8 +80,10 @@ if "$venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.fi
     echo "the fresh venv sees a numpy it did not install (system site-packages?)" >&2
     exit 1
 fi
+echo "fresh venv: no numpy before the install (the system's site-packages are not visible)"
 run "$venv/bin/pip" install -q "$wheel"
 echo "installed after $(elapsed)"
+run "$venv/bin/pip" list --format=freeze # exactly what the base install brought
 cd "$work" # nothing importable from the source tree
 
 run "$jp" --version
