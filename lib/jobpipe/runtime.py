@@ -97,7 +97,7 @@ class Context:
 
 
 class Daemon:
-    """Base class of the five daemons; see RUNTIME notes in the module docstring."""
+    """Base class of the six daemons; see RUNTIME notes in the module docstring."""
 
     name: ClassVar[str] = ""
     dependencies: ClassVar[tuple[str, ...]] = ()
@@ -760,7 +760,7 @@ def resolve_daemon(name: str) -> type[Daemon]:
     except ModuleNotFoundError as exc:
         if exc.name == mod_name:
             raise UserError(
-                f"unknown daemon {name!r} (known: fetcher, classifier, embedder, verifier, snapshotter)"
+                f"unknown daemon {name!r} (known: fetcher, classifier, embedder, verifier, snapshotter, extractor)"
             ) from None
         raise
     return getattr(mod, attr)

