@@ -54,8 +54,8 @@ class ExtractorDaemon(Daemon):
             params=params,
             priority=extraction.RESWEEP_PRIORITY,
         )
-        # The stage gets twice `workers` threads so a posting waiting for an identical text's call
-        # never takes a model slot from a distinct one; the semaphore keeps calls at `workers`.
+        # The stage gets four times `workers` threads so postings waiting for an identical text's
+        # call never take a model slot from distinct ones; the semaphore keeps calls at `workers`.
         self._slots = threading.BoundedSemaphore(x.workers)
         self._lock = threading.Lock()
         self._in_flight: dict[str, cf.Future[Any]] = {}  # text hash -> its one call
@@ -94,7 +94,7 @@ class ExtractorDaemon(Daemon):
                 call=self.call,
                 write=self.write,
                 batch_size=x.batch_size,
-                workers=2 * x.workers,
+                workers=4 * x.workers,
                 per_item=True,
                 max_attempts=x.max_attempts,
             )

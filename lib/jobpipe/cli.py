@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobpipe.cli_verify",
     "jobpipe.cli_snapshot",
     "jobpipe.cli_classify",
+    "jobpipe.cli_extract",
     "jobpipe.cli_alerts",
 )
 

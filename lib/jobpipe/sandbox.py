@@ -331,6 +331,7 @@ class Sandbox:
             "embedder": emb,
             "verifier": {"max_age_h": 0.02, "workers": 4},
             "snapshotter": {"similarity_interval_h": 0.01},
+            "extractor": {"workers": 4, "max_attempts": 8},
             "alerts": {
                 "channel": "signal-rest",
                 "gateway_url": f"http://127.0.0.1:{self.signal_port}",
@@ -441,7 +442,8 @@ class Sandbox:
                        (SELECT count(*) FROM fetch_sources WHERE enabled AND last_success_at IS NULL),
                        (SELECT count(*) FROM queue WHERE status = 'given_up'),
                        (SELECT count(*) FROM postings p JOIN titles t ON t.id = p.title_id
-                         WHERE p.occupation_id IS DISTINCT FROM t.occupation_id)""").fetchone()
+                         WHERE p.occupation_id IS DISTINCT FROM t.occupation_id),
+                       (SELECT count(*) FROM postings WHERE summary IS NOT NULL)""").fetchone()
         keys = (
             "postings",
             "descriptions",
@@ -453,6 +455,7 @@ class Sandbox:
             "uncrawled",
             "given_up",
             "unpropagated",
+            "summarised",
         )
         return dict(zip(keys, row, strict=True))
 

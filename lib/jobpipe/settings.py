@@ -559,7 +559,7 @@ SECTIONS: tuple[Section, ...] = (
         "extractor",
         "Structured summaries of posting descriptions by a local LLM (jobpipe/data/summary_schema_v1.json).",
         (
-            *_daemon_common("extractor", 9816, 2, 16),
+            *_daemon_common("extractor", 9816, 2, 32),
             _s("extractor", "model", "qwen2.5:7b", "LLM that summarises (stored with every summary)"),
             _s("extractor", "urls", [], "model server(s) for the LLM; empty = ollama.urls", item_type=str),
             _s(

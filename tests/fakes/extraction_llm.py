@@ -52,9 +52,9 @@ _LEVEL = (
 )
 _AMOUNT = r"(\d{1,3}(?:\.\d{3})+|\d+)(?:,(\d{1,2}))?"
 _SALARY_RANGE = re.compile(
-    _AMOUNT + r"\s*(?:€|euro|eur)?\s*(?:-|–|bis)\s*" + _AMOUNT + r"\s*(?:€|euro|eur)", re.I
+    _AMOUNT + r"\s*(?:€|euro|eur)?\s*(?:-|–|bis|und)\s*" + _AMOUNT + r"\s*(?:€|euro|eur)", re.I
 )
-_SALARY_ONE = re.compile(r"(?:ab|mindestens|von)?\s*" + _AMOUNT + r"\s*(?:€|euro|eur)\b", re.I)
+_SALARY_ONE = re.compile(r"(?:ab|mindestens|von)?\s*" + _AMOUNT + r"\s*(?:€|euro\b|eur\b)", re.I)
 _YEARS = re.compile(
     r"(?:mindestens\s+)?(\d+|zwei|drei|vier|fünf)\+?\s*jahre?n?\s+(?:\w+\s+)?(?:berufs)?erfahrung", re.I
 )
@@ -86,7 +86,7 @@ def summarise(text: str) -> dict[str, Any]:
     lines = [ln.strip() for ln in text.splitlines()]
     section, lists = None, {"tasks": [], "profile": [], "benefits": []}
     for ln in lines:
-        head = ln.rstrip(":").strip()
+        head = ln.strip("*: \t").strip()
         hit = next((k for k, rx in _SECTIONS.items() if rx.match(head) and len(head) < 40), None)
         if hit:
             section = hit
