@@ -765,9 +765,7 @@ def resolve_daemon(name: str) -> type[Daemon]:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
         if exc.name == mod_name:
-            raise UserError(
-                f"unknown daemon {name!r} (known: {', '.join(DAEMONS)})"
-            ) from None
+            raise UserError(f"unknown daemon {name!r} (known: {', '.join(DAEMONS)})") from None
         raise
     return getattr(mod, attr)
 
