@@ -436,3 +436,60 @@ def test_every_answer_invalid_one_signal_message_and_health_fails(fake, pg_url, 
             runner.stop.set()
             thread.join(30)
         assert not thread.is_alive()
+
+
+# ------------------------------------------------------------------ evaluation and the labelled set
+
+
+LABELLED = ROOT / "bench" / "data" / "labelled_descriptions.jsonl"
+
+
+def test_labelled_set_is_the_generators_output_with_both_splits():
+    built = subprocess.run([sys.executable, str(ROOT / "bench" / "data" / "build_labelled_descriptions.py")],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert LABELLED.read_text(encoding="utf-8") == built, "run the generator (see its docstring)"
+    rows = extraction.read_labelled(str(LABELLED))
+    assert len(rows) >= 40 and len({r.id for r in rows}) == len(rows)
+    assert {r.split for r in rows} == {"dev", "test"} and sum(r.split == "test" for r in rows) >= 10
+    for r in rows:  # every expected scalar is a value the schema allows, every salary is in the text
+        for f in ("working_time", "work_location", "contract_type", "education", "experience_level"):
+            if f in r.expected:
+                assert r.expected[f] in extraction.load_schema().doc["properties"][f]["enum"], (r.id, f)
+        if "salary.min" in r.expected:
+            assert extraction.Facts(r.description).has_number(r.expected["salary.min"]), r.id
+
+
+def run_eval(fake: FakeOllama, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
+    env.update(PYTHONPATH=str(ROOT), JOBPIPE_OLLAMA_URLS=json.dumps([fake.url]))
+    return subprocess.run([sys.executable, "-m", "jobpipe.cli", "extract", "eval", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_extract_eval_scores_fields_and_sees_grounding(fake, tmp_path):
+    res = run_eval(fake, str(LABELLED), "--json")
+    assert res.returncode == 0, res.stderr
+    good = json.loads(res.stdout)
+    assert good["n"] == 48 and good["outcomes"] == {"extracted": 48}
+    assert fake.counters()["chat_calls"] == 48
+    assert set(good["fields"]) == set(extraction.SCALAR_FIELDS) | set(extraction.LIST_FIELDS)
+    for f in ("salary.min", "contract_type", "start_date", "languages"):
+        assert good["fields"][f]["precision"] > 0.9 and good["fields"][f]["recall"] > 0.9, f
+    assert 0.5 < good["micro"]["precision"] < 1 and 0.5 < good["micro"]["recall"] < 1  # a weak model
+
+    # A model that invents a salary and a language: validation drops them, precision holds.
+    fake.extraction.mode = "ungrounded"
+    inventing = json.loads(run_eval(fake, str(LABELLED), "--json", "--split", "test").stdout)
+    assert inventing["n"] == 12 and inventing["dropped"] >= 2 * 12
+    assert inventing["fields"]["salary.min"]["fp"] == 0
+    # A model whose answers are unusable: every expected value is missed, and the outcomes say why.
+    fake.extraction.mode = "invalid_json"
+    broken = run_eval(fake, str(LABELLED), "--model", "llama3.2:3b")
+    assert broken.returncode == 0 and "invalid_json 48" in broken.stdout
+    assert "all fields (micro)" in broken.stdout and "model llama3.2:3b" in broken.stdout
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "description": "x", "expected": {}}\nnot json\n')
+    res = run_eval(fake, str(bad))
+    assert res.returncode == 2 and f"{bad}:2: not a labelled description" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -221,14 +221,14 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
     )
 
 
-FAILURE_SAMPLE = 10_000  # failed items looked at for the kinds (bounds the cost with a huge backlog)
+FAILURE_SAMPLE = 10_000  # failed items counted by kind at most (bounds the cost with a huge backlog)
 
 
 def outcome_counts(conn: Any, stage: str, f: StageFacts) -> dict[str, int]:
     """Done outcomes of the last 24 h from the per-minute counts, and, when something failed, the
-    failures by kind: the runtime stores an item error as "<kind>: <message>", so the newest
-    failed items (pending retry or given up) say whether answers were invalid JSON, broke a
-    schema, timed out... Two indexed queries; nothing when the stage did nothing."""
+    failures by kind: the runtime stores an item error as "<kind>: <message>", so the failed
+    items (pending retry or given up; at most FAILURE_SAMPLE of them) say whether answers were
+    invalid JSON, broke a schema, timed out... Nothing is asked when the stage did nothing."""
     out: dict[str, int] = {}
     if f.done_24h:
         for outcome, n in conn.execute(
@@ -244,7 +244,7 @@ def outcome_counts(conn: Any, stage: str, f: StageFacts) -> dict[str, int]:
                    SELECT last_error FROM queue
                     WHERE stage = %s AND status IN ('pending', 'given_up') AND attempts > 0
                       AND last_error IS NOT NULL
-                    ORDER BY updated_at DESC LIMIT %s) AS recent
+                    LIMIT %s) AS failed
                 GROUP BY 1 ORDER BY 2 DESC""",
             (stage, FAILURE_SAMPLE),
         ):
