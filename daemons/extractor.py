@@ -83,6 +83,8 @@ class ExtractorDaemon(Daemon):
         )
         for outcome in extraction.OUTCOMES:  # exist at 0, so rules and panels never see them absent
             self.answers.labels(m.daemon, outcome)
+        for name in self.schema.fields:
+            self.dropped.labels(m.daemon, name)
         self.resweep_queued.labels(m.daemon)
 
     def stages(self) -> list[Stage]:
