@@ -19,6 +19,7 @@ from jobpipe import config, extraction, health, runtime
 from jobpipe.daemons.extractor import ExtractorDaemon
 from jobpipe.errors import ItemError
 from jobpipe.metrics import DaemonMetrics
+from jobpipe.models import make_chat_client
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.signal import DEFAULT_ACCOUNT, FakeSignalGateway
 from tests.waiting import in_thread, wait_until
@@ -335,6 +336,8 @@ def test_bad_answers_fail_with_the_kind_and_the_answer_start(fake, pg_url, db_co
     it = item(db_conn, pid)
     assert it["status"] == "pending" and it["attempts"] == 1  # retried later, with backoff
     assert it["last_error"].startswith(f"{kind}: model '{MODEL}'")
+    if mode == "huge":  # a megabyte of answer is not even read whole
+        assert "not read further" in it["last_error"] and len(it["last_error"]) < 1000
     assert summary_of(db_conn, pid)[0] is None, "nothing stored from an unusable answer"
     assert (
         m.registry.get_sample_value(
@@ -379,6 +382,20 @@ def test_model_change_requeues_through_the_sweep(fake, pg_url, db_conn):
     assert n == 4, "the old summaries were queued by the sweep, below new postings"
     assert run_once(cfg, pg_url) == 0
     assert fake.counters()["chat_calls"] == 6, "a finished rollout queues nothing again"
+
+
+def test_answer_body_cap_stops_reading_and_leaves_the_endpoint_healthy(fake):
+    fake.extraction.mode = "huge"
+    schema = extraction.load_schema()
+    text = extraction.cut_description(KOCH, 6000)
+    with make_chat_client("ollama", [fake.url], MODEL, concurrency=1, connect_timeout=1, read_timeout=5,
+                          max_answer_bytes=100_000) as chat:  # fmt: skip
+        with pytest.raises(ItemError) as err:
+            extraction.extract(chat, schema, text)
+        assert err.value.kind == "schema_violation" and "more than 100,000 bytes" in str(err.value)
+        # The same client's next answer is read as usual: an answer too large is not an outage.
+        fake.extraction.mode = None
+        assert extraction.extract(chat, schema, text).summary["salary"]["min"] == 2900
 
 
 # ------------------------------------------------------------------ every answer is invalid

@@ -12,6 +12,7 @@ any posting whose text hash, schema version and model match.
 What counts as an answer (`parse_answer`, then `validate`):
 - not JSON, or cut at the model's length limit            -> ItemError kind "invalid_json"
 - JSON that breaks the schema, is too large or too deep    -> ItemError kind "schema_violation"
+  (an HTTP answer beyond MAX_ANSWER_BYTES is not even read whole);
   (both carry the model's first 200 characters, which end up in the queue's last_error);
 - a valid answer is checked field by field against the text: a value the text does not ground
   (a salary number that does not occur in it, "remote" with no word about remote work, a language
@@ -33,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from jobpipe.endpoints import ANSWER_TOO_LARGE
 from jobpipe.errors import ItemError
 from jobpipe.models import ChatClient, schema_problem
 from jobpipe.text import clean_text, normalise_whitespace
@@ -45,6 +47,8 @@ RESWEEP_PRIORITY = -1
 
 # Caps on a model's answer (a runaway or hostile answer must not cost memory or the database).
 MAX_ANSWER_CHARS = 32_000  # larger answers are a schema violation, not parsed
+# The HTTP body is not read past this (content JSON-escaped in its envelope: up to 6 bytes a char).
+MAX_ANSWER_BYTES = 6 * MAX_ANSWER_CHARS + 65_536
 MAX_DEPTH = 4  # nesting of the schema is 3 (object > object/array > object); one level of slack
 MAX_LIST_ITEMS = 15  # items beyond are dropped (and counted)
 MAX_ITEM_CHARS = 200  # list items and start_date longer than this are dropped (and counted)
@@ -410,7 +414,12 @@ def _salary(value: Any, facts: Facts, dropped: list[str]) -> dict[str, Any] | No
 def extract(chat: ChatClient, schema: Schema, text: str) -> Validated:
     """One model call for one description; ItemError for an answer that is not usable at all.
     DependencyDown (server away, model not pulled) propagates: the text is not at fault."""
-    content, reason = chat.answer_text(SYSTEM_PROMPT, render_prompt(text), schema.doc)
+    try:
+        content, reason = chat.answer_text(SYSTEM_PROMPT, render_prompt(text), schema.doc)
+    except ItemError as exc:
+        if exc.kind != ANSWER_TOO_LARGE:
+            raise
+        raise ItemError(f"model {chat.model!r} answer too large: {exc}", kind=SCHEMA_VIOLATION) from exc
     return validate(parse_answer(content, reason, schema, chat.model), text)
 
 
@@ -522,6 +531,7 @@ def chat_client_from_config(cfg: Any, *, observer: Any = None) -> ChatClient:
         read_timeout=x.read_timeout_s,
         api_key=o.api_key or None,
         observer=observer,
+        max_answer_bytes=MAX_ANSWER_BYTES,
     )
 
 

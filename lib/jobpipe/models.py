@@ -318,6 +318,7 @@ def _pool(
     observer: Observer | None,
     backoff_base: float,
     backoff_max: float,
+    max_answer_bytes: int | None = None,
 ) -> EndpointPool:
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
@@ -332,6 +333,7 @@ def _pool(
         observer=observer,
         backoff_base=backoff_base,
         backoff_max=backoff_max,
+        max_answer_bytes=max_answer_bytes,
     )
 
 
@@ -402,8 +404,10 @@ def make_chat_client(
     *,
     backoff_base: float = 1.0,
     backoff_max: float = 30.0,
+    max_answer_bytes: int | None = None,
 ) -> ChatClient:
-    """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions)."""
+    """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions).
+    `max_answer_bytes`: answers beyond it are not read (ItemError kind "answer_too_large")."""
     pool = _pool(
         provider,
         urls,
@@ -414,6 +418,7 @@ def make_chat_client(
         observer,
         backoff_base,
         backoff_max,
+        max_answer_bytes,
     )
     if provider == "ollama":
         from jobpipe.ollama import OllamaChatClient
