@@ -114,7 +114,8 @@ def populate(conn: Any, n: int) -> dict[str, float]:
         conn.execute(
             """INSERT INTO daemon_status (daemon, instance, host, pid, started_at, status, dependencies)
                SELECT d, 'bench:' || d, 'bench', 1, now(), 'ok', '{"database": true}'
-                 FROM unnest(ARRAY['fetcher', 'classifier', 'embedder', 'verifier', 'snapshotter']) AS d"""
+                 FROM unnest(ARRAY['fetcher', 'classifier', 'embedder', 'verifier', 'snapshotter',
+                                   'extractor']) AS d"""
         )
         conn.execute(
             """INSERT INTO alert_samples (stage, at, daemon, pending)

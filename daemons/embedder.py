@@ -46,7 +46,7 @@ class EmbedderDaemon(Daemon):
         self.dimensions: int = e.dimensions
         self.max_chars: int = e.max_chars
         self.client = embeddings.client_from_config(ctx.cfg, observer=ctx.metrics.observe_model_call)
-        self.sweep = embeddings.Sweep(self.model, backlog=e.reembed_backlog)
+        self.sweep = embeddings.reembed_sweep(self.model, backlog=e.reembed_backlog)
         self._index_thread: threading.Thread | None = None
         self._index_error: BaseException | None = None
         self._index_pid: int | None = None

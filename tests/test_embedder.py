@@ -337,7 +337,7 @@ def test_sweep_is_bounded_and_queues_each_posting_once(db_conn):
     db_conn.execute("DELETE FROM queue")  # as if restored from a backup: nothing queued
     queue.enqueue(db_conn, "embed", ids[:5])  # these are already waiting
     db_conn.execute("UPDATE queue SET status='given_up' WHERE subject = %s", (ids[0],))
-    sweep = embeddings.Sweep("m", backlog=10, window=7)
+    sweep = embeddings.reembed_sweep("m", backlog=10, window=7)
     seen: list[int] = []
     for _ in range(100):
         if sweep.done:

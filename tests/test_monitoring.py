@@ -1,5 +1,5 @@
 """monitoring/: the scrape config, the rules (promtool) and the Grafana dashboard, checked against a
-real Prometheus on loopback that scrapes the five daemons running as real processes against a
+real Prometheus on loopback that scrapes the six daemons running as real processes against a
 real PostgreSQL and the fake Ollama / BA servers.
 
 The live part runs once per module (`live` fixture): Prometheus scrapes every second and evaluates
@@ -107,7 +107,7 @@ def test_every_alert_has_a_firing_and_a_quiet_test() -> None:
     alerts = {
         r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r
     }
-    assert len(alerts) == 9
+    assert len(alerts) == 11
     tests = yaml.safe_load((RULES.parent / "jobpipe_test.yml").read_text())["tests"]
     fired, quiet = set(), set()
     for t in tests:

@@ -427,3 +427,58 @@ def test_one_outage_doubles_the_backoff_once_not_once_per_batch(pg_url, db_conn)
         finally:
             runner.stop.set()
             thread.join(20)
+
+
+class _SlowItemDaemon(runtime.Daemon):
+    """A per-item stage whose item with subject 2 takes one second (its "model time"); every other
+    item is done at once. Counts the loop's turns (tick is called once per turn)."""
+
+    name = "sample"
+
+    def __init__(self, ctx: runtime.Context) -> None:
+        super().__init__(ctx)
+        self.turns = 0
+        self.slow_running = threading.Event()
+        self.turns_while_slow = 0
+
+    def stages(self) -> list[runtime.Stage]:
+        return [runtime.Stage("sample", self.load, self.call, self.write, batch_size=8, workers=2,
+                              per_item=True)]  # fmt: skip
+
+    def tick(self, conn: Any) -> None:
+        self.turns += 1
+        if self.slow_running.is_set():
+            self.turns_while_slow += 1
+
+    def load(self, conn: Any, items: list[Any]) -> dict[int, Any]:
+        return {i.id: i.subject for i in items}
+
+    def call(self, subjects: list[int]) -> list[Any]:
+        if subjects == [2]:
+            self.slow_running.set()
+            threading.Event().wait(1.0)  # the model's time for this item, not synchronisation
+            self.slow_running.clear()
+        return ["ok" for _ in subjects]
+
+    def write(self, conn: Any, done: list[tuple[Any, Any, Any]]) -> dict[int, str]:
+        return {item.id: "done" for item, _, _ in done}
+
+
+def test_loop_does_not_spin_while_a_per_item_batch_is_partly_done(pg_url, db_conn):
+    """Regression: the loop waited on every future of the batches in flight, done ones included, so
+    one finished item of a per-item batch ended each wait at once and the loop spun (a core taken
+    from the workers) until the batch's slowest item was done."""
+    queue.enqueue(db_conn, "sample", [1, 2, 3])
+    cfg = config.load(environ={}).with_overrides(queue__poll_interval_s=0.1, runtime__status_interval_s=0.1)
+    daemons: list[_SlowItemDaemon] = []
+
+    class Daemon(_SlowItemDaemon):
+        def __init__(self, ctx: runtime.Context) -> None:
+            super().__init__(ctx)
+            daemons.append(self)
+
+    assert runtime.run_daemon(Daemon, cfg, once=True, db_url=pg_url) == 0
+    (d,) = daemons
+    assert count(db_conn, "SELECT count(*) FROM queue WHERE status = 'done'") == 3
+    # One second of waiting at a 0.1 s tick is about 10 turns; the spinning loop made thousands.
+    assert 0 < d.turns_while_slow <= 40, d.turns_while_slow

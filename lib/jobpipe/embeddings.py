@@ -27,6 +27,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from jobpipe import sweep
 from jobpipe.config import Config
 from jobpipe.errors import ConfigError, ItemError
 from jobpipe.models import EmbeddingClient, make_embedding_client
@@ -253,67 +254,17 @@ def upsert(
 # ------------------------------------------------------------------ re-embedding sweep
 
 
-@dataclass
-class Sweep:
-    """Walks postings by id, queueing those without a vector of the current model.
-
-    Run a bounded step per loop turn; each posting is queued at most once per sweep (so a
-    posting that is empty, or given up, does not come back every turn). Covers a model change
-    (every posting lacks the new model's vector) and postings that never got queued (restored
-    data, triggers disabled during a bulk load). Queued below new postings, and only while the
-    low-priority backlog is below `backlog`, so new postings are never held up.
-    """
-
-    model: str
-    backlog: int
-    window: int = 20_000  # posting ids examined per step (bounds the step's cost)
-    cursor: int = 0
-    end: int | None = None  # max(postings.id) when the sweep started
-    queued: int = 0
-
-    @property
-    def done(self) -> bool:
-        return self.end is not None and self.cursor >= self.end
-
-    def step(self, conn: Conn) -> int:
-        """One bounded step; returns how many postings it queued."""
-        if self.end is None:
-            self.end = conn.execute("SELECT coalesce(max(id), 0) FROM postings").fetchone()[0]
-        if self.done:
-            return 0
-        waiting = conn.execute(
-            """SELECT count(*) FROM queue
-                WHERE stage = %s AND status = 'pending' AND priority <= %s""",
-            (STAGE, REEMBED_PRIORITY),
-        ).fetchone()[0]
-        room = self.backlog - waiting
-        if room < max(1, self.backlog // 2):  # top up in chunks, not one row per turn
-            return 0
-        hi = min(self.end, self.cursor + self.window)
-        ids = [
-            r[0]
-            for r in conn.execute(
-                """
-                SELECT p.id FROM postings p
-                 WHERE p.id > %(lo)s AND p.id <= %(hi)s
-                   AND NOT EXISTS (SELECT 1 FROM posting_embeddings e
-                                    WHERE e.posting_id = p.id AND e.model = %(model)s)
-                   AND NOT EXISTS (SELECT 1 FROM queue q
-                                    WHERE q.stage = %(stage)s AND q.subject = p.id
-                                      AND q.status IN ('pending', 'running', 'given_up'))
-                 ORDER BY p.id LIMIT %(room)s
-                """,
-                {"lo": self.cursor, "hi": hi, "model": self.model, "stage": STAGE, "room": room},
-            )
-        ]
-        self.cursor = ids[-1] if len(ids) == room else hi
-        if not ids:
-            return 0
-        from jobpipe import queue  # local: queue imports nothing of ours, but keep this module light
-
-        n = queue.enqueue(conn, STAGE, ids, priority=REEMBED_PRIORITY)
-        self.queued += n
-        return n
+def reembed_sweep(model: str, backlog: int, window: int = 20_000) -> sweep.Sweep:
+    """The re-embedding sweep: postings without a vector of `model` (a model change; postings that
+    never got queued: restored data, triggers disabled during a bulk load), below new postings."""
+    return sweep.Sweep(
+        STAGE,
+        "NOT EXISTS (SELECT 1 FROM posting_embeddings e WHERE e.posting_id = p.id AND e.model = %(model)s)",
+        backlog,
+        params={"model": model},
+        priority=REEMBED_PRIORITY,
+        window=window,
+    )
 
 
 # ------------------------------------------------------------------ determinism check

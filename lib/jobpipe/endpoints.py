@@ -13,6 +13,7 @@ Error classification (what the queue needs to know):
 - 5xx / 429 / other statuses          -> DependencyDown(kind="http_<status>")
 - timeout / refused / reset           -> DependencyDown(kind="timeout" / "connection")
 - truncated or non-JSON body          -> DependencyDown(kind="bad_response")
+- 2xx body beyond max_answer_bytes    -> ItemError(kind="answer_too_large") (when a cap is set)
 Every DependencyDown opens that endpoint's breaker for a backoff period and the call fails over
 to the next endpoint not yet tried; only when every endpoint failed (or is still backing off)
 does the caller see DependencyDown.
@@ -43,6 +44,7 @@ Observer = Callable[[str, str, float, str], None]
 
 OK = "ok"
 BAD_INPUT = "bad_input"
+ANSWER_TOO_LARGE = "answer_too_large"
 
 _MODEL_NOT_FOUND = re.compile(r"model\b.*\bnot found|not found.*\bmodel\b|no such model|does not exist", re.I)
 
@@ -113,6 +115,7 @@ class EndpointPool:
         backoff_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
         cleaned = [u.strip().rstrip("/") for u in urls if u and u.strip()]
         if not cleaned:
@@ -126,6 +129,9 @@ class EndpointPool:
             raise ValueError(f"{dependency}: concurrency must be >= 1, got {concurrency}")
         self.dependency = dependency
         self.timeout = (connect_timeout, read_timeout)
+        # None: read every answer whole. Else a 2xx body beyond this many bytes is not read further
+        # (a runaway generation must not cost the daemon its memory): ItemError "answer_too_large".
+        self.max_answer_bytes = max_answer_bytes
         self.observer = observer
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -271,7 +277,7 @@ class EndpointPool:
             with resp:  # read whole, then the connection goes back to the pool
                 # In one read, not requests' 10 kB chunks: an embeddings answer of 300 kB took
                 # some 30 reads, each a trip through urllib3 and a GIL hand-off.
-                content = b"".join(resp.iter_content(READ_CHUNK))
+                content = self._read(resp, url)
         except requests.RequestException as exc:
             kind = _transport_kind(exc)
             raise DependencyDown(self.dependency, f"{method} {url}: {kind}: {exc}", kind=kind) from exc
@@ -314,6 +320,25 @@ class EndpointPool:
             kind=f"http_{status}",
             retry_after=_retry_after(resp),
         )
+
+    def _read(self, resp: requests.Response, url: str) -> bytes:
+        """The whole body, or ItemError(kind="answer_too_large") past `max_answer_bytes` (2xx only:
+        an error body is short and says what went wrong)."""
+        cap = self.max_answer_bytes
+        if cap is None or not 200 <= resp.status_code < 300:
+            return b"".join(resp.iter_content(READ_CHUNK))
+        parts: list[bytes] = []
+        size = 0
+        for chunk in resp.iter_content(min(READ_CHUNK, 1 << 16)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                head = b"".join(parts)[:200].decode("utf-8", errors="replace")
+                raise ItemError(
+                    f"{url} answered more than {cap:,} bytes (not read further): {head!r}",
+                    kind=ANSWER_TOO_LARGE,
+                )
+        return b"".join(parts)
 
     def _observe(self, op: str, endpoint: str, seconds: float, outcome: str) -> None:
         if self.observer is None:

@@ -44,6 +44,9 @@ class StageHealth:
     reasons: list[str]
     facts: StageFacts
     last_error: str = ""
+    # Done outcomes (24 h) and failures by error kind (recent failed items), e.g. the extractor's
+    # {"extracted": 40, "reused": 12, "invalid_json": 30}: what "done" and "failed" consist of.
+    outcomes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,7 +169,7 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
                 f"{f.due:,} due and no live instance of {owner} (systemctl status jobpipe@{owner})"
             )
         err = alerting.last_error(conn, s, insts) if f.failed_24h and verdict != OK_ else ""
-        stages.append(StageHealth(s, owner, verdict, reasons, f, err))
+        stages.append(StageHealth(s, owner, verdict, reasons, f, err, outcome_counts(conn, s, f)))
 
     alerts = [
         {
@@ -216,6 +219,38 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
         problems=problems,
         elapsed_s=time.perf_counter() - t0,
     )
+
+
+FAILURE_SAMPLE = 10_000  # failed items counted by kind at most (bounds the cost with a huge backlog)
+
+
+def outcome_counts(conn: Any, stage: str, f: StageFacts) -> dict[str, int]:
+    """Done outcomes of the last 24 h from the per-minute counts, and, when something failed, the
+    failures by kind: the runtime stores an item error as "<kind>: <message>", so the failed
+    items (pending retry or given up; at most FAILURE_SAMPLE of them) say whether answers were
+    invalid JSON, broke a schema, timed out... Nothing is asked when the stage did nothing."""
+    out: dict[str, int] = {}
+    if f.done_24h:
+        for outcome, n in conn.execute(
+            """SELECT outcome, sum(n)::bigint FROM stage_counts
+                WHERE stage = %s AND minute >= now() - interval '24 hours'
+                  AND outcome NOT IN ('failed', 'given_up') GROUP BY outcome ORDER BY 2 DESC""",
+            (stage,),
+        ):
+            out[outcome] = int(n)
+    if f.failed_24h or f.given_up:
+        for kind, n in conn.execute(
+            """SELECT split_part(last_error, ':', 1), count(*) FROM (
+                   SELECT last_error FROM queue
+                    WHERE stage = %s AND status IN ('pending', 'given_up') AND attempts > 0
+                      AND last_error IS NOT NULL
+                    LIMIT %s) AS failed
+                GROUP BY 1 ORDER BY 2 DESC""",
+            (stage, FAILURE_SAMPLE),
+        ):
+            if kind and len(kind) <= 40 and " " not in kind:  # a kind label, not a free-text error
+                out[kind] = out.get(kind, 0) + int(n)
+    return out
 
 
 def database_down(error: str, host: str | None = None) -> Health:
@@ -274,6 +309,8 @@ def render_text(h: Health) -> str:
             ),
             ("last success", _ago(f.last_success, h.generated_at)),
         ]
+        if st.outcomes:
+            rows.append(("outcomes", ", ".join(f"{k} {_n(v)}" for k, v in st.outcomes.items())))
         if st.last_error:
             rows.append(("last error", st.last_error))
         for k, v in rows:
@@ -322,6 +359,7 @@ def to_json(h: Health) -> str:
                 "verdict": st.verdict,
                 "reasons": st.reasons,
                 "last_error": st.last_error,
+                "outcomes": st.outcomes,
                 **{k: v for k, v in asdict(st.facts).items() if k not in ("stage", "samples")},
                 "pending_total": st.facts.pending,
             }

@@ -223,17 +223,25 @@ class ChatClient(_ClientBase):
     def _chat_request(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> tuple[str, str | None]:
         """One HTTP call; returns (answer content string, finish/done reason or None)."""
 
+    def answer_text(self, system: str, prompt: str, schema: dict[str, Any]) -> tuple[str, str | None]:
+        """The model's raw answer (content, done reason) to `prompt`, constrained by `schema`.
+
+        For callers that judge the answer themselves (the extractor tells invalid JSON from a
+        schema violation); `generate_json` is the strict form. DependencyDown propagates.
+        """
+        messages = []
+        if system:
+            messages.append({"role": "system", "content": clean_text(system) or ""})
+        messages.append({"role": "user", "content": clean_text(prompt) or ""})
+        return self._chat_request(messages, schema)
+
     def generate_json(self, system: str, prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
         """The model's answer parsed as a JSON object that has the schema's required fields.
 
         temperature 0 and a fixed seed (not bit-identical across hardware, but as stable as it gets).
         A cut, invalid or incomplete answer is ItemError(kind="malformed_answer").
         """
-        messages = []
-        if system:
-            messages.append({"role": "system", "content": clean_text(system) or ""})
-        messages.append({"role": "user", "content": clean_text(prompt) or ""})
-        content, reason = self._chat_request(messages, schema)
+        content, reason = self.answer_text(system, prompt, schema)
         if reason == "length":
             raise ItemError(
                 f"model {self.model!r} stopped at its length limit; answer cut: {content[:120]!r}",
@@ -310,6 +318,7 @@ def _pool(
     observer: Observer | None,
     backoff_base: float,
     backoff_max: float,
+    max_answer_bytes: int | None = None,
 ) -> EndpointPool:
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
@@ -324,6 +333,7 @@ def _pool(
         observer=observer,
         backoff_base=backoff_base,
         backoff_max=backoff_max,
+        max_answer_bytes=max_answer_bytes,
     )
 
 
@@ -394,8 +404,10 @@ def make_chat_client(
     *,
     backoff_base: float = 1.0,
     backoff_max: float = 30.0,
+    max_answer_bytes: int | None = None,
 ) -> ChatClient:
-    """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions)."""
+    """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions).
+    `max_answer_bytes`: answers beyond it are not read (ItemError kind "answer_too_large")."""
     pool = _pool(
         provider,
         urls,
@@ -406,6 +418,7 @@ def make_chat_client(
         observer,
         backoff_base,
         backoff_max,
+        max_answer_bytes,
     )
     if provider == "ollama":
         from jobpipe.ollama import OllamaChatClient

@@ -46,6 +46,7 @@ from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics, serve_metrics
 from jobpipe.notify import Notifier
 from jobpipe.queue import Item, RetryPolicy
+from jobpipe.settings import DAEMONS
 from jobpipe.writer import BatchWriter
 
 log = logging.getLogger("jobpipe.runtime")
@@ -97,7 +98,7 @@ class Context:
 
 
 class Daemon:
-    """Base class of the five daemons; see RUNTIME notes in the module docstring."""
+    """Base class of the six daemons; see RUNTIME notes in the module docstring."""
 
     name: ClassVar[str] = ""
     dependencies: ClassVar[tuple[str, ...]] = ()
@@ -486,8 +487,13 @@ class Runner:
             except DependencyDown as exc:
                 self._dependency_failed(exc)
         if self.inflight or self.writing:
-            futures = [f for b in self.inflight for _, f in b.futures] + [f for _, f in self.writing]
-            cf.wait(futures, timeout=self._tick_s(), return_when=cf.FIRST_COMPLETED)
+            # Only futures still running: a per-item batch is handed off when all its items are
+            # done, and one finished item of it would end every wait at once (a busy loop that
+            # took a core from the workers while the batch's other calls ran).
+            futures = [f for b in self.inflight for _, f in b.futures if not f.done()]
+            futures += [f for _, f in self.writing if not f.done()]
+            if futures:
+                cf.wait(futures, timeout=self._tick_s(), return_when=cf.FIRST_COMPLETED)
             return False
         if claimed:
             return False
@@ -759,9 +765,7 @@ def resolve_daemon(name: str) -> type[Daemon]:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
         if exc.name == mod_name:
-            raise UserError(
-                f"unknown daemon {name!r} (known: fetcher, classifier, embedder, verifier, snapshotter)"
-            ) from None
+            raise UserError(f"unknown daemon {name!r} (known: {', '.join(DAEMONS)})") from None
         raise
     return getattr(mod, attr)
 

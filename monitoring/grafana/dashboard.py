@@ -1,4 +1,4 @@
-"""Builds monitoring/grafana/jobpipe.json, the Grafana dashboard of the five daemons.
+"""Builds monitoring/grafana/jobpipe.json, the Grafana dashboard of the six daemons.
 
     python3 monitoring/grafana/dashboard.py > monitoring/grafana/jobpipe.json
 
@@ -22,7 +22,8 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 SUCCESS = 'outcome!~"failed|given_up|deferred"'
 # Daemons that claim work from the queue and call an external service (model server or BA API);
 # the snapshotter claims nothing and calls nothing (two SQL computations when due).
-QUEUE_DAEMONS = ("fetcher", "classifier", "embedder", "verifier")
+QUEUE_DAEMONS = ("fetcher", "classifier", "embedder", "verifier", "extractor")
+ROWS = ("fetcher", "classifier", "embedder", "verifier", "snapshotter", "extractor")  # settings.DAEMONS
 
 UP_DOWN = [
     {
@@ -413,6 +414,27 @@ def own(b: Board, d: str) -> None:
             w=16,
             h=5,
         )
+    elif d == "extractor":
+        b.ts(
+            "Summaries by outcome",
+            "Model answers in the last hour: extracted (every value grounded), partial (values dropped), "
+            "invalid_json / schema_violation (item errors, retried); and postings completed without a "
+            "call: reused (identical description), skipped_external, empty.",
+            ("sum by (outcome) (increase(jobpipe_extractor_answers_total[1h]))", "{{outcome}}"),
+            stack=True,
+        )
+        b.ts(
+            "Dropped values by field",
+            "Values of model answers dropped in the last hour because the text does not ground them "
+            "(a salary it does not state, remote work it does not mention...) or they exceed a cap.",
+            ("sum by (field) (increase(jobpipe_extractor_dropped_values_total[1h]))", "{{field}}"),
+            stack=True,
+        )
+        b.ts(
+            "Re-queued by the sweep",
+            "Postings queued again after a model or schema version change (last hour).",
+            ("sum(increase(jobpipe_extractor_resweep_queued_total[1h]))", "re-queued"),
+        )
     elif d == "verifier":
         b.ts(
             "Oldest unverified posting",
@@ -461,7 +483,7 @@ def health(b: Board, d: str) -> None:
 def dashboard() -> dict[str, Any]:
     b = Board()
     overview(b)
-    for d in (*QUEUE_DAEMONS, "snapshotter"):
+    for d in ROWS:
         b.row(d, collapsed=True)
         if d in QUEUE_DAEMONS:
             queue_daemon(b, d)

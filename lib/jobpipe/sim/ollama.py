@@ -26,6 +26,8 @@ Switches (set as attributes or with `configure(**switches)`, at any time, from a
   {"path", "model", "messages", "schema" (dict or None), "format", "options", "raw"}.
   The default answers a minimal object valid for the schema, strings echoing the last user message.
 - `chat_malformed`: the content is cut in the middle (invalid JSON).
+- `extraction` (jobpipe/sim/extraction_llm.py): answers the extractor's summary schema from the
+  description; `extraction.mode` injects invalid JSON, schema breaks, ungrounded values, huge answers.
 
 Also a control API for a fake running as a process: `GET /_fake/state`, `POST /_fake/configure`
 (JSON switches, not "refuse"), `POST /_fake/reset`, `POST /_fake/release`.
@@ -52,6 +54,7 @@ import numpy as np
 import orjson
 
 from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
+from jobpipe.sim import extraction_llm
 
 VERSION = "0.33.0"
 DEFAULT_EMBED_MODELS: dict[str, int] = {
@@ -300,6 +303,8 @@ class FakeOllama:
         self.context_chars = context_chars
         self.feature_chars: int | None = None
         self.chat_handler: ChatHandler = chat_handler or default_chat_handler
+        # The extractor's summary schema is answered by its own simulated LLM (with fault switches).
+        self.extraction = extraction_llm.ExtractionLLM()
         self.chat_malformed = False
         self.poison: str | None = None
         self.wrong_dimension: int | None = None
@@ -827,7 +832,7 @@ class FakeOllama:
             if gone:
                 raise _Reply(499, self._error(view["path"], "client closed connection"))
             start = time.monotonic()
-            answer = self.chat_handler(view)
+            answer = self.extraction.answer(view) if extraction_llm.handles(view) else self.chat_handler(view)
             self._spend(start, self.latency_per_request)
         content, reason = (answer, "stop") if isinstance(answer, str) else answer
         if self.chat_malformed:
