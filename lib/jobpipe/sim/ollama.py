@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
 from jobpipe.sim import extraction_llm
+from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
 
 VERSION = "0.33.0"
 DEFAULT_EMBED_MODELS: dict[str, int] = {
