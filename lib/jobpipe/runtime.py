@@ -332,8 +332,8 @@ class Runner:
                 msg = first_line(exc)
                 self._set_dependency("database", False, msg)
                 self._error(f"database: {msg}", "database")
-                self._status(force=True)
                 self._ready("waiting for the database")
+                self._status(force=True)  # after READY's own STATUS: says "DOWN database" and why
                 self._sleep(delay)
                 delay = min(delay * 2, self.cfg.database.reconnect_max_s)
 

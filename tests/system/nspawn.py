@@ -33,8 +33,9 @@ def why_not() -> str | None:
     for tool in ("systemd-nspawn", "nsenter", "debootstrap"):
         if shutil.which(tool) is None:
             return f"needs {tool} (apt-get install systemd-container debootstrap)"
-    if not Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        return "needs the unified cgroup hierarchy (cgroup2) for systemd 252 in a container"
+    mounts = Path("/proc/self/mounts").read_text()
+    if not any(line.split()[2] in ("cgroup", "cgroup2") for line in mounts.splitlines() if line.strip()):
+        return "needs cgroups mounted under /sys/fs/cgroup (systemd in a container needs them)"
     return None
 
 
@@ -102,21 +103,32 @@ class Container:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not self.leader:
+        state, detail = "", ""
+        while state not in ("running", "degraded"):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"systemd-nspawn exited {self.proc.returncode}: {self.console()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the container did not start within {timeout}s: {self.console()}")
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-            with contextlib.suppress(OSError):
-                pids = children.read_text().split()
-                if pids:
-                    self.leader = int(pids[0])
+                raise RuntimeError(
+                    f"the container's systemd did not come up within {timeout}s ({state or detail}): "
+                    f"{self.console()}"
+                )
+            self.leader = self._systemd_pid()
+            if self.leader:
+                # Fails until the manager inside listens (its private socket): then waits for boot.
+                res = self.run("systemctl", "is-system-running", "--wait", timeout=timeout, check=False)
+                state, detail = res.stdout.strip(), res.stderr.strip()
+                if state in ("running", "degraded"):
                     break
-            time.sleep(0.1)  # polling /proc for the child nspawn forks: no event to wait on
-        res = self.run("systemctl", "is-system-running", "--wait", timeout=timeout, check=False)
-        if res.stdout.strip() not in ("running", "degraded"):
-            raise RuntimeError(f"the container's systemd did not come up: {res.stdout.strip()}")
+            time.sleep(0.2)  # polling: nspawn gives no event when the container's systemd is up
+
+    def _systemd_pid(self) -> int:
+        """The container's PID 1 as seen from the host: nspawn's child once it has exec'd systemd."""
+        assert self.proc is not None
+        with contextlib.suppress(OSError):
+            for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                    return int(pid)
+        return 0
 
     def console(self) -> str:
         try:

@@ -64,9 +64,9 @@ def start_simulators(home: Path) -> Sandbox:
 
 
 def open_database_over_tcp(box: Sandbox) -> str:
-    """Restart the sandbox's PostgreSQL listening on 127.0.0.1 too (its socket lives in a 0700
+    """Restart the sandbox's PostgreSQL listening on 127.0.0.1 (its socket lives in a 0700
     directory the service user cannot enter), with a role that logs in with DB_PASSWORD (scram),
-    and return the URL the container uses. The host keeps using the socket."""
+    and return the URL the container uses."""
     with box.connect() as c:
         c.execute(f"CREATE ROLE {DB_USER} LOGIN SUPERUSER PASSWORD '{DB_PASSWORD}'")
         dbname = c.execute("SELECT current_database()").fetchone()[0]
@@ -74,8 +74,8 @@ def open_database_over_tcp(box: Sandbox) -> str:
     hba.write_text(f"host all {DB_USER} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     port = free_port()
     embedded.pg_ctl(box.data_dir, "-w", "-m", "fast", "-o", f"-h 127.0.0.1 -p {port}", "restart", timeout=120)
-    # The socket's name carries the port: say it (the embedded URL does not).
-    box.url = f"{box.url}&port={port}" if "?" in box.url else f"{box.url}?port={port}"
+    # The host too (pg_ctl's -o replaced the socket directory option; initdb's hba trusts loopback).
+    box.url = f"postgresql://postgres@127.0.0.1:{port}/{dbname}"
     return f"postgresql://{DB_USER}:{DB_PASSWORD}@127.0.0.1:{port}/{dbname}"
 
 
@@ -224,7 +224,7 @@ def test_units_under_a_real_systemd(machine: None, tmp_path: Path) -> None:
         # --- 3a. SIGKILL: systemd restarts the daemon
         victim = DAEMONS[0]
         before = c.show(f"jobpipe@{victim}.service", "MainPID", "NRestarts")
-        c.run("kill", "-KILL", before["MainPID"])
+        c.run("systemctl", "kill", "--kill-whom=main", "--signal=KILL", f"jobpipe@{victim}.service")
         after = wait_until(
             lambda: (
                 (s := c.show(f"jobpipe@{victim}.service", "MainPID", "NRestarts", "SubState"))
@@ -251,7 +251,7 @@ def test_units_under_a_real_systemd(machine: None, tmp_path: Path) -> None:
         assert before["WatchdogUSec"] == f"{WATCHDOG_TEST_S}s", before
         restart_s = int(re.fullmatch(r"(\d+)s", before["RestartUSec"])[1])  # type: ignore[index]
         t_stop = time.monotonic()
-        c.run("kill", "-STOP", before["MainPID"])
+        c.run("systemctl", "kill", "--kill-whom=main", "--signal=STOP", f"jobpipe@{victim}.service")
         wait_until(
             lambda: (
                 (s := c.show(f"jobpipe@{victim}.service", "MainPID", "NRestarts", "SubState"))
