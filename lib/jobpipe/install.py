@@ -132,6 +132,12 @@ def _argv(command: str | Sequence[str]) -> list[str]:
     for arg in argv:
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in arg):
             raise UserError(f"the jobpipe command contains a control character: {arg!r}")
+    # systemd refuses such an executable path ("Executable name contains special characters").
+    if any(c in argv[0] for c in "\\\"'"):
+        raise UserError(
+            f"systemd cannot run {argv[0]!r}: quotes and backslashes are not allowed in an executable's "
+            "path; install jobpipe elsewhere (e.g. python3 -m venv /opt/jobpipe)"
+        )
     return argv
 
 
@@ -139,13 +145,16 @@ def unit_command_line(argv: Sequence[str]) -> str:
     """`argv` as a systemd ExecStart= command line that systemd splits back into exactly `argv`.
 
     Arguments with characters other than _UNIT_SAFE_ARG are double-quoted with backslash escapes;
-    `%` becomes `%%` (no specifier expansion) and `$` becomes `$$` (no variable expansion).
+    `%` becomes `%%` (no specifier expansion), and in the arguments after the executable `$` becomes
+    `$$` (no variable expansion; systemd never expands variables in the executable's path, where
+    `$$` would stay two characters: checked with systemd-analyze verify, tests/test_install.py).
     """
     out = []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if not _UNIT_SAFE_ARG.match(arg):
             arg = '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        out.append(arg.replace("%", "%%").replace("$", "$$"))
+        arg = arg.replace("%", "%%")
+        out.append(arg.replace("$", "$$") if i else arg)
     return " ".join(out)
 
 
