@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 CACHE_DIR = Path(os.environ.get("JOBPIPE_SYSTEMD_TEST_CACHE", "/var/cache/jobpipe-systemd-test"))
 NSPAWN_RUN = Path("/run/systemd/nspawn")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONTAINER_PYTHON = (3, 11)  # Debian 12's python3
 
 
 def why_not() -> str | None:

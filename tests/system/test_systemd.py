@@ -119,6 +119,10 @@ class Timer:
 @pytest.fixture(scope="module")
 def machine() -> Iterator[None]:
     reason = nspawn.why_not()
+    if reason is None and sys.version_info[:2] != nspawn.CONTAINER_PYTHON:
+        # The wheels are built here (numpy, psycopg-binary, orjson are CPython-version specific).
+        version = ".".join(map(str, nspawn.CONTAINER_PYTHON))
+        reason = f"needs Python {version} here, like Debian 12 in the container"
     if reason:
         pytest.skip(f"systemd system test: {reason}")
     yield
