@@ -675,7 +675,8 @@ class Runner:
                 b.defer_until = self.backoff_until
             elif b.results:
                 for dep in self.daemon_cls.dependencies:
-                    if dep in self.dep_down:
+                    # A background thread that still sees it down keeps it down (no up/down flapping).
+                    if dep in self.dep_down and dep not in self.ctx.background_down:
                         self._set_dependency(dep, True)
                 self.backoff_s = self.cfg.runtime.dependency_backoff_s
         assert self.writer is not None
