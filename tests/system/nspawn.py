@@ -116,7 +116,16 @@ class Container:
             self.leader = self._systemd_pid()
             if self.leader:
                 # Fails until the manager inside listens (its private socket): then waits for boot.
-                res = self.run("systemctl", "is-system-running", "--wait", timeout=timeout, check=False)
+                left = max(1.0, deadline - time.monotonic())
+                try:
+                    res = self.run("systemctl", "is-system-running", "--wait", timeout=left, check=False)
+                except subprocess.TimeoutExpired:
+                    state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
+                    jobs = self.run("systemctl", "list-jobs", "--no-pager", check=False).stdout.strip()
+                    raise RuntimeError(
+                        f"the boot did not finish within {timeout}s (is-system-running: {state}); "
+                        f"jobs: {' / '.join(jobs.splitlines()[:8])}"
+                    ) from None
                 state, detail = res.stdout.strip(), res.stderr.strip()
                 if state in ("running", "degraded"):
                     break
