@@ -117,11 +117,15 @@ class ClassifierDaemon(Daemon):
     def _sync_loop(self) -> None:
         conn: Any = None
         delay, last_error = 1.0, ""
+        reported: set[str] = set()  # dependencies this thread reported down (Context.dependency_state)
         while not (self.ctx.stop.is_set() or self._closing.is_set()):
             try:
                 if conn is None:
                     conn = self.ctx.connect()
                 busy = self.sync.step(conn)
+                for dep in reported:
+                    self.ctx.dependency_state(dep, True)
+                reported.clear()
                 if last_error:
                     log_event(self.ctx.log, "catalogue_sync_resumed", state=self.sync.describe())
                 delay, last_error = 1.0, ""
@@ -130,6 +134,10 @@ class ClassifierDaemon(Daemon):
                 continue
             except DependencyDown as exc:
                 error = str(exc)
+                # Not only a log line: STATUS, jobpipe_dependency_up and the dependency alert must
+                # show that the model server is what the catalogue is waiting for.
+                self.ctx.dependency_state(exc.dependency, False, error)
+                reported.add(exc.dependency)
             except db.CONNECTION_ERRORS as exc:
                 error = f"database: {first_line(exc)}"
                 db.close_quietly(conn)

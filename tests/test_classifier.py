@@ -19,6 +19,7 @@ from jobpipe.cli import main
 from jobpipe.daemons.classifier import ClassifierDaemon
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.models import make_embedding_client
+from jobpipe.notify import Notifier
 from jobpipe.sim.ollama import FakeOllama
 from jobpipe.text import clean_text
 from jobpipe.titles import normalise
@@ -371,6 +372,62 @@ def test_empty_catalogue_defers_without_charging_until_it_is_loaded(db_conn: Any
     got = titles(db_conn)
     assert got[ids["Koch (m/w/d)"]]["outcome"] == "matched_exact"
     assert got[ids["Koch Kantine (m/w/d)"]]["outcome"] == "llm_no"
+
+
+class RecordingNotifier(Notifier):
+    """The STATUS lines a daemon sends (what `systemctl status` would show)."""
+
+    def __init__(self) -> None:
+        super().__init__(None, env={})
+        self.lines: list[str] = []
+
+    def status(self, text: str) -> bool:
+        self.lines.append(text)
+        return True
+
+
+def test_catalogue_sync_shows_a_model_server_outage(loaded: Any, pg_url: str) -> None:
+    """Issue 20 item 3: while the catalogue sync cannot reach Ollama, the daemon used to say only
+    "catalogue: embedding 0/239": jobpipe_dependency_up{classifier,ollama} stayed 1, daemon_status
+    (which the dependency alert reads) said ollama up, STATUS had no DOWN. No titles are waiting, so
+    only the sync talks to Ollama."""
+    notifier = RecordingNotifier()
+    metrics = DaemonMetrics("classifier")
+    with FakeOllama() as fake:
+        fake.fail_mode = "503"
+        cfg = make_cfg(fake, runtime__status_interval_s=0.1, runtime__dependency_backoff_max_s=0.5)
+        runner = runtime.Runner(
+            QuickSync, cfg, db_url=pg_url, serve=False, metrics=metrics, notifier=notifier
+        )
+        thread, box = in_thread(runner.run)
+        try:
+
+            def ollama_up() -> float | None:
+                return metrics.registry.get_sample_value(
+                    "jobpipe_dependency_up", {"daemon": "classifier", "dependency": "ollama"}
+                )
+
+            wait_until(lambda: ollama_up() == 0.0, 20, what="dependency_up{ollama} = 0")
+            wait_until(lambda: any("DOWN ollama" in s for s in notifier.lines), 10, what="STATUS DOWN ollama")
+            deps = wait_until(
+                lambda: loaded.execute(
+                    "SELECT dependencies FROM daemon_status WHERE daemon = 'classifier'"
+                ).fetchone(),
+                10,
+                what="the daemon_status row",
+            )[0]
+            assert deps["ollama"] is False  # what the dependency_down alert reads
+            fake.fail_mode = None
+            wait_until(lambda: ollama_up() == 1.0, 30, what="dependency_up{ollama} = 1 again")
+            n = len(notifier.lines)
+            wait_until(lambda: len(notifier.lines) > n + 1, 10, what="two more STATUS lines")
+            assert "DOWN" not in notifier.lines[-1] and "last error" not in notifier.lines[-1], (
+                notifier.lines[-1]
+            )
+        finally:
+            runner.stop.set()
+            thread.join(15)
+    assert box.get("result") == 0, box
 
 
 # ------------------------------------------------------------------ concurrency

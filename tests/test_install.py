@@ -50,7 +50,7 @@ def test_install_writes_units_config_env_and_sysusers(tmp_path: Path) -> None:
     assert f"\nExecStart={expected_cmd} run %i\n" in service
     alert = (unit_dir / "jobpipe-alert@.service").read_text()
     assert install.TEMPLATE_COMMAND not in alert
-    assert f"\nExecStart={expected_cmd} alert unit-failed %i\n" in alert
+    assert f"\nExecStart={expected_cmd} alert unit-failed jobpipe@%i.service\n" in alert
     assert "\nUser=jobpipe\n" in service and "\nGroup=jobpipe\n" in service
     assert (unit_dir / "jobpipe.target").is_file()
 
@@ -218,3 +218,111 @@ def test_wheel_ships_the_unit_templates_and_the_simulators(tmp_path: Path) -> No
     for data in ("kldb2010.csv", "occupation-names-berufenet-2015.txt"):
         assert f"jobpipe/sim/data/{data}" in names
     assert "jobpipe/data/berufenet_test_catalogue.json" in names
+
+
+# ------------------------------------------------------------------ issue 15 item 10, issue 20 item 7
+
+
+def test_an_env_symlink_is_never_followed_by_chmod(tmp_path: Path) -> None:
+    """An existing /etc/jobpipe/env that is a symlink: its target keeps its mode (install used to
+    chmod 0600 through the link, e.g. onto a shared file it does not own), the link stays."""
+    target = tmp_path / "shared-secrets"
+    target.write_text("JOBPIPE_ALERTS_SENDER=+4915100000000\n")
+    target.chmod(0o644)
+    root = tmp_path / "root"
+    env = root / "etc/jobpipe/env"
+    env.parent.mkdir(parents=True)
+    env.symlink_to(target)
+    for _ in range(2):  # the second run sees the same link
+        report = install.install(root)
+        assert env.is_symlink() and env.readlink() == target
+        assert target.stat().st_mode & 0o777 == 0o644
+        assert target.read_text() == "JOBPIPE_ALERTS_SENDER=+4915100000000\n"
+        assert env in report.kept
+        assert any("symlink" in w and str(target) in w for w in report.warnings), report.warnings
+
+
+def test_a_planted_temp_file_link_is_not_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    unit_dir = tmp_path / "root/etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / ".jobpipe@.service.tmp").symlink_to(victim)
+    install.install(tmp_path / "root")
+    assert victim.read_text() == "untouched\n"
+    assert "ExecStart=" in (unit_dir / "jobpipe@.service").read_text()
+
+
+@pytest.mark.parametrize(
+    "exe",
+    [
+        "/opt/my tools/venv/bin/jobpipe",
+        "/opt/100%/bin/jobpipe",
+        "/opt/$HOME/bin/jobpipe",
+    ],
+)
+def test_execstart_is_escaped_so_systemd_runs_that_exact_path(tmp_path: Path, exe: str) -> None:
+    """systemd splits ExecStart= on spaces and expands % and $: the path is quoted and escaped.
+    Checked with systemd's own parser: `systemd-analyze verify` fails when the executable it
+    parsed out of ExecStart= does not exist, so it must name exactly the one created here."""
+    unit = install.render_units(exe, "jobpipe")["jobpipe@.service"]
+    line = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
+    assert line == f"ExecStart={install.unit_command_line([exe])} run %i"
+    if SYSTEMCTL is None or shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze to parse the unit")
+    real = tmp_path / exe.lstrip("/")
+    real.parent.mkdir(parents=True)
+    real.write_text("#!/bin/sh\n")
+    real.chmod(0o755)
+    rendered = install.render_units([str(real)], "jobpipe")
+    unit_path = tmp_path / "jobpipe@embedder.service"
+    unit_path.write_text(rendered["jobpipe@.service"])
+    (tmp_path / "jobpipe-alert@embedder.service").write_text(rendered["jobpipe-alert@.service"])
+    (tmp_path / "jobpipe.target").write_text(rendered["jobpipe.target"])
+    res = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit_path)], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and "jobpipe@embedder.service" not in res.stderr, res.stderr
+    # And where the executable is missing, verify does complain: the check above can fail.
+    real.unlink()
+    res = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit_path)], capture_output=True, text=True
+    )
+    assert "jobpipe@embedder.service" in res.stderr
+
+
+def test_command_must_be_absolute_and_without_control_characters(tmp_path: Path) -> None:
+    # systemd itself refuses quotes and backslashes in an executable's path: said before writing.
+    bad_paths = ['/opt/q"uote/bin/jobpipe', "/opt/it's/bin/jobpipe", "/opt/back\\slash/bin/jobpipe"]
+    for bad in ("jobpipe", "/opt/job\npipe/bin/jobpipe", ["/usr/bin/python3", "-m", "x\ty"], *bad_paths):
+        with pytest.raises(UserError):
+            install.install(tmp_path / "x", command=bad)
+    assert not (tmp_path / "x").exists()
+
+
+def test_next_steps_read_the_env_file_as_systemd_does(tmp_path: Path) -> None:
+    """The printed migrate step used to be `sh -c '. /etc/jobpipe/env'`: a shell drops the quotes
+    of the template's own list example and expands `pa$word`. It now lets systemd read the file
+    (EnvironmentFile=), exactly as for the units; the system test runs it verbatim."""
+    import shlex
+
+    exe = "/opt/my tools/bin/jobpipe"
+    for live in (False, True):
+        report = install.install(
+            tmp_path / str(live), command=exe, live=live, run=lambda cmd: None,
+            user_exists=lambda n: True, systemd_running=lambda: True, is_root=lambda: True,
+        )  # fmt: skip
+        steps = [s for s in report.next_steps if not s.startswith("#")]
+        assert not any("sh -c" in s or ". /etc/jobpipe/env" in s for s in report.next_steps)
+        (migrate,) = [shlex.split(s) for s in steps if s.endswith(" migrate")]
+        assert migrate == install.with_env_file([exe, "migrate"])
+        assert migrate[0] == "systemd-run" and "--property=EnvironmentFile=/etc/jobpipe/env" in migrate
+        assert migrate[migrate.index("--") + 1 :] == [exe, "migrate"]  # the path survives as one word
+    assert 'JOBPIPE_ALERTS_RECIPIENTS=["+4915112345678"]' in install.ENV_TEMPLATE
+    assert "not by a shell" in install.ENV_TEMPLATE
+
+
+def test_target_enables_one_instance_per_daemon() -> None:
+    target = install.render_units("/opt/jobpipe/bin/jobpipe", "jobpipe")["jobpipe.target"]
+    (also,) = [ln for ln in target.splitlines() if ln.startswith("Also=")]
+    assert also.removeprefix("Also=").split() == [f"jobpipe@{d}.service" for d in DAEMONS]

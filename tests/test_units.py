@@ -55,8 +55,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     template = (d / "jobpipe@.service").read_text()
     for daemon in DAEMONS:
         (d / f"jobpipe@{daemon}.service").write_text(template)
-    # The OnFailure= hook as systemd instantiates it: jobpipe-alert@<failed unit name>.service
-    shutil.copy(d / "jobpipe-alert@.service", d / "jobpipe-alert@jobpipe@embedder.service.service")
+    # The OnFailure= hook as systemd instantiates it: jobpipe-alert@<daemon>.service
+    shutil.copy(d / "jobpipe-alert@.service", d / "jobpipe-alert@embedder.service")
     return d
 
 
@@ -68,7 +68,7 @@ def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 def test_verify_prints_nothing_for_every_unit(rendered: Path) -> None:
     units = [rendered / f"jobpipe@{d}.service" for d in DAEMONS]
-    units += [rendered / "jobpipe.target", rendered / "jobpipe-alert@jobpipe@embedder.service.service"]
+    units += [rendered / "jobpipe.target", rendered / "jobpipe-alert@embedder.service"]
     res = verify(*units)
     # Warnings (unknown keys, bad values) do not change verify's exit code: any output fails.
     assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stdout + res.stderr
@@ -86,9 +86,7 @@ def test_verify_would_catch_a_bad_key(rendered: Path, tmp_path: Path) -> None:
     assert "Unknown key 'RestartSteps'" in res.stderr
 
 
-@pytest.mark.parametrize(
-    "unit", ["jobpipe@embedder.service", "jobpipe-alert@jobpipe@embedder.service.service"]
-)
+@pytest.mark.parametrize("unit", ["jobpipe@embedder.service", "jobpipe-alert@embedder.service"])
 def test_security_exposure_at_most_2(rendered: Path, unit: str) -> None:
     res = subprocess.run(
         [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(rendered / unit)],
@@ -111,7 +109,12 @@ def test_service_keys_the_issue_requires() -> None:
     assert svc["EnvironmentFile"] == ["-/etc/jobpipe/env"]
     assert svc["ExecStart"] == [f"{install.TEMPLATE_COMMAND} run %i"]
     assert "2" in svc["RestartPreventExitStatus"][0].split()
-    assert sec["OnFailure"] == ["jobpipe-alert@%n.service"] and sec["PartOf"] == ["jobpipe.target"]
+    # %i, not %n: the alert unit is jobpipe-alert@embedder, not jobpipe-alert@jobpipe@embedder.service
+    assert sec["OnFailure"] == ["jobpipe-alert@%i.service"] and sec["PartOf"] == ["jobpipe.target"]
+    # After= the target: stopping the target waits for the daemons, starting it does not (boot).
+    assert "jobpipe.target" in " ".join(sec["After"]).split()
+    # READY no longer waits for the database: a finite start timeout catches a hung start.
+    assert svc["TimeoutStartSec"] != ["infinity"]
     # Start limits only work in [Unit] (systemd ignores them in [Service]); the burst must be
     # reachable within the interval.
     assert "StartLimitBurst" not in svc and "StartLimitIntervalSec" not in svc
@@ -129,7 +132,9 @@ def test_service_keys_the_issue_requires() -> None:
 def test_alert_unit_runs_the_alert_command() -> None:
     unit = parse_unit((ROOT / "units" / "jobpipe-alert@.service").read_text())
     assert unit["Service"]["Type"] == ["oneshot"]
-    assert unit["Service"]["ExecStart"] == [f"{install.TEMPLATE_COMMAND} alert unit-failed %i"]
+    assert unit["Service"]["ExecStart"] == [
+        f"{install.TEMPLATE_COMMAND} alert unit-failed jobpipe@%i.service"
+    ]
     assert "OnFailure" not in unit["Unit"]  # a failing alert must not page about itself in a loop
 
 
@@ -160,3 +165,24 @@ def test_enable_target_creates_the_wants_links(rendered: Path, tmp_path: Path) -
     assert (unit_dir / "jobpipe.target.wants/jobpipe@embedder.service").is_symlink()
     systemctl("disable", "jobpipe.target")
     assert not [p for p in unit_dir.rglob("*") if p.is_symlink()]
+
+
+def test_watchdog_comment_states_the_real_restart_bound() -> None:
+    """The comment promised "restarted within 2 minutes" while the kill alone takes WatchdogSec
+    (120 s) and the restart comes RestartSec later: the bound it states is their sum."""
+    text = (ROOT / "units" / "jobpipe@.service").read_text()
+    svc = parse_unit(text)["Service"]
+    bound = seconds(svc["WatchdogSec"][0]) + seconds(svc["RestartSec"][0])
+    m = re.search(r"within (\d+) s of its last ping", text)
+    assert m, "the WatchdogSec comment must state the restart bound in seconds"
+    assert int(m[1]) == bound
+
+
+def test_alert_unit_names_the_failed_daemon(rendered: Path) -> None:
+    """systemd instantiates OnFailure=jobpipe-alert@%i.service of jobpipe@embedder.service as
+    jobpipe-alert@embedder.service, whose command names jobpipe@embedder.service again."""
+    svc = parse_unit((rendered / "jobpipe@.service").read_text())
+    on_failure = svc["Unit"]["OnFailure"][0].replace("%i", "embedder")
+    assert on_failure == "jobpipe-alert@embedder.service"
+    alert = parse_unit((rendered / "jobpipe-alert@.service").read_text())
+    assert alert["Service"]["ExecStart"][0].endswith(" alert unit-failed jobpipe@%i.service")

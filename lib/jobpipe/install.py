@@ -4,12 +4,20 @@ place, create the service user, and say which systemctl commands come next.
 Files (all below `root`, "/" for the live system; another directory stages them for packaging):
 - etc/systemd/system/{jobpipe@.service, jobpipe.target, jobpipe-alert@.service}, rendered from the
   templates shipped in the package (units/ is installed as `jobpipe.units`) with ExecStart= naming
-  the `jobpipe` of the interpreter running this and User=/Group= the service user;
+  the `jobpipe` of the interpreter running this (quoted and escaped for systemd, so a venv under
+  `/opt/my tools/` works), User=/Group= the service user and the target's Also= listing one
+  instance per daemon in jobpipe.settings.DAEMONS;
 - etc/jobpipe/jobpipe.yaml, the documented defaults (`jobpipe config defaults`), written only if
   absent: an operator's file is never overwritten, a differing one gets `jobpipe.yaml.new` beside it;
-- etc/jobpipe/env (mode 0600, never overwritten): secrets as JOBPIPE_<SECTION>_<KEY>=value;
+- etc/jobpipe/env (mode 0600, never overwritten): secrets as JOBPIPE_<SECTION>_<KEY>=value. An
+  existing env that is a symlink (e.g. to a secrets store) is left exactly as it is: its target is
+  never chmod-ed through the link, a warning says to check it;
 - etc/sysusers.d/jobpipe.conf: the service user, for systemd-sysusers. On the live system (as root)
   the user is created now; in a staged root it is created at the image's first boot.
+
+The printed next steps read /etc/jobpipe/env the way the units do, through systemd itself
+(`systemd-run -p EnvironmentFile=`), never by a shell (which would mangle `pa$word` and
+`["+49..."]`).
 
 Running it twice changes nothing. Everything that touches the machine outside `root` (creating the
 user, systemctl) goes through the `run` argument so tests can see the commands without a real
@@ -51,11 +59,17 @@ _HIDDEN_BY_PROTECT_HOME = ("/home/", "/root/", "/run/user/")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 Runner = Callable[[Sequence[str]], None]
+# Arguments systemd takes as they are in a command line; anything else is quoted (systemd.service(5),
+# "Command lines"). Specifiers (%) and variables ($) never appear unescaped.
+_UNIT_SAFE_ARG = re.compile(r"^[A-Za-z0-9_./:+,=@-]+$")
 
 ENV_TEMPLATE = """\
 # Secrets for the jobpipe daemons, one JOBPIPE_<SECTION>_<KEY>=value per line. They override
 # /etc/jobpipe/jobpipe.yaml. Mode 0600, owned by root: systemd reads this file
 # (EnvironmentFile=) before it drops privileges; the daemons never need to open it.
+# Read by systemd, not by a shell: write values as they are, without quotes; $ is kept literally
+# (see EnvironmentFile= in systemd.exec(5)). One-off commands read it the same way:
+#   systemd-run --wait --pipe --quiet --collect -p EnvironmentFile=/etc/jobpipe/env -- jobpipe ...
 # Lists are YAML: JOBPIPE_ALERTS_RECIPIENTS=["+4915112345678"]
 #
 # JOBPIPE_DATABASE_URL=postgresql://jobpipe:PASSWORD@db.example.org:5432/jobpipe
@@ -96,17 +110,52 @@ class Report:
         return out
 
 
-def jobpipe_command(python: str = sys.executable) -> str:
-    """The `jobpipe` console script installed with this interpreter, as an absolute path.
+def jobpipe_command(python: str = sys.executable) -> list[str]:
+    """The `jobpipe` console script installed with this interpreter, as an argv with an absolute path.
 
     The script sits beside the interpreter (venv/bin, /usr/local/bin). `python` is not resolved:
     a venv's python is a symlink to the system one, but its scripts live in the venv. Without a
     script there (e.g. `pip install --user`), the interpreter runs the CLI module directly.
+    A list, not a string: a path may contain spaces (`/opt/my tools/bin/jobpipe`).
     """
     script = Path(python).absolute().parent / "jobpipe"
     if script.is_file() and os.access(script, os.X_OK):
-        return str(script)
-    return f"{Path(python).absolute()} -m jobpipe.cli"
+        return [str(script)]
+    return [str(Path(python).absolute()), "-m", "jobpipe.cli"]
+
+
+def _argv(command: str | Sequence[str]) -> list[str]:
+    """A command as argv: a string is one executable path (never split: it may contain spaces)."""
+    argv = [command] if isinstance(command, str) else list(command)
+    if not argv or not argv[0].startswith("/"):
+        raise UserError(f"the jobpipe command must be an absolute path, not {argv!r}")
+    for arg in argv:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in arg):
+            raise UserError(f"the jobpipe command contains a control character: {arg!r}")
+    # systemd refuses such an executable path ("Executable name contains special characters").
+    if any(c in argv[0] for c in "\\\"'"):
+        raise UserError(
+            f"systemd cannot run {argv[0]!r}: quotes and backslashes are not allowed in an executable's "
+            "path; install jobpipe elsewhere (e.g. python3 -m venv /opt/jobpipe)"
+        )
+    return argv
+
+
+def unit_command_line(argv: Sequence[str]) -> str:
+    """`argv` as a systemd ExecStart= command line that systemd splits back into exactly `argv`.
+
+    Arguments with characters other than _UNIT_SAFE_ARG are double-quoted with backslash escapes;
+    `%` becomes `%%` (no specifier expansion), and in the arguments after the executable `$` becomes
+    `$$` (no variable expansion; systemd never expands variables in the executable's path, where
+    `$$` would stay two characters: checked with systemd-analyze verify, tests/test_install.py).
+    """
+    out = []
+    for i, arg in enumerate(argv):
+        if not _UNIT_SAFE_ARG.match(arg):
+            arg = '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        arg = arg.replace("%", "%%")
+        out.append(arg.replace("$", "$$") if i else arg)
+    return " ".join(out)
 
 
 def unit_templates() -> dict[str, str]:
@@ -115,16 +164,21 @@ def unit_templates() -> dict[str, str]:
     return {name: base.joinpath(name).read_text(encoding="utf-8") for name in UNIT_FILES}
 
 
-def render_units(command: str, user: str) -> dict[str, str]:
-    """The unit files with ExecStart= running `command` and User=/Group= set to `user`."""
+def render_units(command: str | Sequence[str], user: str) -> dict[str, str]:
+    """The unit files with ExecStart= running `command` (an executable path, or an argv), User=/Group=
+    set to `user`, and the target's Also= naming one instance per daemon in DAEMONS."""
     _check_user(user)
+    exec_line = unit_command_line(_argv(command))
+    also = "Also=" + " ".join(f"jobpipe@{d}.service" for d in DAEMONS)
     rendered: dict[str, str] = {}
     for name, text in unit_templates().items():
         if TEMPLATE_COMMAND not in text and "ExecStart=" in text:
             raise RuntimeError(f"unit template {name} does not run {TEMPLATE_COMMAND}")
-        text = text.replace(f"ExecStart={TEMPLATE_COMMAND} ", f"ExecStart={command} ")
-        text = re.sub(r"(?m)^User=.*$", f"User={user}", text)
-        text = re.sub(r"(?m)^Group=.*$", f"Group={user}", text)
+        text = text.replace(f"ExecStart={TEMPLATE_COMMAND} ", f"ExecStart={exec_line} ")
+        # Callable replacements: nothing in them is read as a regex escape.
+        text = re.sub(r"(?m)^User=.*$", lambda _: f"User={user}", text)
+        text = re.sub(r"(?m)^Group=.*$", lambda _: f"Group={user}", text)
+        text = re.sub(r"(?m)^Also=.*$", lambda _: also, text)
         rendered[name] = text
     return rendered
 
@@ -146,15 +200,21 @@ def _check_user(user: str) -> None:
 
 
 def _write(path: Path, text: str, mode: int, report: Report) -> None:
-    """Write atomically (temp file + rename) with `mode` from the start; no-op if identical."""
+    """Write atomically (temp file + rename) with `mode` from the start; no-op if identical.
+
+    Never follows a symlink to change modes or write: an identical file reached through a link is
+    left alone, a differing one replaces the link itself (rename), and the temporary file is
+    created fresh (O_EXCL | O_NOFOLLOW), so a planted link there cannot redirect the write.
+    """
     if path.is_file() and path.read_text(encoding="utf-8") == text:
-        if (path.stat().st_mode & 0o777) != mode:
+        if not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
             os.chmod(path, mode)
         report.unchanged.append(path)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp.unlink(missing_ok=True)  # left by an interrupted run, or planted: never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -211,15 +271,15 @@ def install(
     """
     root = Path(root).absolute()
     live = (root == Path("/")) if live is None else live
-    command = command or jobpipe_command()
-    units = render_units(command, user)  # validates the user name first
+    argv = _argv(command or jobpipe_command())
+    units = render_units(argv, user)  # validates the user name and the command first
     if live and not is_root():
         raise UserError(
             "jobpipe install writes /etc and creates a user: run it as root (or stage with --root DIR)"
         )
     report = Report(root)
 
-    exe = shlex.split(command)[0]
+    exe = argv[0]
     if exe.startswith(_HIDDEN_BY_PROTECT_HOME):
         report.warnings.append(
             f"ExecStart runs {exe}, which ProtectHome=yes hides from the service: install jobpipe "
@@ -241,7 +301,15 @@ def install(
         _write(config, defaults, 0o644, report)
 
     env = root / ENV_FILE
-    if env.exists():
+    if env.is_symlink():
+        # chmod would change the link's target (a secrets store, or a file someone pointed it
+        # at); what the link points to is the operator's business.
+        report.kept.append(env)
+        report.warnings.append(
+            f"{env} is a symlink to {os.readlink(env)}: left as it is; make sure its target is "
+            "owned by root with mode 0600"
+        )
+    elif env.exists():
         if (env.stat().st_mode & 0o777) != 0o600:
             os.chmod(env, 0o600)
             report.warnings.append(f"{env} was readable by others: now mode 0600")
@@ -257,7 +325,7 @@ def install(
     if enable:
         _run(report, run, _systemctl(root, managed, "enable", TARGET))
 
-    report.next_steps = _next_steps(root, live, enable, user, command)
+    report.next_steps = _next_steps(root, live, enable, user, argv)
     return report
 
 
@@ -278,15 +346,24 @@ def _run(report: Report, run: Runner, cmd: list[str]) -> None:
     report.ran.append(cmd)
 
 
-def _next_steps(root: Path, live: bool, enabled: bool, user: str, command: str) -> list[str]:
+def with_env_file(argv: Sequence[str], env: Path = Path("/") / ENV_FILE) -> list[str]:
+    """`argv` run once with `env` read exactly as the units read it: by systemd (EnvironmentFile=),
+    not by a shell, so `pa$word` stays `pa$word` and `["+49..."]` keeps its quotes. Output and exit
+    status are the command's (--pipe --wait)."""
+    return ["systemd-run", "--quiet", "--wait", "--pipe", "--collect",
+            f"--property=EnvironmentFile={env}", "--", *argv]  # fmt: skip
+
+
+def _next_steps(root: Path, live: bool, enabled: bool, user: str, argv: Sequence[str]) -> list[str]:
     instances = " ".join(f"jobpipe@{d}.service" for d in DAEMONS)
     env = Path("/") / ENV_FILE
+    migrate = shlex.join(with_env_file([*argv, "migrate"], env))
     if not live:
         return [
             f"# files staged below {root}; on the target system (as root):",
             f"systemd-sysusers /{SYSUSERS_FILE}    # creates user {user}",
             f"# set JOBPIPE_DATABASE_URL in {env}, then create the schema:",
-            f"sh -c 'set -a; . {env}; exec {command} migrate'",
+            migrate,
             "systemctl daemon-reload",
             "systemctl start jobpipe.target" if enabled else "systemctl enable --now jobpipe.target",
             "systemctl status 'jobpipe@*'",
@@ -295,7 +372,7 @@ def _next_steps(root: Path, live: bool, enabled: bool, user: str, command: str) 
         f"# 1. point the daemons at PostgreSQL (with pgvector): JOBPIPE_DATABASE_URL=... in {env}",
         f"#    (the embedded database is for `jobpipe up`, not for units); other settings: /{CONFIG_FILE}",
         "# 2. create the schema (the daemons refuse to start on an old one):",
-        f"sh -c 'set -a; . {env}; exec {command} migrate'",
+        migrate,
         "# 3. start the daemons (and at boot):",
         "systemctl start jobpipe.target" if enabled else "systemctl enable --now jobpipe.target",
         "systemctl status 'jobpipe@*'",

@@ -160,7 +160,8 @@ class Notifier:
         return self.watchdog_usec / 2 / 1_000_000
 
     def ready(self, status: str | None = None) -> bool:
-        """READY=1 (send only once the database answers and migrations are current)."""
+        """READY=1 (the runtime sends it once: connected with a current schema, or at the first failed
+        connection attempt, so a database outage never holds systemd's start job)."""
         return self._send("READY=1", status)
 
     def status(self, text: str) -> bool:

@@ -5,7 +5,8 @@ A daemon (daemons/<name>.py) declares stages: what it claims (`load`), what it c
 batch, in the transaction that completes the queue items). This module does the rest:
 
 - start-up: connect with backoff (a database that is down is a state, not a crash), refuse a
-  schema that is behind, then READY=1;
+  schema that is behind; READY=1 once connected, or already at the first failed attempt (with
+  STATUS "DOWN database"), so a database outage never holds systemd's start job (and the boot);
 - the loop: wait for NOTIFY or the poll interval, claim batches, keep `workers` calls in flight
   with as many batches queued behind them, so the model server never idles while the loop
   claims or the database is written;
@@ -84,6 +85,9 @@ class Context:
     stop: threading.Event
     log: logging.Logger
     status_extra: str = ""
+    # Dependencies a daemon's own background thread found down (name -> error); the loop shows
+    # them like its own (STATUS, jobpipe_dependency_up, daemon_status -> dependency alert).
+    background_down: dict[str, str] = field(default_factory=dict)
 
     def connect(self, purpose: str = "") -> Any:
         return db.connect(
@@ -95,6 +99,14 @@ class Context:
 
     def set_status_extra(self, text: str) -> None:
         self.status_extra = text
+
+    def dependency_state(self, name: str, up: bool, error: str = "") -> None:
+        """From any thread: `name` is up, or down with `error`, as seen outside the stages' calls
+        (e.g. the classifier's catalogue sync). Shown from the loop's next STATUS on."""
+        if up:
+            self.background_down.pop(name, None)
+        else:
+            self.background_down[name] = error
 
 
 class Daemon:
@@ -230,6 +242,10 @@ class Runner:
         self.writing: list[tuple[list[_Batch], cf.Future[None]]] = []  # handed to the writer
         self.writer: BatchWriter[_Batch] | None = None
         self.last_error = ""
+        # The dependency last_error came from, if any: cleared when that dependency is back.
+        self.last_error_dependency: str | None = None
+        self.ready_sent = False
+        self._background_marked: set[str] = set()  # dependencies marked down from ctx.background_down
         self.rate = _Rate()
         self.dep_down: dict[str, str] = {}
         self.backoff_until = 0.0
@@ -290,6 +306,9 @@ class Runner:
             if was_down:
                 del self.dep_down[name]
                 log_event(log, "dependency_up", dependency=name)
+            if self.last_error_dependency == name:
+                # The outage is over: STATUS must not keep saying it (the log has the history).
+                self.last_error, self.last_error_dependency = "", None
         else:
             if not was_down:
                 log_event(log, "dependency_down", level="warning", dependency=name, error=error)
@@ -313,10 +332,23 @@ class Runner:
                 self._close_db()
                 msg = first_line(exc)
                 self._set_dependency("database", False, msg)
-                self.last_error = f"database: {msg}"
-                self._status(force=True)
+                self._error(f"database: {msg}", "database")
+                self._ready("waiting for the database")
+                self._status(force=True)  # after READY's own STATUS: says "DOWN database" and why
                 self._sleep(delay)
                 delay = min(delay * 2, self.cfg.database.reconnect_max_s)
+
+    def _error(self, text: str, dependency: str | None = None) -> None:
+        """Set STATUS's last error; `dependency` when it is that dependency's outage (cleared when
+        the dependency is up again)."""
+        self.last_error, self.last_error_dependency = text[:200], dependency
+
+    def _ready(self, text: str) -> None:
+        """READY=1, once per process."""
+        if not self.ready_sent:
+            self.ready_sent = True
+            self.notifier.ready(text)
+            log_event(log, "ready", owner=self.owner, stages=[s.name for s in self.stage_list], status=text)
 
     def _close_db(self) -> None:
         db.close_quietly(self.conn)
@@ -324,11 +356,24 @@ class Runner:
         self.conn = self.listen_conn = None
         self.waiter = None
 
+    def _apply_background_dependencies(self) -> None:
+        """Take over what background threads reported (Context.dependency_state)."""
+        reported = dict(self.ctx.background_down)
+        for name, error in reported.items():
+            if name not in self.dep_down:
+                self._set_dependency(name, False, error)
+                self._error(error, name)
+            self._background_marked.add(name)
+        for name in self._background_marked - reported.keys():
+            self._background_marked.discard(name)
+            self._set_dependency(name, True)
+
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_status < self.cfg.runtime.status_interval_s:
             return
         self._last_status = now
+        self._apply_background_dependencies()
         if self.conn is not None and self.stage_list:
             self.queue_stats = queue.stats(self.conn, [s.name for s in self.stage_list])
             for st in self.queue_stats.values():
@@ -413,8 +458,7 @@ class Runner:
             reconnect_max_s=self.cfg.database.reconnect_max_s,
         ).start()
         self._status(force=True)
-        self.notifier.ready(f"ready: {len(self.stage_list)} stage(s), {workers} worker(s)")
-        log_event(log, "ready", owner=self.owner, stages=[s.name for s in self.stage_list])
+        self._ready(f"ready: {len(self.stage_list)} stage(s), {workers} worker(s)")
         try:
             while not self.stop.is_set():
                 try:
@@ -457,7 +501,7 @@ class Runner:
     def _database_lost(self, exc: BaseException) -> None:
         msg = first_line(exc)
         log_event(log, "database_lost", level="warning", error=msg)
-        self.last_error = f"database: {msg}"
+        self._error(f"database: {msg}", "database")
         self._set_dependency("database", False, msg)
         self._close_db()
         # Said now, not only if the first reconnect fails: a restart that is over before we notice
@@ -618,7 +662,7 @@ class Runner:
         """Batches whose calls are all done go to the writer; written ones are forgotten."""
         for _, fut in self.writing:
             if fut.done() and (exc := fut.exception()) is not None:
-                self.last_error = f"write: {exc}"[:200]
+                self._error(f"write: {exc}")
         self.writing = [(bs, f) for bs, f in self.writing if not f.done()]
         finished: list[_Batch] = []
         running: list[_Batch] = []
@@ -637,7 +681,8 @@ class Runner:
                 b.defer_until = self.backoff_until
             elif b.results:
                 for dep in self.daemon_cls.dependencies:
-                    if dep in self.dep_down:
+                    # A background thread that still sees it down keeps it down (no up/down flapping).
+                    if dep in self.dep_down and dep not in self.ctx.background_down:
                         self._set_dependency(dep, True)
                 self.backoff_s = self.cfg.runtime.dependency_backoff_s
         assert self.writer is not None
@@ -675,7 +720,7 @@ class Runner:
                         self._write(conn, part)
                     return
                 log.exception("write failed", extra={"event": "write_failed", "stage": stage.name})
-                self.last_error = f"{stage.name} write: {exc}"[:200]
+                self._error(f"{stage.name} write: {exc}")
                 with conn.transaction():
                     failed = queue.fail(
                         conn,
@@ -695,7 +740,7 @@ class Runner:
             self.metrics.success(stage.name)
         if b.errors:
             first = next(iter(b.errors.values()))
-            self.last_error = f"{stage.name}: {first}"[:200]
+            self._error(f"{stage.name}: {first}")
             log_event(
                 log, "items_failed", level="warning", stage=stage.name, n=len(b.errors), example=first[:300]
             )
@@ -713,7 +758,7 @@ class Runner:
     def _dependency_failed(self, exc: DependencyDown) -> None:
         """Back the whole daemon off (until `backoff_until`)."""
         self._set_dependency(exc.dependency, False, str(exc))
-        self.last_error = str(exc)[:200]
+        self._error(str(exc), exc.dependency)
         delay = exc.retry_after if exc.retry_after else self.backoff_s
         self._dependency_failed_at = time.monotonic()
         self.backoff_until = self._dependency_failed_at + delay
