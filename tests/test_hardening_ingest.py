@@ -10,15 +10,18 @@ import threading
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 
-from jobpipe import alerting, ba_wire, crawl, postings
+from jobpipe import alerting, ba_wire, config, crawl, db, postings, queue, runtime
 from jobpipe.ba_wire import parse_details, parse_search_page
 from jobpipe.daemons.fetcher import FetcherDaemon
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.runtime import Context
 from tests.fakes.ba import FakeBA
 from tests.fakes.ba_data import HOSTILE_KINDS
+from tests.fakes.ollama import FakeOllama
+from tests.sample_daemon import SampleDaemon
 from tests.test_fetcher import client_for, daemon_cfg, live_refnrs, population, run_fetcher, stored
 from tests.waiting import in_thread
 
@@ -200,3 +203,121 @@ def test_details_raw_is_capped_like_the_description(db_conn):
         "pg_column_size(raw::text) FROM postings"
     ).fetchone()
     assert desc_len <= 100_000 and other_len == ba_wire.MAX_RAW_TEXT_CHARS and size < 200_000
+
+
+# ---------------------------------------------------------------- item 2: errors that are not an outage
+
+# Each makes the write of one item fail on the real server, in the way the named error happens.
+_FAILING_WRITES = {
+    # a statement that runs past statement_timeout (57014, an OperationalError)
+    "statement_timeout": "SET LOCAL statement_timeout = '50ms'; SELECT pg_sleep(2)",
+    # an index row above the btree limit (54000, an OperationalError), from incompressible text
+    "oversized_index_row": "CREATE TEMP TABLE IF NOT EXISTS big (t text); CREATE INDEX IF NOT EXISTS big_t "
+    "ON big (t); INSERT INTO big SELECT string_agg(md5(g::text || random()::text), '') "
+    "FROM generate_series(1, 400) g",
+    # what the server says when it cannot write, or picks this transaction as a deadlock's victim
+    "disk_full": "DO $$ BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full'; END $$",
+    "deadlock": "DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = 'deadlock_detected'; END $$",
+}
+
+
+def failing_daemon(kind: str, bad: int) -> type[SampleDaemon]:
+    class Failing(SampleDaemon):
+        def write(self, conn: Any, done: list[tuple[Any, Any, Any]]) -> dict[int, str]:
+            if any(it.subject == bad for it, _, _ in done):
+                for statement in _FAILING_WRITES[kind].split("; "):
+                    conn.execute(statement)
+            return super().write(conn, done)
+
+    return Failing
+
+
+@pytest.mark.parametrize("kind", sorted(_FAILING_WRITES))
+def test_a_write_error_that_is_not_connection_loss_charges_the_offending_item(pg_url, db_conn, kind):
+    """A database error that is not a lost connection is no outage: the batch is split, the item
+    it is about is charged an attempt (with the error), the others are written, and --once ends."""
+    with FakeOllama() as ollama:
+        cls = failing_daemon(kind, bad=13)
+        queue.enqueue(db_conn, "sample", range(1, 17))
+        cfg = config.load(environ={}).with_overrides(
+            ollama__urls=[ollama.url], queue__poll_interval_s=0.1, queue__backoff_base_s=3600
+        )
+        t, box = in_thread(lambda: runtime.run_daemon(cls, cfg, once=True, db_url=pg_url))
+        t.join(90)
+        assert not t.is_alive(), "--once did not end: the write is retried as 'database down'"
+    assert box.get("result") == 0, box
+    rows = db_conn.execute(
+        "SELECT subject, status, attempts, last_error FROM queue ORDER BY subject"
+    ).fetchall()
+    assert [(s, st, a) for s, st, a, _ in rows if s == 13] == [(13, "pending", 1)]
+    assert all(st == "done" and a == 0 for s, st, a, _ in rows if s != 13)
+    assert "write failed" in rows[12][3]
+    assert db_conn.execute("SELECT count(*) FROM sample_results").fetchone()[0] == 15
+
+
+@pytest.mark.parametrize(
+    ("errcode", "lost"),
+    [("admin_shutdown", True), ("crash_shutdown", True), ("cannot_connect_now", True),
+     ("connection_failure", True), ("query_canceled", False), ("disk_full", False),
+     ("deadlock_detected", False), ("program_limit_exceeded", False)],
+)  # fmt: skip
+def test_only_connection_loss_is_connection_loss(db_conn, errcode, lost):
+    with pytest.raises(psycopg.Error) as info:
+        db_conn.execute(f"DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '{errcode}'; END $$")
+    assert db.connection_lost(info.value) is lost
+
+
+def test_a_broken_connection_is_connection_loss(pg_url, db_conn):
+    victim = db.connect(pg_url)
+    pid = victim.info.backend_pid
+    db_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg.Error) as info:
+        victim.execute("SELECT 1")
+    assert db.connection_lost(info.value)
+    victim.close()
+
+
+# ---------------------------------------------------------------- item 3: leases are heartbeated
+
+
+def test_a_model_call_slower_than_the_lease_keeps_its_lease(pg_url, db_conn):
+    """lease_s = 1 and a 4 s model call: the leases are extended while the call runs (and while
+    the second batch waits for a worker), so nothing expires, nothing is charged or written twice."""
+    with FakeOllama(latency_per_request=4.0) as slow:
+        queue.enqueue(db_conn, "sample", range(1, 25))  # 3 batches of 8, 2 workers: one waits
+        cfg = config.load(environ={}).with_overrides(
+            ollama__urls=[slow.url],
+            ollama__read_timeout_s=30.0,
+            queue__lease_s=1.0,
+            queue__poll_interval_s=0.1,
+            runtime__status_interval_s=0.1,
+        )
+        assert runtime.run_daemon(SampleDaemon, cfg, once=True, db_url=pg_url) == 0
+    rows = db_conn.execute("SELECT status, attempts, last_error FROM queue").fetchall()
+    assert rows and all(r == ("done", 0, None) for r in rows), rows
+    assert db_conn.execute("SELECT count(*), max(n) FROM sample_results").fetchone() == (24, 1)
+
+
+def test_a_write_whose_lease_was_lost_is_dropped(pg_url, db_conn):
+    """A batch whose lease another worker took over meanwhile: its result is not written and its
+    completion not counted; the other items of the batch are written as usual."""
+    with FakeOllama() as ollama:
+        cfg = config.load(environ={}).with_overrides(ollama__urls=[ollama.url])
+        runner = runtime.Runner(SampleDaemon, cfg, db_url=pg_url, serve=False)
+        daemon = SampleDaemon(
+            runtime.Context(cfg, runner.metrics, runner.owner, pg_url, runner.stop, runtime.log)
+        )
+        daemon.setup(db_conn)
+        (stage,) = daemon.stages()
+        queue.enqueue(db_conn, "sample", range(1, 9))
+        items = queue.claim(db_conn, "sample", runner.owner, 8, 60)
+        taken = items[3]
+        db_conn.execute("UPDATE queue SET lease_owner = 'someone-else' WHERE id = %s", (taken.id,))
+        batch = runtime._Batch(stage, items, {}, results=[(it, "text", [0.1, 0.2]) for it in items])
+        runner._write_batches(db_conn, [batch])
+    written = {r[0] for r in db_conn.execute("SELECT subject FROM sample_results").fetchall()}
+    assert written == {it.subject for it in items} - {taken.subject}
+    status = db_conn.execute("SELECT status, lease_owner FROM queue WHERE id = %s", (taken.id,)).fetchone()
+    assert status == ("running", "someone-else")
+    text = runner.metrics.exposition().decode()
+    assert 'outcome="lease_lost",stage="sample"} 1.0' in text
