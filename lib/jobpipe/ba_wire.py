@@ -204,7 +204,8 @@ def bounded(
 
     Every string (keys too) is cleaned (NUL, lone surrogates) and cut to `max_text` (None: not
     cut); a container deeper than `max_depth` becomes a marker string; after `max_nodes` values
-    the rest of every container is left out; non-JSON scalars become strings. Iterative: no
+    the rest of every container is left out; integers beyond 64 bits and non-JSON scalars become
+    strings. Iterative: no
     input depth can raise RecursionError. Returns (copy, was_cut).
     """
     cut = False
@@ -216,6 +217,9 @@ def bounded(
             if max_text is not None and len(v) > max_text:
                 cut = True
             return clean_text(v, max_text)
+        if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
+            cut = True  # the stdlib parser reads any size; orjson (and the raw column) cannot
+            return clean_text(str(v), max_text)
         if v is None or isinstance(v, bool | int | float):
             return v
         return clean_text(str(v), max_text)
@@ -581,7 +585,7 @@ def decode_refnr(segment: str) -> str:
     """Inverse of encode_refnr; accepts unpadded input. Raises ValueError on garbage."""
     try:
         return base64.b64decode(segment + "=" * (-len(segment) % 4), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII input; covers UnicodeDecodeError
         raise ValueError(f"not a base64 referenznummer: {segment[:40]!r}") from exc
 
 
