@@ -199,61 +199,85 @@ def bounded(
     max_depth: int = MAX_RAW_DEPTH,
     max_text: int | None = MAX_RAW_TEXT_CHARS,
     max_nodes: int = MAX_RAW_NODES,
+    clean: bool = True,
 ) -> tuple[Any, bool]:
     """A copy of a parsed JSON value that is safe to store as jsonb and bounded in size.
 
-    Every string (keys too) is cleaned (NUL, lone surrogates) and cut to `max_text` (None: not
-    cut); a container deeper than `max_depth` becomes a marker string; after `max_nodes` values
-    the rest of every container is left out; integers beyond 64 bits and non-JSON scalars become
-    strings. Iterative: no
-    input depth can raise RecursionError. Returns (copy, was_cut).
+    Every string (keys too) is cut to `max_text` (None: not cut) and, with `clean`, cleaned of NUL
+    and lone surrogates (`clean=False` for values orjson parsed from a body without `\\u0000`:
+    their strings are clean already); a container deeper than `max_depth` becomes a marker
+    string; after `max_nodes` values the rest of every container is left out; integers beyond 64
+    bits and non-JSON scalars become strings. Iterative: no input depth can raise RecursionError.
+    Returns (copy, was_cut).
     """
     cut = False
-    budget = max_nodes
+    limit = max_text if max_text is not None else -1
+
+    def text(v: str) -> str:
+        nonlocal cut
+        if 0 <= limit < len(v):
+            cut = True
+            v = v[:limit]
+        return (clean_text(v) or "") if clean else v
 
     def scalar(v: Any) -> Any:
         nonlocal cut
         if isinstance(v, str):
-            if max_text is not None and len(v) > max_text:
-                cut = True
-            return clean_text(v, max_text)
-        if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
-            cut = True  # the stdlib parser reads any size; orjson (and the raw column) cannot
-            return clean_text(str(v), max_text)
-        if v is None or isinstance(v, bool | int | float):
+            return text(v)
+        if v is None or isinstance(v, bool | float):
             return v
-        return clean_text(str(v), max_text)
-
-    def container(v: Any, depth: int) -> Any:
-        nonlocal cut
-        if depth > max_depth:
-            cut = True
-            return _CUT_MARK
-        return {} if isinstance(v, dict) else []
+        if isinstance(v, int):
+            if -(2**63) <= v < 2**64:
+                return v
+            cut = True  # the stdlib parser reads any size; orjson (and the raw column) cannot
+        return text(str(v))
 
     if not isinstance(value, dict | list):
         return scalar(value), cut
-    root = container(value, 1)
-    # (source container, its copy, depth of its children)
-    stack: list[tuple[Any, Any, int]] = [(value, root, 2)]
+    if not clean and max_text is not None:
+        # Fast path for the common item: orjson writes it (no int beyond 64 bits, no lone
+        # surrogate, under its own depth limit), it is shorter than one string may be and has
+        # fewer brackets than levels allowed: nothing to cut, so no copy is needed.
+        try:
+            dumped = orjson.dumps(value)
+        except (orjson.JSONEncodeError, TypeError):
+            dumped = None
+        if (
+            dumped is not None
+            and len(dumped) <= max_text
+            and len(dumped) <= max_nodes
+            and dumped.count(b"[") + dumped.count(b"{") <= max_depth
+        ):
+            return value, False
+    if max_depth < 1:
+        return _CUT_MARK, True
+    budget = max_nodes
+    root: Any = {} if isinstance(value, dict) else []
+    # (source container, its copy, depth of the source)
+    stack: list[tuple[Any, Any, int]] = [(value, root, 1)]
     while stack:
         src, dst, depth = stack.pop()
-        entries = src.items() if isinstance(src, dict) else enumerate(src)
-        for key, child in entries:
+        pairs = src.items() if isinstance(src, dict) else ((None, v) for v in src)
+        for key, child in pairs:
             if budget <= 0:
                 cut = True
                 break
             budget -= 1
             if isinstance(child, dict | list):
-                copy = container(child, depth)
-                if not isinstance(copy, str):
+                if depth >= max_depth:
+                    cut = True
+                    copy: Any = _CUT_MARK
+                else:
+                    copy = {} if isinstance(child, dict) else []
                     stack.append((child, copy, depth + 1))
+            elif isinstance(child, str):
+                copy = text(child)
             else:
                 copy = scalar(child)
-            if isinstance(dst, dict):
-                dst[clean_text(str(key), max_text)] = copy
-            else:
+            if key is None:
                 dst.append(copy)
+            else:
+                dst[text(key) if isinstance(key, str) else text(str(key))] = copy
     return root, cut
 
 
@@ -417,7 +441,9 @@ def _record(
     elif isinstance(raw_title, str) and len(raw_title) > MAX_TITLE_CHARS:
         problems.append(f"{where}: title of {len(raw_title)} characters cut to {MAX_TITLE_CHARS}")
     override = raw_override or {}
-    raw, cut = bounded({k: v for k, v in item.items() if k not in override} if override else item)
+    # The item's strings are clean here (orjson parsed them, or the page was deep-cleaned first).
+    source = {k: v for k, v in item.items() if k not in override} if override else item
+    raw, cut = bounded(source, clean=False)
     raw.update(override)  # already cleaned and capped by the caller (the description: its own cap)
     if cut:
         problems.append(
