@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -280,9 +281,19 @@ def test_a_broken_connection_is_connection_loss(pg_url, db_conn):
 # ---------------------------------------------------------------- item 3: leases are heartbeated
 
 
-def test_a_model_call_slower_than_the_lease_keeps_its_lease(pg_url, db_conn):
+def test_a_model_call_slower_than_the_lease_keeps_its_lease(pg_url, db_conn, monkeypatch):
     """lease_s = 1 and a 4 s model call: the leases are extended while the call runs (and while
-    the second batch waits for a worker), so nothing expires, nothing is charged or written twice."""
+    the third batch waits for a worker), so nothing expires, nothing is charged or written twice.
+    The heartbeat is one statement for all held items of the stage, every lease_s / 3."""
+    beats: list[tuple[float, int]] = []
+    extend = queue.extend_lease
+
+    def counting(conn: Any, owner: str, ids: Any, lease_s: float) -> int:
+        beats.append((time.monotonic(), len(ids)))
+        return extend(conn, owner, ids, lease_s)
+
+    monkeypatch.setattr(queue, "extend_lease", counting)
+    t0 = time.monotonic()
     with FakeOllama(latency_per_request=4.0) as slow:
         queue.enqueue(db_conn, "sample", range(1, 25))  # 3 batches of 8, 2 workers: one waits
         cfg = config.load(environ={}).with_overrides(
@@ -293,6 +304,9 @@ def test_a_model_call_slower_than_the_lease_keeps_its_lease(pg_url, db_conn):
             runtime__status_interval_s=0.1,
         )
         assert runtime.run_daemon(SampleDaemon, cfg, once=True, db_url=pg_url) == 0
+    elapsed = time.monotonic() - t0
+    assert beats and max(n for _, n in beats) == 24  # every held item in one statement
+    assert len(beats) <= elapsed / (1.0 / 3) + 2  # at most one per interval (one stage)
     rows = db_conn.execute("SELECT status, attempts, last_error FROM queue").fetchall()
     assert rows and all(r == ("done", 0, None) for r in rows), rows
     assert db_conn.execute("SELECT count(*), max(n) FROM sample_results").fetchone() == (24, 1)
