@@ -5,7 +5,8 @@ Guarantees (each tested against a real PostgreSQL):
 - claims use FOR UPDATE SKIP LOCKED in one short statement, with an owner and a lease expiry,
   so any number of processes on any number of hosts can share one database;
 - a worker that dies loses nothing: expired leases are taken back automatically by the next
-  claim (and charged one attempt, so an item that kills its worker cannot loop forever);
+  claim (and charged one attempt, so an item that kills its worker cannot loop forever); a live
+  worker heartbeats its leases (extend_lease) and completes only what it still holds (held);
 - failures are charged an attempt and retried with exponential backoff and jitter, up to
   max_attempts, then kept as `given_up` with their last error (requeue by command);
 - "dependency down" (defer) and shutdown (release) put items back without charging them.

@@ -12,8 +12,13 @@ batch, in the transaction that completes the queue items). This module does the 
 - writes: finished batches go to a writer thread with its own connection (jobpipe.writer), so
   claiming and writing overlap; the finished batches of a stage are written together, results
   and completion in one transaction;
+- leases: every item held (call queued, in flight, or result waiting for the writer) has its
+  lease extended every queue.lease_s / 3 (one UPDATE per stage), so only a dead or hung daemon
+  loses items; a write checks in its own transaction that the leases are still ours and drops
+  the results of any that are not (never written or counted twice);
 - outcomes: results completed, ItemError charged (retry with backoff, then given up),
-  DependencyDown deferred without charge while the whole daemon backs off;
+  DependencyDown deferred without charge while the whole daemon backs off; a write error that
+  is not a lost connection charges only the items it is about (the batch is split to find them);
 - the database going away mid-run: results are kept, both connections reconnect and the
   writer writes them;
 - STATUS= (rate, pending, in flight, last error), WATCHDOG=1 from this loop only, metrics;
