@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from jobpipe import ba_wire
 from jobpipe.ba_wire import (
     SchemaError,
     decode_refnr,
@@ -271,7 +272,9 @@ def test_raw_nul_byte_inside_a_string_is_tolerated() -> None:
 def test_a_large_page_with_giant_fields_parses() -> None:
     items = [item(f"id-{n}", stellenangebotsTitel="x" * 50_000) for n in range(100)]
     result = parse_search_page(page(items))
-    assert len(result.items) == 100 and result.items[0].title == "x" * 50_000
+    # every item is kept; the title is cut to its cap, and the cut is written down
+    assert len(result.items) == 100 and result.items[0].title == "x" * ba_wire.MAX_TITLE_CHARS
+    assert sum("title of 50000 characters cut" in p for p in result.problems) == 100
 
 
 # ---------------------------------------------------------------- details

@@ -394,9 +394,9 @@ def test_schema_behind_refuses_to_start(pg_server, ollama):
     assert "Traceback" not in err
 
 
-def test_merged_write_that_fails_charges_only_the_failing_batch(pg_url, db_conn, ollama):
+def test_merged_write_that_fails_charges_only_the_failing_item(pg_url, db_conn, ollama):
     """Batches that finish together are written in one transaction; when that write fails, each
-    batch is written on its own, so only the batch with the bad item is charged."""
+    batch is written on its own, and a failing batch in halves, so only the bad item is charged."""
     written: list[int] = []
 
     class Poisoned(SampleDaemon):
@@ -418,12 +418,13 @@ def test_merged_write_that_fails_charges_only_the_failing_batch(pg_url, db_conn,
         for part in (items[:8], items[8:])
     ]
     runner._write_batches(db_conn, batches)
-    assert written == [16, 8, 8]  # merged first, then batch by batch
+    # merged first, then batch by batch, then the failing batch in halves down to the bad item
+    assert written == [16, 8, 8, 4, 4, 2, 1, 1, 2]
     rows = db_conn.execute("SELECT subject, status, attempts, last_error FROM queue").fetchall()
     failed = {s for s, status, _, _ in rows if status != "done"}
-    assert 13 in failed and len(failed) == 8  # the bad item's batch, not the other one
-    assert all("write failed: cannot store subject 13" in e for s, _, _, e in rows if s in failed)
-    assert count(db_conn, "SELECT count(*) FROM sample_results") == 8
+    assert failed == {13}  # only the bad item is charged, not its batch
+    assert all("write failed: ValueError: cannot store subject 13" in e for s, _, _, e in rows if s in failed)
+    assert count(db_conn, "SELECT count(*) FROM sample_results") == 15
 
 
 def test_one_outage_doubles_the_backoff_once_not_once_per_batch(pg_url, db_conn):

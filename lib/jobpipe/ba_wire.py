@@ -6,6 +6,14 @@ bad data in one posting (a `null` item, a missing title, an invalid date, coordi
 range, NUL bytes, invalid UTF-8) is skipped or nulled field by field and written down in
 `problems`, while a page whose *shape* is not the expected one raises `SchemaError` with a
 sample of the body - such a page must never be mistaken for "0 postings".
+
+Hostile input is bounded here, before anything reaches the database: a referenznummer longer
+than MAX_ID_CHARS drops its item (it could not be stored: the unique index has a row limit, and
+a cut id would name another posting); titles, employers and other one-line fields lose control
+characters and are cut (MAX_TITLE_CHARS, MAX_TEXT_CHARS); the raw item kept as jsonb is a copy
+bounded in depth, string length and size (`bounded`), built without recursion; numbers are
+ASCII digits only. Each of these is written down in `problems`. No input makes a parser raise
+anything but SchemaError (or ValueError for a bad argument).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Any
 import orjson
 
 from jobpipe.errors import JobpipeError
-from jobpipe.text import clean_text, normalise_whitespace
+from jobpipe.text import clean_line, clean_text, normalise_whitespace
 
 SOURCE = "ba"
 GONE_CODE = "STELLENANGEBOT_NICHT_GEFUNDEN"
@@ -38,6 +46,16 @@ _WORKING_TIME_CODES = {
     "arbeitszeitminijob": "mj",
 }
 _NO_SALARY = {"", "KEINE_ANGABEN", "KEINE_ANGABE", "KEINE"}
+
+# Caps on what one item may put into the database (real values are far below each).
+MAX_ID_CHARS = 200  # referenznummer, e.g. "10000-1198776543-S": longer drops the item
+MAX_TITLE_CHARS = 500  # stellenangebotsTitel: cut (the normaliser reads at most 2,000 anyway)
+MAX_TEXT_CHARS = 2000  # every other one-line field (employer, city, URL, salary text...): cut
+MAX_LIST_ENTRIES = 100  # locations and occupations of one item: the rest ignored
+MAX_RAW_DEPTH = 32  # raw jsonb: deeper containers are replaced by a marker string
+MAX_RAW_TEXT_CHARS = 10_000  # raw jsonb: longer strings are cut (the description: its own cap)
+MAX_RAW_NODES = 20_000  # raw jsonb: values beyond this many are left out
+_MAX_NUMBER_DIGITS = 18  # _int accepts at most this many ASCII digits (fits a bigint)
 
 
 class SchemaError(JobpipeError):
@@ -167,38 +185,128 @@ def _load_json(body: bytes) -> tuple[Any, bool]:
         return json.loads(text, strict=False), True
     except ValueError as exc:
         raise SchemaError(f"malformed JSON ({exc.__class__.__name__}: {exc})", sample_of(body)) from None
+    except RecursionError:
+        # orjson stops at 1,024 levels; the stdlib parser recurses and would take the thread down.
+        raise SchemaError("JSON nested too deeply (over 1,000 levels)", sample_of(body)) from None
+
+
+_CUT_MARK = f"[cut: nested deeper than {MAX_RAW_DEPTH} levels]"
+
+
+def bounded(
+    value: Any,
+    *,
+    max_depth: int = MAX_RAW_DEPTH,
+    max_text: int | None = MAX_RAW_TEXT_CHARS,
+    max_nodes: int = MAX_RAW_NODES,
+    clean: bool = True,
+) -> tuple[Any, bool]:
+    """A copy of a parsed JSON value that is safe to store as jsonb and bounded in size.
+
+    Every string (keys too) is cut to `max_text` (None: not cut) and, with `clean`, cleaned of NUL
+    and lone surrogates (`clean=False` for values orjson parsed from a body without `\\u0000`:
+    their strings are clean already); a container deeper than `max_depth` becomes a marker
+    string; after `max_nodes` values the rest of every container is left out; integers beyond 64
+    bits and non-JSON scalars become strings. Iterative: no input depth can raise RecursionError.
+    Returns (copy, was_cut).
+    """
+    cut = False
+    limit = max_text if max_text is not None else -1
+
+    def text(v: str) -> str:
+        nonlocal cut
+        if 0 <= limit < len(v):
+            cut = True
+            v = v[:limit]
+        return (clean_text(v) or "") if clean else v
+
+    def scalar(v: Any) -> Any:
+        nonlocal cut
+        if isinstance(v, str):
+            return text(v)
+        if v is None or isinstance(v, bool | float):
+            return v
+        if isinstance(v, int):
+            if -(2**63) <= v < 2**64:
+                return v
+            cut = True  # the stdlib parser reads any size; orjson (and the raw column) cannot
+        return text(str(v))
+
+    if not isinstance(value, dict | list):
+        return scalar(value), cut
+    if not clean and max_text is not None:
+        # Fast path for the common item: orjson writes it (no int beyond 64 bits, no lone
+        # surrogate, under its own depth limit), it is shorter than one string may be and has
+        # fewer brackets than levels allowed: nothing to cut, so no copy is needed.
+        try:
+            dumped = orjson.dumps(value)
+        except (orjson.JSONEncodeError, TypeError):
+            dumped = None
+        if (
+            dumped is not None
+            and len(dumped) <= max_text
+            and len(dumped) <= max_nodes
+            and dumped.count(b"[") + dumped.count(b"{") <= max_depth
+        ):
+            return value, False
+    if max_depth < 1:
+        return _CUT_MARK, True
+    budget = max_nodes
+    root: Any = {} if isinstance(value, dict) else []
+    # (source container, its copy, depth of the source)
+    stack: list[tuple[Any, Any, int]] = [(value, root, 1)]
+    while stack:
+        src, dst, depth = stack.pop()
+        pairs = src.items() if isinstance(src, dict) else ((None, v) for v in src)
+        for key, child in pairs:
+            if budget <= 0:
+                cut = True
+                break
+            budget -= 1
+            if isinstance(child, dict | list):
+                if depth >= max_depth:
+                    cut = True
+                    copy: Any = _CUT_MARK
+                else:
+                    copy = {} if isinstance(child, dict) else []
+                    stack.append((child, copy, depth + 1))
+            elif isinstance(child, str):
+                copy = text(child)
+            else:
+                copy = scalar(child)
+            if key is None:
+                dst.append(copy)
+            else:
+                dst[text(key) if isinstance(key, str) else text(str(key))] = copy
+    return root, cut
 
 
 def _deep_clean(value: Any) -> Any:
-    """Clean every string (keys too) of a parsed JSON value, so raw items fit jsonb."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, dict):
-        return {clean_text(k): _deep_clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_clean(v) for v in value]
-    return value
+    """Clean every string (keys too) of a parsed JSON value, so it fits jsonb; strings keep their
+    length (the fields' own caps apply later), depth and size are bounded as in `bounded`."""
+    return bounded(value, max_text=None)[0]
 
 
-def _text(value: Any) -> str | None:
-    """A short text field: cleaned, stripped, None when empty or not a scalar."""
+def _text(value: Any, max_chars: int = MAX_TEXT_CHARS) -> str | None:
+    """A short text field: cleaned, without control characters, whitespace collapsed, cut to
+    `max_chars`; None when empty or not a scalar."""
     if value is None or isinstance(value, dict | list | bool):
         return None
-    text = clean_text(value)
-    if text is None:
-        return None
-    text = " ".join(text.split())
-    return text or None
+    return clean_line(value, max_chars)
 
 
 def _int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if isinstance(value, float) and value.is_integer():
+        return value if -(2**63) <= value < 2**63 else None
+    if isinstance(value, str):
+        digits = value.strip()
+        # isdigit() alone accepts "²" and other Unicode digits, which int() then rejects.
+        if digits.isascii() and digits.isdigit() and len(digits) <= _MAX_NUMBER_DIGITS:
+            return int(digits)
+        return None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         return int(value)
     return None
 
@@ -206,7 +314,7 @@ def _int(value: Any) -> int | None:
 def _date(value: Any, name: str, problems: list[str], where: str) -> date | None:
     if value is None or value == "":
         return None
-    if isinstance(value, str):
+    if isinstance(value, str) and value[:10].isascii():
         try:
             return date.fromisoformat(value[:10])
         except ValueError:
@@ -218,7 +326,7 @@ def _date(value: Any, name: str, problems: list[str], where: str) -> date | None
 def _datetime(value: Any, name: str, problems: list[str], where: str) -> datetime | None:
     if value is None or value == "":
         return None
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 40 and value.isascii():
         try:
             return datetime.fromisoformat(value)
         except ValueError:
@@ -231,8 +339,9 @@ def _coordinate(value: Any, limit: float, name: str, problems: list[str], where:
     if value is None or value == "":
         return None
     try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
+        long_text = isinstance(value, str) and len(value) > 40
+        number = float(value) if not isinstance(value, bool) and not long_text else math.nan
+    except (TypeError, ValueError, OverflowError):
         number = math.nan
     if math.isfinite(number) and -limit <= number <= limit:
         return number
@@ -252,6 +361,9 @@ def _locations(item: dict[str, Any], problems: list[str], where: str) -> tuple[L
     if not isinstance(value, list):
         problems.append(f"{where}: stellenlokationen is not a list")
         return ()
+    if len(value) > MAX_LIST_ENTRIES:
+        problems.append(f"{where}: {len(value)} locations, only the first {MAX_LIST_ENTRIES} kept")
+        value = value[:MAX_LIST_ENTRIES]
     out = []
     for n, loc in enumerate(value):
         if not isinstance(loc, dict):
@@ -291,8 +403,8 @@ def _working_time(item: dict[str, Any]) -> tuple[str, ...]:
         if value is True and key.startswith("arbeitszeit") and len(key) > len("arbeitszeit"):
             lower = key.lower()
             code = next((c for prefix, c in _WORKING_TIME_CODES.items() if lower.startswith(prefix)), None)
-            code = code or lower[len("arbeitszeit") :]
-            if code not in codes:
+            code = code or (clean_line(lower[len("arbeitszeit") :], 40) or "?")
+            if code not in codes and len(codes) < 10:
                 codes.append(code)
     return tuple(codes)
 
@@ -300,19 +412,44 @@ def _working_time(item: dict[str, Any]) -> tuple[str, ...]:
 def _text_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
-    return tuple(t for t in (_text(v) for v in value) if t)
+    return tuple(t for t in (_text(v) for v in value[:MAX_LIST_ENTRIES]) if t)
 
 
-def _record(item: dict[str, Any], problems: list[str], where: str) -> PostingRecord | None:
-    """One v6 item -> PostingRecord; None (with a problem) when it has no usable referenznummer."""
-    refnr = _text(item.get("referenznummer"))
+def _record(
+    item: dict[str, Any], problems: list[str], where: str, raw_override: dict[str, Any] | None = None
+) -> PostingRecord | None:
+    """One v6 item -> PostingRecord; None (with a problem) when it has no usable referenznummer.
+
+    `item` is the parsed item as received; the record's raw is a bounded copy of it, and `raw_override`
+    replaces some of its keys (the details parser puts the cut description there)."""
+    value = item.get("referenznummer")
+    if isinstance(value, str | int) and not isinstance(value, bool) and len(str(value)) > MAX_ID_CHARS:
+        problems.append(
+            f"{where}: referenznummer of {len(str(value))} characters (max {MAX_ID_CHARS}), skipped: "
+            f"{sample_of(str(value), 40)!r}"
+        )
+        return None
+    refnr = _text(value, MAX_ID_CHARS)
     if refnr is None:
         problems.append(f"{where}: empty or invalid referenznummer, skipped")
         return None
     where = f"{where} ({refnr})"
-    title = _text(item.get("stellenangebotsTitel"))
+    raw_title = item.get("stellenangebotsTitel")
+    title = _text(raw_title, MAX_TITLE_CHARS)
     if title is None:
         problems.append(f"{where}: missing title")
+    elif isinstance(raw_title, str) and len(raw_title) > MAX_TITLE_CHARS:
+        problems.append(f"{where}: title of {len(raw_title)} characters cut to {MAX_TITLE_CHARS}")
+    override = raw_override or {}
+    # The item's strings are clean here (orjson parsed them, or the page was deep-cleaned first).
+    source = {k: v for k, v in item.items() if k not in override} if override else item
+    raw, cut = bounded(source, clean=False)
+    raw.update(override)  # already cleaned and capped by the caller (the description: its own cap)
+    if cut:
+        problems.append(
+            f"{where}: raw item cut (deeper than {MAX_RAW_DEPTH} levels, strings over "
+            f"{MAX_RAW_TEXT_CHARS} characters or over {MAX_RAW_NODES} values)"
+        )
     homeoffice = item.get("homeofficemoeglich")
     salary = _salary(item)
     return PostingRecord(
@@ -336,7 +473,7 @@ def _record(item: dict[str, Any], problems: list[str], where: str) -> PostingRec
         has_salary=salary is not None,
         homeoffice=homeoffice if isinstance(homeoffice, bool) else None,
         working_time=_working_time(item),
-        raw=item,
+        raw=raw,
     )
 
 
@@ -445,19 +582,22 @@ def parse_details(body: bytes, max_description_chars: int) -> PostingDetails:
     description = data.get("stellenangebotsBeschreibung")
     text = None
     if isinstance(description, str):
-        text = normalise_whitespace(clean_text(description) or "")
+        # Cut before the whitespace pass too: a 100 MB description costs bounded work.
+        text = normalise_whitespace(clean_text(description, 4 * max_description_chars) or "")
         if len(text) > max_description_chars:
-            problems.append(f"description cut from {len(text)} to {max_description_chars} characters")
+            problems.append(f"description cut from {len(description)} to {max_description_chars} characters")
             text = text[:max_description_chars].rstrip()
         text = text or None
     elif description is not None:
         problems.append(f"stellenangebotsBeschreibung is a {type(description).__name__}, ignored")
-    record = _record(data, problems, "details")
+    # raw (stored in postings.raw through the record) holds the description as stored, never more.
+    override = {"stellenangebotsBeschreibung": text} if "stellenangebotsBeschreibung" in data else {}
+    record = _record(data, problems, "details", override)
     return PostingDetails(
         description=text,
         external_url=_text(data.get("externeURL")),
         record=record,
-        raw=data,
+        raw=record.raw if record is not None else {**bounded(data)[0], **override},
         problems=problems,
     )
 
@@ -471,7 +611,7 @@ def decode_refnr(segment: str) -> str:
     """Inverse of encode_refnr; accepts unpadded input. Raises ValueError on garbage."""
     try:
         return base64.b64decode(segment + "=" * (-len(segment) % 4), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII input; covers UnicodeDecodeError
         raise ValueError(f"not a base64 referenznummer: {segment[:40]!r}") from exc
 
 
@@ -507,7 +647,8 @@ def parse_berufe_page(body: bytes) -> BerufePage:
     meta = data["page"]
     numbers = {k: _int(meta.get(k)) for k in ("number", "size", "totalElements", "totalPages")}
     if any(v is None for v in numbers.values()):
-        raise SchemaError(f"BERUFENET 'page' object is incomplete: {meta!r}"[:200], sample_of(body))
+        missing = ", ".join(k for k, v in numbers.items() if v is None)
+        raise SchemaError(f"BERUFENET 'page' object lacks an integer {missing}", sample_of(body))
     embedded = data.get("_embedded")
     raw_items = embedded.get("berufSucheList") if isinstance(embedded, dict) else None
     if raw_items is None:
@@ -522,7 +663,7 @@ def parse_berufe_page(body: bytes) -> BerufePage:
         if ident is None or name is None:
             problems.append(f"item {n}: no id or name, skipped")
             continue
-        items.append(BerufSummary(id=ident, name=name, raw=_deep_clean(item)))
+        items.append(BerufSummary(id=ident, name=name, raw=bounded(item)[0]))
     return BerufePage(
         items=tuple(items),
         number=numbers["number"],
@@ -538,7 +679,7 @@ def _kldb(value: Any) -> str | None:
     if text is None:
         return None
     digits = text.split()[-1]
-    return digits if len(digits) == 5 and digits.isdigit() else None
+    return digits if len(digits) == 5 and digits.isascii() and digits.isdigit() else None
 
 
 def parse_beruf_detail(body: bytes) -> list[BerufDetail]:
@@ -562,7 +703,7 @@ def parse_beruf_detail(body: bytes) -> list[BerufDetail]:
                 full_name=_text(item.get("bezeichnungNeutral")),
                 kldb2010=_kldb(item.get("kldb2010")),
                 codenr=_text(item.get("codenr")),
-                raw=_deep_clean(item),
+                raw=bounded(item)[0],
             )
         )
     return out

@@ -19,6 +19,13 @@ the next page is already being fetched, so memory stays at about two pages whate
 of the crawl. A page whose shape is not the v6 format (SchemaError) is retried a few times (a
 truncated body is transient), then the run stops: nothing from that page is stored, the error
 is counted and logged with a sample, and the source is retried later with backoff.
+
+One bad posting never costs its page: ba_wire drops or cuts what cannot be stored (counted as a
+problem), and a page whose write still fails is written again in halves down to single postings,
+so only the postings that fail on their own are left out (counted, logged with a sample). More
+than MAX_DROPPED_PER_PAGE of them means the database, not the postings, is the problem: the run
+fails. Any exception of a run is a recorded failure (last_error, failures, next_attempt_at with
+backoff, which the `crawl_failing` alert reads); a crawl never leaves its source due at once.
 """
 
 from __future__ import annotations
@@ -37,11 +44,11 @@ import psycopg
 from prometheus_client import Counter, Gauge
 from psycopg.types.json import Jsonb
 
-from jobpipe import postings, queue
+from jobpipe import db, postings, queue
 from jobpipe.ba import BAClient
-from jobpipe.ba_wire import SchemaError, SearchPage
+from jobpipe.ba_wire import PostingRecord, SchemaError, SearchPage
 from jobpipe.config import Config
-from jobpipe.errors import ConfigError, DependencyDown, ItemError
+from jobpipe.errors import ConfigError, DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.postings import UpsertStats
@@ -55,6 +62,9 @@ INCREMENTAL = "incremental"
 MAX_RESULTS = 10_000  # the BA's page * size cap
 MAX_SINCE_DAYS = 100  # veroeffentlichtseit accepts 0..100; larger values are silently ignored
 CRAWL_STAGE = "crawl"  # stage name for the crawl's page outcomes in stage_counts
+# Postings of one page that may fail to write one by one before the run fails instead: beyond a
+# few, the cause is the database (disk full, timeouts), and dropping more would lose real data.
+MAX_DROPPED_PER_PAGE = 10
 
 # Search parameters a source may set (the contract's list); page and size belong to the crawler.
 SEARCH_PARAMS = frozenset(
@@ -601,12 +611,14 @@ class Crawler:
         self, result: CrawlResult, params: dict[str, Any], page: SearchPage, n: int, last: int
     ) -> None:
         stats = UpsertStats()
+        dropped: list[str] = []
         if page.items:
-            stats = postings.upsert_postings(self.conn, page.items, seen_resolution_s=self.seen_resolution_s)
+            stats = self._upsert(list(page.items), dropped, n)
+        problems = page.problems + dropped
         result.pages += 1
         result.stats = result.stats + stats
-        result.problems += len(page.problems)
-        if page.problems:
+        result.problems += len(problems)
+        if problems:
             log_event(
                 self.log,
                 "page_problems",
@@ -614,15 +626,38 @@ class Crawler:
                 source=result.source,
                 params=params,
                 page=n,
-                n=len(page.problems),
-                examples=page.problems[:5],
+                n=len(problems),
+                dropped=len(dropped),
+                examples=(dropped + page.problems)[:5],
             )
         if self.metrics is not None:
-            self.metrics.page(result.kind, stats, len(page.problems))
+            self.metrics.page(result.kind, stats, len(problems))
         if self.keep_lease is not None:
             self.keep_lease()
         if self.on_page is not None:
             self.on_page(PageEvent(result.source, params, n, last, page.total, result))
+
+    def _upsert(self, records: list[PostingRecord], dropped: list[str], page: int) -> UpsertStats:
+        """Write `records`; when the write fails (and the connection is fine), write each half on
+        its own, down to single postings, which are dropped with a note in `dropped`."""
+        try:
+            return postings.upsert_postings(self.conn, records, seen_resolution_s=self.seen_resolution_s)
+        except Exception as exc:
+            if db.connection_lost(exc) or self.conn.closed:
+                raise
+            error = exc
+        if len(records) == 1:
+            ident = records[0].external_id
+            why = f"{type(error).__name__}: {first_line(error)}"
+            dropped.append(f"posting {ident[:60]!r} not stored: {why}"[:300])
+            if len(dropped) > MAX_DROPPED_PER_PAGE:
+                raise CrawlAborted(
+                    f"page {page}: more than {MAX_DROPPED_PER_PAGE} postings fail to write one by one "
+                    f"(the database, not the postings?): {first_line(error)}"
+                )
+            return UpsertStats()
+        half = len(records) // 2
+        return self._upsert(records[:half], dropped, page) + self._upsert(records[half:], dropped, page)
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,19 +715,20 @@ def run_source(
     log_event(
         logger, "crawl_started", source=run.name, kind=run.kind, since_days=run.since_days, params=run.params
     )
-    crawler = Crawler(
-        client,
-        conn,
-        page_size=settings.page_size,
-        max_results=settings.max_results,
-        seen_resolution_s=settings.seen_resolution_s,
-        metrics=metrics,
-        on_page=on_page,
-        stop=stop,
-        keep_lease=keep_lease,
-        logger=logger,
-    )
+    crawler: Crawler | None = None
     try:
+        crawler = Crawler(
+            client,
+            conn,
+            page_size=settings.page_size,
+            max_results=settings.max_results,
+            seen_resolution_s=settings.seen_resolution_s,
+            metrics=metrics,
+            on_page=on_page,
+            stop=stop,
+            keep_lease=keep_lease,
+            logger=logger,
+        )
         result = crawler.crawl(run.name, run.params, run.kind, run.since_days, started)
     except DependencyDown as exc:
         delay = record_failure(conn, run.name, owner, f"dependency down: {exc}", retry_s, retry_max_s)
@@ -708,11 +744,17 @@ def run_source(
         if metrics is not None:
             metrics.crawl(run.kind, "dependency_down")
         raise
+    except Exception as exc:
+        # Whatever went wrong (a bug, a database error, a parser crash), the run is a failure
+        # with backoff: releasing the lease alone made the source due again at once (a hot
+        # loop that no failure count or alert ever saw).
+        return _crashed(conn, run, owner, started, exc, settings, metrics, logger)
     except BaseException:
         release_source(conn, run.name, owner)
         raise
     finally:
-        crawler.close()
+        if crawler is not None:
+            crawler.close()
     counts = {"done": result.pages, queue.FAILED: result.schema_errors}
     queue.count_outcomes(conn, CRAWL_STAGE, counts)
     if result.stopped:
@@ -741,6 +783,52 @@ def run_source(
             metrics.crawl_success(run.name)
         metrics.set_truncated(truncated_counts(conn))
     return result
+
+
+def _crashed(
+    conn: Conn,
+    run: DueRun,
+    owner: str,
+    started: datetime,
+    exc: Exception,
+    settings: CrawlSettings,
+    metrics: FetcherMetrics | None,
+    logger: logging.Logger,
+) -> CrawlResult:
+    """Record a run that raised: last_error, failures + 1, next attempt after the backoff. When the
+    database connection itself is gone, nothing can be recorded: the lease then runs out (lease_s)
+    before the source is due again, which is backoff enough for a database that is away."""
+    error = f"crashed: {type(exc).__name__}: {first_line(exc)}"[:500]
+    logger.error(
+        "crawl crashed",
+        exc_info=exc,
+        extra={"event": "crawl_crashed", "source": run.name, "kind": run.kind, "error": error},
+    )
+    retry_in: float | None = None
+    try:
+        retry_in = record_failure(conn, run.name, owner, error, settings.retry_s, settings.retry_max_s)
+        queue.count_outcomes(conn, CRAWL_STAGE, {queue.FAILED: 1})
+    except Exception as rec_exc:
+        log_event(
+            logger,
+            "crawl_failure_not_recorded",
+            level="warning",
+            source=run.name,
+            error=first_line(rec_exc),
+            lease_expires_in_s=settings.lease_s,
+        )
+    log_event(
+        logger,
+        "crawl_failed",
+        level="error",
+        source=run.name,
+        kind=run.kind,
+        error=error,
+        retry_in_s=None if retry_in is None else round(retry_in, 1),
+    )
+    if metrics is not None:
+        metrics.crawl(run.kind, "crashed")
+    return CrawlResult(run.name, run.kind, started, error=error)
 
 
 def truncated_counts(conn: Conn) -> dict[str, int]:
@@ -786,7 +874,7 @@ class FetcherMetrics:
         self.crawls = Counter(
             f"{prefix}crawls",
             "Finished crawl runs by kind and outcome (ok, truncated, failed, "
-            "schema_error, dependency_down, stopped)",
+            "schema_error, dependency_down, crashed, stopped)",
             ["daemon", "kind", "outcome"],
             registry=reg,
         )

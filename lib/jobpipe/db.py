@@ -28,9 +28,30 @@ log = logging.getLogger(__name__)
 
 # Arbitrary constant: the advisory lock key that serialises migrations across processes.
 MIGRATION_LOCK = 0x6A6F6270  # "jobp"
-# The connection failed or went away: reconnect and retry (db.connect raises DependencyDown).
+# Exception classes a lost connection can surface as (db.connect raises DependencyDown). Not
+# every instance is one: OperationalError also covers a statement timeout, a deadlock, disk
+# full or an oversized index row; `connection_lost` tells them apart.
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 UNREACHABLE = (*CONNECTION_ERRORS, DependencyDown)
+# SQLSTATEs that mean the server or the connection went away: class 08 (connection exception),
+# admin_shutdown, crash_shutdown, cannot_connect_now.
+_LOST_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True only when `exc` means the database connection is gone (reconnect and retry the same
+    work): a client-side broken connection (no SQLSTATE), SQLSTATE class 08, 57P01-57P03, an
+    InterfaceError, or DependencyDown from `connect`. Everything else the server said about the
+    statement (timeout, deadlock, disk full, oversized row...) is False: retrying the same work
+    as "database down" would never end."""
+    if isinstance(exc, DependencyDown):
+        return exc.dependency == "database"
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in _LOST_STATES
+    return False
 
 
 def resolve_url(cfg: Config, start_embedded: bool = True) -> str:

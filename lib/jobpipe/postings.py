@@ -34,7 +34,7 @@ import orjson
 import psycopg
 
 from jobpipe import titles
-from jobpipe.ba_wire import Location, PostingRecord
+from jobpipe.ba_wire import Location, PostingRecord, bounded
 from jobpipe.text import clean_text
 
 Conn = psycopg.Connection[Any]
@@ -131,15 +131,8 @@ def _payload(rows: list[dict[str, Any]]) -> str:
 
 
 def _deep_clean(value: Any) -> Any:
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, dict):
-        return {clean_text(str(k)): _deep_clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_deep_clean(v) for v in value]
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return clean_text(str(value))
+    # Iterative and bounded (ba_wire.bounded): a raw item nested 10,000 deep costs no recursion.
+    return bounded(value)[0]
 
 
 def _fields(record: PostingRecord) -> tuple[dict[str, Any], str]:

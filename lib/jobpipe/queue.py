@@ -5,7 +5,8 @@ Guarantees (each tested against a real PostgreSQL):
 - claims use FOR UPDATE SKIP LOCKED in one short statement, with an owner and a lease expiry,
   so any number of processes on any number of hosts can share one database;
 - a worker that dies loses nothing: expired leases are taken back automatically by the next
-  claim (and charged one attempt, so an item that kills its worker cannot loop forever);
+  claim (and charged one attempt, so an item that kills its worker cannot loop forever); a live
+  worker heartbeats its leases (extend_lease) and completes only what it still holds (held);
 - failures are charged an attempt and retried with exponential backoff and jitter, up to
   max_attempts, then kept as `given_up` with their last error (requeue by command);
 - "dependency down" (defer) and shutdown (release) put items back without charging them.
@@ -133,12 +134,32 @@ def claim(
 
 
 def extend_lease(conn: Conn, owner: str, item_ids: Sequence[int], lease_s: float) -> int:
+    """Heartbeat: push the lease of those of `item_ids` this owner still holds to now + lease_s,
+    in one statement; returns how many were extended. Rows locked right now (the writer is
+    completing them) are skipped rather than waited for: they are being finished anyway."""
+    if not item_ids:
+        return 0
     cur = conn.execute(
-        """UPDATE queue SET lease_expires = now() + make_interval(secs => %s), updated_at = now()
-            WHERE id = ANY(%s) AND status = 'running' AND lease_owner = %s""",
+        """UPDATE queue SET lease_expires = now() + make_interval(secs => %s)
+            WHERE id IN (SELECT id FROM queue WHERE id = ANY(%s) AND status = 'running'
+                           AND lease_owner = %s FOR UPDATE SKIP LOCKED)""",
         (lease_s, list(item_ids), owner),
     )
     return cur.rowcount
+
+
+def held(conn: Conn, owner: str, item_ids: Sequence[int]) -> set[int]:
+    """Those of `item_ids` whose lease `owner` holds, locked until the end of the transaction (so
+    no reclaim can take them between this check and their completion). A write checks this in
+    its own transaction: results of items whose lease was lost are never written."""
+    if not item_ids:
+        return set()
+    rows = conn.execute(
+        """SELECT id FROM queue WHERE id = ANY(%s) AND status = 'running' AND lease_owner = %s
+             ORDER BY id FOR UPDATE""",
+        (list(item_ids), owner),
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 def complete(conn: Conn, stage: str, owner: str, outcomes: dict[int, str]) -> int:

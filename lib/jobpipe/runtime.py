@@ -13,8 +13,13 @@ batch, in the transaction that completes the queue items). This module does the 
 - writes: finished batches go to a writer thread with its own connection (jobpipe.writer), so
   claiming and writing overlap; the finished batches of a stage are written together, results
   and completion in one transaction;
+- leases: every item held (call queued, in flight, or result waiting for the writer) has its
+  lease extended every queue.lease_s / 3 (one UPDATE per stage), so only a dead or hung daemon
+  loses items; a write checks in its own transaction that the leases are still ours and drops
+  the results of any that are not (never written or counted twice);
 - outcomes: results completed, ItemError charged (retry with backoff, then given up),
-  DependencyDown deferred without charge while the whole daemon backs off;
+  DependencyDown deferred without charge while the whole daemon backs off; a write error that
+  is not a lost connection charges only the items it is about (the batch is split to find them);
 - the database going away mid-run: results are kept, both connections reconnect and the
   writer writes them;
 - STATUS= (rate, pending, in flight, last error), WATCHDOG=1 from this loop only, metrics;
@@ -165,6 +170,27 @@ class _Batch:
     def done(self) -> bool:
         return all(f.done() for _, f in self.futures)
 
+    def halves(self) -> list[_Batch]:
+        """This batch as two, by items (each keeps its items' results, skips, errors, deferrals),
+        to find the items a failing write is about."""
+        half = len(self.items) // 2
+        return [self._subset(self.items[:half]), self._subset(self.items[half:])]
+
+    def _subset(self, items: list[Item]) -> _Batch:
+        ids = {it.id for it in items}
+        return _Batch(
+            self.stage,
+            items,
+            {k: v for k, v in self.payloads.items() if k in ids},
+            results=[r for r in self.results if r[0].id in ids],
+            skips={k: v for k, v in self.skips.items() if k in ids},
+            errors={k: v for k, v in self.errors.items() if k in ids},
+            deferred=[i for i in self.deferred if i in ids],
+            dependency_error=self.dependency_error,
+            defer_until=self.defer_until,
+            started=self.started,
+        )
+
     @classmethod
     def merged(cls, batches: list[_Batch]) -> _Batch:
         """Finished batches of one stage as one, to be written in one transaction."""
@@ -260,6 +286,7 @@ class Runner:
         self._last_status = 0.0
         self._rr = 0
         self._last_reclaim: dict[str, float] = {}
+        self._last_heartbeat = time.monotonic()
         self.alerter: Any = None
 
     # ------------------------------------------------------------------ signals
@@ -297,7 +324,8 @@ class Runner:
 
     def _tick_s(self) -> float:
         wd = self.notifier.watchdog_interval()
-        base = min(self.cfg.queue.poll_interval_s, self.cfg.runtime.status_interval_s)
+        # The loop also heartbeats the leases it holds: it must wake often enough for that.
+        base = min(self.cfg.queue.poll_interval_s, self.cfg.runtime.status_interval_s, self._heartbeat_s())
         return max(0.01, min(base, wd / 2) if wd else base)
 
     def _set_dependency(self, name: str, up: bool, error: str = "") -> None:
@@ -511,10 +539,28 @@ class Runner:
         if self.conn is not None:
             self.daemon.setup(self.conn)
 
+    def _heartbeat_s(self) -> float:
+        return self.cfg.queue.lease_s / 3
+
+    def _heartbeat(self) -> None:
+        """Extend the leases of every item this daemon holds (calls queued or in flight, results
+        waiting for the writer), so a slow model call or a long queue never loses a lease while
+        the daemon is alive: one UPDATE per stage every lease_s / 3, not one per item."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < self._heartbeat_s():
+            return
+        self._last_heartbeat = now
+        by_stage: dict[str, list[int]] = {}
+        for b in self._held():
+            by_stage.setdefault(b.stage.name, []).extend(it.id for it in b.items)
+        for ids in by_stage.values():
+            queue.extend_lease(self.conn, self.owner, ids, self.cfg.queue.lease_s)
+
     def _turn(self) -> bool:
         """One loop turn; True when `once` and everything is drained."""
         self._ping()
         self._hand_off_finished()
+        self._heartbeat()
         self._status()
         now = time.monotonic()
         for entry in self.periodic:
@@ -603,9 +649,9 @@ class Runner:
             return 0
         try:
             payloads = stage.load(self.conn, items)
-        except db.CONNECTION_ERRORS:
-            raise
         except Exception as exc:
+            if db.connection_lost(exc):
+                raise
             log.exception("load failed", extra={"event": "load_failed"})
             with self.conn.transaction():
                 queue.fail(
@@ -695,14 +741,26 @@ class Runner:
             self._write(conn, _Batch.merged([b for b in batches if b.stage.name == stage]))
 
     def _write(self, conn: Any, b: _Batch) -> None:
+        """Write one (merged) batch: results and queue outcomes in one transaction.
+
+        Only results of items whose lease this daemon still holds are written (checked and locked
+        in the same transaction): an item taken over by another worker after its lease ran out
+        is that worker's now. A lost connection is raised (the writer reconnects and writes the
+        same batch again). Any other database error (statement timeout, oversized row, disk full,
+        deadlock...) or a bug in `write` rolls back and the batch is written again in halves,
+        down to single items, so only the items the write fails on are charged an attempt."""
         stage = b.stage
         policy = self._policy(stage)
+        lost: list[int] = []
         with self.metrics.batch_timer(stage.name):
             try:
                 with conn.transaction():
-                    outcomes = dict(b.skips)
-                    if b.results:
-                        outcomes.update(stage.write(conn, b.results))
+                    held = queue.held(conn, self.owner, [it.id for it in b.items])
+                    lost = [it.id for it in b.items if it.id not in held]
+                    outcomes = {k: v for k, v in b.skips.items() if k in held}
+                    results = [r for r in b.results if r[0].id in held]
+                    if results:
+                        outcomes.update(stage.write(conn, results))
                     done = queue.complete(conn, stage.name, self.owner, outcomes)
                     failed = queue.fail(conn, stage.name, self.owner, b.errors, policy)
                     queue.defer(
@@ -712,11 +770,13 @@ class Runner:
                         max(0.0, b.defer_until - time.monotonic()),  # due when the backoff ends
                         str(b.dependency_error) if b.dependency_error else None,
                     )
-            except db.CONNECTION_ERRORS:
-                raise
             except Exception as exc:
-                if b.parts:  # rolled back: find the batch that fails, keep the others' results
-                    for part in b.parts:
+                if db.connection_lost(exc) or conn.closed:
+                    raise
+                # Rolled back: find the items the write fails on, keep the others' results.
+                parts = b.parts or (b.halves() if len(b.items) > 1 else [])
+                if parts:
+                    for part in parts:
                         self._write(conn, part)
                     return
                 log.exception("write failed", extra={"event": "write_failed", "stage": stage.name})
@@ -726,14 +786,19 @@ class Runner:
                         conn,
                         stage.name,
                         self.owner,
-                        {i.id: f"write failed: {exc}" for i in b.items},
+                        {i.id: f"write failed: {type(exc).__name__}: {exc}" for i in b.items},
                         policy,
                     )
                 outcomes, done = {}, 0
+        if lost:
+            # Another worker holds these now (our lease ran out): their results are not ours to
+            # write, and their completion is not ours to count.
+            log_event(log, "lease_lost", level="warning", stage=stage.name, n=len(lost))
         counts = collections.Counter(outcomes.values())
         counts["failed"] += failed["failed"]
         counts["given_up"] += failed["given_up"]
         counts["deferred"] += len(b.deferred)
+        counts["lease_lost"] += len(lost)
         self.metrics.item_outcomes(stage.name, {k: v for k, v in counts.items() if v})
         self.rate.add(done)
         if done:
@@ -769,6 +834,10 @@ class Runner:
         deadline = time.monotonic() + (self.cfg.runtime.drain_timeout_s if self.stop.is_set() else 0)
         while self.inflight and time.monotonic() < deadline:
             self._ping()
+            try:
+                self._heartbeat()
+            except db.CONNECTION_ERRORS:
+                pass  # the database is away: the leases run out, the items come back later
             futures = [f for b in self.inflight for _, f in b.futures]
             cf.wait(
                 futures,

@@ -9,12 +9,13 @@ What it guarantees:
 - everything submitted is written in submission order, in groups (what queued up while the last
   group was written goes in the next one);
 - the database going away loses nothing: the group is kept, the connection is opened again with
-  backoff, and the same group is written once it is back;
+  backoff, and the same group is written once it is back. Only a lost connection counts as that
+  (db.connection_lost); any other error fails the group's future at once, never a retry loop;
 - `close` writes what is left within its timeout and then gives up the rest (their leases expire
   and the items are claimed again), so a stop never hangs on a database that is down.
 
-The runtime passes `write(conn, batches)`, which owns the transaction and raises only database
-errors (anything else is the caller's to handle: it has the items to charge).
+The runtime passes `write(conn, batches)`, which owns the transaction, handles every error that
+is about the items (it has the items to charge) and raises only a lost connection.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from jobpipe.db import UNREACHABLE, close_quietly
+from jobpipe.db import close_quietly, connection_lost
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 
@@ -112,7 +113,13 @@ class BatchWriter(Generic[T]):
                 if self.conn is None:
                     self.conn = self._connect()
                 self._write(self.conn, batches)
-            except UNREACHABLE as exc:
+            except Exception as exc:
+                if not connection_lost(exc):
+                    # Not an outage (a bug, or a database error `write` did not handle): retrying
+                    # the same group as "unreachable" would never end. Never end the thread silently.
+                    self.log.exception("write crashed", extra={"event": "write_crashed"})
+                    self._finish(group, exc)
+                    continue
                 msg = first_line(exc)
                 if msg != self.last_error:
                     log_event(self.log, "write_retry", level="warning", batches=len(batches), error=msg)
@@ -121,10 +128,6 @@ class BatchWriter(Generic[T]):
                 self.conn = None
                 self._abort.wait(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
-                continue
-            except Exception as exc:  # a bug: never end the thread silently, never retry forever
-                self.log.exception("write crashed", extra={"event": "write_crashed"})
-                self._finish(group, exc)
                 continue
             if self.last_error:
                 log_event(self.log, "write_resumed", batches=len(batches))

@@ -29,7 +29,9 @@ Counters: `fake.count(route=None, status=None)`, `fake.arrivals` (monotonic requ
 `fake.max_inflight`. A control API serves a fake running as a process: `GET /_fake/state`,
 `POST /_fake/faults` (JSON: {"fail_next": {"n": 3, "status": 403}, "latency": 0.1, ...}),
 `POST /_fake/reset`, `POST /_fake/population` ({"expire": [...], "modify": [...], "add": n,
-"today": "YYYY-MM-DD", "expire_share": 0.1}).
+"today": "YYYY-MM-DD", "expire_share": 0.1, "dirty": {"<refnr>": "<kind>"}}: kinds of DIRTY_KINDS
+or HOSTILE_KINDS), `GET /_fake/refnrs?<search parameters>` (the live referenznummern a search
+with them finds, without paging or cap: {"active": [...]}).
 
 Run: `jobpipe sim ba --port 0 --postings 100000 --seed 1` (or `python -m jobpipe.sim.ba`) prints
 the Jobsuche URL (first line) and the BERUFENET URL (second line), then serves until SIGTERM/SIGINT.
@@ -56,6 +58,7 @@ import orjson
 
 from jobpipe.sim.ba_data import (
     DIRTY_KINDS,
+    HOSTILE_KINDS,
     OFFER_TYPES,
     STATES,
     Catalogue,
@@ -66,7 +69,7 @@ from jobpipe.sim.ba_data import (
 )
 from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
 
-__all__ = ["DIRTY_KINDS", "STATES", "Catalogue", "FakeBA", "Faults", "Population"]
+__all__ = ["DIRTY_KINDS", "HOSTILE_KINDS", "STATES", "Catalogue", "FakeBA", "Faults", "Population"]
 
 JOBSUCHE_PREFIX = "/jobboerse/jobsuche-service"
 BERUFENET_PREFIX = "/infosysbub/bnet/pc/v1"
@@ -392,6 +395,12 @@ class FakeBA:
         self, handler: BaseHTTPRequestHandler, method: str, route: str, rest: str, query: str
     ) -> Answer:
         if route == "control":
+            if method == "GET" and rest == "/_fake/refnrs":
+                # the live postings a search with these parameters finds (no paging, no cap)
+                params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+                found = self.population.search(self._filters(params)).indices
+                active = [self.population.postings[i].refnr for i in found]
+                return Answer(200, orjson.dumps({"active": active}))
             return self._control(handler, method, rest)
         decision = self.faults.take(route)
         if decision.latency > 0:
@@ -713,6 +722,8 @@ class FakeBA:
                 pop.modify(refnr)
             if "add" in data:
                 out["added"] = pop.add(int(data["add"]))
+            for refnr, kind in data.get("dirty", {}).items():
+                pop.make_dirty(refnr, kind)
             return Answer(200, orjson.dumps(out))
         return Answer(404, b"{}")
 

@@ -157,7 +157,17 @@ DIRTY_KINDS = (
     "bad_coords",  # breite/laenge out of range
     "duplicate",  # the item is listed twice in its page
 )
-_BAD_UTF8_MARK, _SURROGATE_MARK = "\ue000", "\ue001"  # private-use markers swapped for raw bytes
+# Hostile items (never given out by Population.generate's round robin; set with make_dirty): what a
+# broken or malicious upstream could send, beyond the dirty data above.
+HOSTILE_KINDS = (
+    "long_refnr",  # a 4,000-character referenznummer (incompressible: CJK characters)
+    "deep_nesting",  # a field nested 300 levels deep (orjson parses it; recursion would not)
+    "control_title",  # ESC sequences and BEL in the title and employer
+    "long_title",  # a 200,000-character title
+)
+# private-use markers swapped for raw bytes / deep JSON by Population._dump
+_BAD_UTF8_MARK, _SURROGATE_MARK, _DEEP_MARK = "\ue000", "\ue001", "\ue002"
+_DEEP_JSON = b"[" * 300 + b'{"text":"unten"}' + b"]" * 300
 
 # ---------------------------------------------------------------- occupation names
 
@@ -788,8 +798,8 @@ class Population:
 
     def make_dirty(self, refnr: str, kind: str | None) -> None:
         """Give a posting one of DIRTY_KINDS (or None: clean again)."""
-        if kind is not None and kind not in DIRTY_KINDS:
-            raise ValueError(f"unknown dirty kind {kind!r}; one of {DIRTY_KINDS}")
+        if kind is not None and kind not in DIRTY_KINDS + HOSTILE_KINDS:
+            raise ValueError(f"unknown dirty kind {kind!r}; one of {DIRTY_KINDS + HOSTILE_KINDS}")
         with self._lock:
             p = self.by_refnr[refnr]
             p.dirty = kind
@@ -884,6 +894,17 @@ class Population:
         elif kind == "bad_coords":
             item["stellenlokationen"][0]["breite"] = 123.4
             item["stellenlokationen"][0]["laenge"] = -999.0
+        elif kind == "long_refnr":
+            rng = random.Random(p.seed)
+            tail = "".join(chr(0x4E00 + rng.randrange(20000)) for _ in range(4000))
+            item["referenznummer"] = p.refnr + tail
+        elif kind == "deep_nesting":
+            item["arbeitgeberdarstellung"] = _DEEP_MARK  # orjson cannot write it: _dump splices it in
+        elif kind == "control_title":
+            item["stellenangebotsTitel"] = "\x1b[31mKoch\x1b[0m\x07 (m/w/d)\x1b]0;pwned\x07"
+            item["firma"] = "\x1b[2J" + p.employer
+        elif kind == "long_title":
+            item["stellenangebotsTitel"] = p.title + " " + "Fachkraft " * 20_000
 
     @staticmethod
     def _dump(value: Any) -> bytes:
@@ -895,6 +916,8 @@ class Population:
             body = body.replace(b"\xee\x80\x80", b"\xff\xfe")
         if b"\xee\x80\x81" in body:
             body = body.replace(b"\xee\x80\x81", b"\\ud800")
+        if b"\xee\x80\x82" in body:
+            body = body.replace(b'"\xee\x80\x82"', _DEEP_JSON)
         return body
 
     def item_json(self, p: FakePosting) -> bytes:
