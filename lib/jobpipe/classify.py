@@ -385,7 +385,8 @@ def load_title_jobs(conn: Any, title_ids: Sequence[int]) -> dict[int, TitleJob]:
 # the union of the POOL nearest occupation vectors and the POOL best trigram matches of the title
 # against every name an occupation is known by, ranked by
 #     (1 - LEXICAL_WEIGHT) * cosine(title, occupation) + LEXICAL_WEIGHT * lexical,
-#     lexical = max over the occupation's terms of (similarity(term, title) + word_similarity(term, title)) / 2
+#     lexical = max over the occupation's terms of
+#               (similarity(term, title) + word_similarity(term, title)) / 2
 # (pg_trgm: Jaccard of the trigram sets, and the share of the term's trigrams found in the title).
 # A linear blend beat reciprocal-rank fusion here (recall@5 0.984 vs 0.978 at its best k=10 on the
 # tuned split): both scores live on [0, 1] and the cosine of an e5 model varies little, so ranks
@@ -411,7 +412,8 @@ def _search_sql(model: str, dimensions: int) -> sql.Composed:
                          (1 - {wl}) * s.sim + {wl} * s.lex AS score, max(s.sim) OVER () AS best
                     FROM (SELECT u.occupation_id,
                                  1 - (e.embedding::vector({dim}) <=> q.vec::vector({dim})) AS sim,
-                                 coalesce((SELECT max(similarity(t.term, q.txt) + word_similarity(t.term, q.txt))
+                                 coalesce((SELECT max(similarity(t.term, q.txt)
+                                                      + word_similarity(t.term, q.txt))
                                              FROM occupation_terms t
                                             WHERE t.occupation_id = u.occupation_id) / 2, 0) AS lex
                             FROM (SELECT v.occupation_id FROM (
