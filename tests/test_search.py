@@ -48,13 +48,15 @@ def test_search_finds_the_nearest_posting_and_orders_by_distance(fake, pg_url, d
     cfg = make_cfg(fake)
     embed_all(cfg, pg_url)
     with embeddings.client_from_config(cfg) as client:
-        hits = search.search(db_conn, client, "Pflegefachkraft im Nachtdienst", limit=3)
+        hits = search.search(db_conn, client, "Pflegefachkraft im Nachtdienst", limit=3, mode="vector")
     assert len(hits) == 3
-    assert hits[0][0] == ids[1] and hits[0][1] == TITLES[1]
-    dists = [d for _, _, d in hits]
+    assert hits[0].posting_id == ids[1] and hits[0].title == TITLES[1]
+    dists = [h.distance for h in hits]
     assert dists == sorted(dists) and 0 <= dists[0] < dists[1]
-    # The distance is the cosine distance between the stored vector and the query's vector.
-    q = np.asarray(fake.vector(MODEL, "Pflegefachkraft im Nachtdienst"))
+    # The distance is the cosine distance between the stored vector and the query's vector; the
+    # query is normalised like a title first ("im Nachtdienst" is not an employment phrase: kept).
+    assert search.query_text("Pflegefachkraft im Nachtdienst") == "pflegefachkraft im nachtdienst"
+    q = np.asarray(fake.vector(MODEL, "pflegefachkraft im nachtdienst"))
     v = np.asarray(fake.vector(MODEL, TITLES[1]))
     assert abs(dists[0] - (1 - float(q @ v))) < 1e-5
 
@@ -82,7 +84,7 @@ def test_search_only_returns_vectors_of_the_configured_model(fake, pg_url, db_co
     assert db_conn.execute("SELECT count(*) FROM posting_embeddings").fetchone()[0] == 8
     with embeddings.client_from_config(make_cfg(fake)) as client:
         hits = search.search(db_conn, client, "Koch", limit=10)
-    assert sorted(p for p, _, _ in hits) == sorted(ids)  # each posting once, not once per model
+    assert sorted(h.posting_id for h in hits) == sorted(ids)  # each posting once, not once per model
 
 
 def test_search_rejects_empty_text_and_bad_limits(fake, db_conn):
