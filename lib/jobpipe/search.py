@@ -8,10 +8,13 @@ of). Then three ranked lists of candidates, each at most POOL long and each alre
 1. **vector**: the nearest posting vectors of the configured model to the query embedded with role
    "query", through the embedder's partial HNSW expression index (pgvector's iterative scan keeps
    reading the index when filters drop rows, so a filter does not starve the list);
-2. **title**: trigram word similarity of the normalised query inside the normalised posting title
-   (`postings_title_norm_trgm`, pg_trgm `%>`): the posting that says "Koch";
+2. **title**: trigram matches of the normalised query and the normalised posting title
+   (`postings_title_norm_trgm`, pg_trgm `%>` and `%`): the posting that says "Koch";
 3. **occupation**: postings whose classified occupation is known by a name the query matches by
-   trigrams (`occupation_terms`): the "Koch/Köchin" posting titled "Jungkoch Restaurant".
+   trigrams (`occupation_terms`), occupations ranked by the classifier's lexical score (Jaccard
+   plus the share of the name found in the query, classify.py): the "Koch/Köchin" posting titled
+   "Jungkoch Restaurant"; "Altenpfleger/in" before "Fachkraft für Pflegeassistenz" for
+   "Pflegefachkraft Altenpflege".
 
 Fusion is reciprocal-rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009):
 score(p) = sum over the lists that contain p of 1 / (RRF_K + rank), rank from 1. Ranks, not
@@ -42,7 +45,8 @@ MAX_LIMIT = 1000  # hnsw.ef_search cannot go above 1000: more results than that 
 MAX_QUERY_CHARS = 300  # what is embedded and trigram-matched of a query (as for titles)
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 POOL = 100  # candidates per list before fusion (at least `limit`)
-TITLE_MIN_WORD_SIMILARITY = 0.5  # pg_trgm.word_similarity_threshold for the title list
+TITLE_MIN_WORD_SIMILARITY = 0.5  # pg_trgm.word_similarity_threshold: the query within a title
+TITLE_MIN_SIMILARITY = 0.3  # pg_trgm.similarity_threshold: a title like the whole query
 OCCUPATION_MIN_SIMILARITY = 0.3  # pg_trgm.similarity_threshold for the occupation list
 MODES = ("hybrid", "vector")
 
@@ -120,13 +124,22 @@ def _vector_list(conn: Conn, q: np.ndarray, model: str, dimensions: int, where: 
 
 
 def _title_list(conn: Conn, text: str, where: sql.Composed, params: dict[str, Any], pool: int) -> list[int]:
+    """Postings whose normalised title contains the query (`%>`, word similarity) or resembles it
+    as a whole (`%`, similarity), both through the trigram index; ranked by similarity plus the
+    larger word similarity of the two directions, so "Altenpfleger" (its name all in the query)
+    comes before "Fachkraft für Pflegeassistenz" (half the query in it) for "Pflegefachkraft
+    Altenpflege", and "Koch für unser Restaurant" (the query all in it) still ranks high for "Koch"."""
     conn.execute(
-        "SELECT set_config('pg_trgm.word_similarity_threshold', %s, true)", (str(TITLE_MIN_WORD_SIMILARITY),)
+        "SELECT set_config('pg_trgm.word_similarity_threshold', %s, true), "
+        "set_config('pg_trgm.similarity_threshold', %s, true)",
+        (str(TITLE_MIN_WORD_SIMILARITY), str(TITLE_MIN_SIMILARITY)),
     )
     query = sql.SQL(
         """SELECT p.id FROM postings p
-            WHERE p.title_norm %%> %(text)s AND {where}
-            ORDER BY word_similarity(%(text)s, p.title_norm) DESC, similarity(%(text)s, p.title_norm) DESC,
+            WHERE (p.title_norm %%> %(text)s OR p.title_norm %% %(text)s) AND {where}
+            ORDER BY similarity(%(text)s, p.title_norm)
+                     + greatest(word_similarity(%(text)s, p.title_norm),
+                                word_similarity(p.title_norm, %(text)s)) DESC,
                      p.id
             LIMIT %(pool)s"""
     ).format(where=where)
@@ -140,7 +153,8 @@ def _occupation_list(
         "SELECT set_config('pg_trgm.similarity_threshold', %s, true)", (str(OCCUPATION_MIN_SIMILARITY),)
     )
     query = sql.SQL(
-        """WITH o AS (SELECT t.occupation_id, max(similarity(t.term, %(text)s)) AS sim
+        """WITH o AS (SELECT t.occupation_id,
+                             max(similarity(t.term, %(text)s) + word_similarity(t.term, %(text)s)) AS sim
                         FROM occupation_terms t WHERE t.term %% %(text)s
                        GROUP BY t.occupation_id ORDER BY sim DESC, t.occupation_id LIMIT 20)
            SELECT p.id FROM o JOIN postings p ON p.occupation_id = o.occupation_id
