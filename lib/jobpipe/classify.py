@@ -392,7 +392,7 @@ def load_title_jobs(conn: Any, title_ids: Sequence[int]) -> dict[int, TitleJob]:
 # tuned split): both scores live on [0, 1] and the cosine of an e5 model varies little, so ranks
 # throw away what the lexical score knows. The weights are per method, not per model: a model
 # whose cosines spread wider only gains weight, which is what a better model deserves.
-CANDIDATE_POOL = 20  # per source; 10 lost 0.7 points of held-out recall@5, 40 gained nothing
+CANDIDATE_POOL = 20  # per source; the tuned split could not tell 10/20/40 apart (10 lost 0.7 held-out points)
 LEXICAL_WEIGHT = 0.5  # 0.4 / 0.6 each lost 0.3-0.7 points of recall@5 on the tuned split
 LEXICAL_MIN_SIMILARITY = 0.2  # pg_trgm.similarity_threshold for the indexed `%` pre-filter; 0.3 lost 2 points
 
