@@ -382,19 +382,21 @@ def load_title_jobs(conn: Any, title_ids: Sequence[int]) -> dict[int, TitleJob]:
 
 
 # Candidate fusion (issue 18, measured by bench/matching_quality.py on the full 7,625-name catalogue):
-# the union of the POOL nearest occupation vectors and the POOL best trigram matches of the title
-# against every name an occupation is known by, ranked by
+# the union of the POOL nearest occupation vectors and the occupations of the 2 * POOL terms nearest
+# to the title by trigram distance (pg_trgm `<->`, GiST; every name an occupation is known by is a
+# term), ranked by
 #     (1 - LEXICAL_WEIGHT) * cosine(title, occupation) + LEXICAL_WEIGHT * lexical,
 #     lexical = max over the occupation's terms of
 #               (similarity(term, title) + word_similarity(term, title)) / 2
 # (pg_trgm: Jaccard of the trigram sets, and the share of the term's trigrams found in the title).
-# A linear blend beat reciprocal-rank fusion here (recall@5 0.984 vs 0.978 at its best k=10 on the
+# Taking the nearest terms by Jaccard alone and re-ranking them by the blend loses nothing against
+# a pool ranked by the lexical score itself (same recall on both splits). A linear blend beat
+# reciprocal-rank fusion here (recall@5 0.984 vs 0.978 at its best k=10 on the
 # tuned split): both scores live on [0, 1] and the cosine of an e5 model varies little, so ranks
 # throw away what the lexical score knows. The weights are per method, not per model: a model
 # whose cosines spread wider only gains weight, which is what a better model deserves.
 CANDIDATE_POOL = 20  # per source; the tuned split could not tell 10/20/40 apart (10 lost 0.7 held-out points)
-LEXICAL_WEIGHT = 0.5  # 0.4 / 0.6 each lost 0.3-0.7 points of recall@5 on the tuned split
-LEXICAL_MIN_SIMILARITY = 0.2  # pg_trgm.similarity_threshold for the indexed `%` pre-filter; 0.3 lost 2 points
+LEXICAL_WEIGHT = 0.5  # tuned split: 0.4 lost 0.3 points of recall@5, 0.6 tied (and lost 0.7 held out)
 
 
 def _search_sql(model: str, dimensions: int) -> sql.Composed:
@@ -402,8 +404,7 @@ def _search_sql(model: str, dimensions: int) -> sql.Composed:
     sim, score, best), where `sim` is the cosine similarity, `score` the fused rank score and `best`
     the highest cosine among the pool (what `classifier.min_similarity` is compared with).
 
-    Needs `pg_trgm.similarity_threshold` set (see `set_lexical_threshold`). An empty `txt` (or a
-    NULL one) gives vector candidates only.
+    An empty `txt` (or a NULL one) gives vector candidates only.
     """
     return sql.SQL(
         """SELECT q.title_id, f.occupation_id, f.sim, f.score, f.best
@@ -424,12 +425,9 @@ def _search_sql(model: str, dimensions: int) -> sql.Composed:
                                   UNION
                                   SELECT l.occupation_id FROM (
                                          SELECT t.occupation_id FROM occupation_terms t
-                                          WHERE coalesce(q.txt, '') <> '' AND t.term %% q.txt
-                                          GROUP BY t.occupation_id
-                                          ORDER BY max(similarity(t.term, q.txt)
-                                                       + word_similarity(t.term, q.txt)) DESC,
-                                                   t.occupation_id
-                                          LIMIT {pool}) l) u
+                                          WHERE coalesce(q.txt, '') <> ''
+                                          ORDER BY t.term <-> q.txt
+                                          LIMIT {terms}) l) u
                             JOIN occupation_embeddings e
                               ON e.occupation_id = u.occupation_id AND e.model = {model}) s
                    ORDER BY score DESC, s.occupation_id
@@ -438,18 +436,8 @@ def _search_sql(model: str, dimensions: int) -> sql.Composed:
         dim=sql.Literal(dimensions),
         model=sql.Literal(model),
         pool=sql.Literal(CANDIDATE_POOL),
+        terms=sql.Literal(2 * CANDIDATE_POOL),  # an occupation has about two terms (its gender forms)
         wl=sql.Literal(LEXICAL_WEIGHT),
-    )
-
-
-def set_lexical_threshold(conn: Any) -> None:
-    """Set the trigram pre-filter's threshold for the rest of the current transaction.
-
-    The `%` operator reads it from the session (a literal in the query could not use the GIN
-    index); `set_config(..., true)` is transaction-local, so nothing leaks into other work.
-    """
-    conn.execute(
-        "SELECT set_config('pg_trgm.similarity_threshold', %s, true)", (str(LEXICAL_MIN_SIMILARITY),)
     )
 
 
@@ -478,9 +466,7 @@ def search_candidates(
         "txts": [texts.get(key, "") for key in vectors],
         "k": k,
     }
-    with conn.transaction():
-        set_lexical_threshold(conn)
-        rows = conn.execute(query, params).fetchall()
+    rows = conn.execute(query, params).fetchall()
     scored: dict[int, list[tuple[float, int, float]]] = {key: [] for key in vectors}
     for key, occ, sim, score, _best in rows:
         scored[key].append((float(score), occ, float(sim)))
@@ -566,9 +552,7 @@ def write_vector_stage(
         "min": min_similarity,
         "model": model,
     }
-    with conn.transaction():
-        set_lexical_threshold(conn)
-        rows = conn.execute(query, params).fetchall()
+    rows = conn.execute(query, params).fetchall()
     return {tid: outcome for tid, outcome, _queued in rows}
 
 

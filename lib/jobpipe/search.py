@@ -47,7 +47,7 @@ RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 POOL = 100  # candidates per list before fusion (at least `limit`)
 TITLE_MIN_WORD_SIMILARITY = 0.5  # pg_trgm.word_similarity_threshold: the query within a title
 TITLE_MIN_SIMILARITY = 0.3  # pg_trgm.similarity_threshold: a title like the whole query
-OCCUPATION_MIN_SIMILARITY = 0.3  # pg_trgm.similarity_threshold for the occupation list
+OCCUPATION_MIN_SIMILARITY = 0.3  # trigram similarity an occupation name needs to the query
 MODES = ("hybrid", "vector")
 
 
@@ -149,21 +149,24 @@ def _title_list(conn: Conn, text: str, where: sql.Composed, params: dict[str, An
 def _occupation_list(
     conn: Conn, text: str, where: sql.Composed, params: dict[str, Any], pool: int
 ) -> list[int]:
-    conn.execute(
-        "SELECT set_config('pg_trgm.similarity_threshold', %s, true)", (str(OCCUPATION_MIN_SIMILARITY),)
-    )
+    """Postings of the occupations whose names are nearest to the query (the 40 nearest terms by
+    trigram distance through the GiST index, at least OCCUPATION_MIN_SIMILARITY alike), the
+    occupations ranked by the classifier's lexical score, their postings by title match, then newest."""
     query = sql.SQL(
-        """WITH o AS (SELECT t.occupation_id,
-                             max(similarity(t.term, %(text)s) + word_similarity(t.term, %(text)s)) AS sim
-                        FROM occupation_terms t WHERE t.term %% %(text)s
-                       GROUP BY t.occupation_id ORDER BY sim DESC, t.occupation_id LIMIT 20)
+        """WITH near AS (SELECT t.occupation_id, t.term FROM occupation_terms t
+                          ORDER BY t.term <-> %(text)s LIMIT 40),
+                o AS (SELECT occupation_id,
+                             max(similarity(term, %(text)s) + word_similarity(term, %(text)s)) AS sim
+                        FROM near WHERE similarity(term, %(text)s) >= %(min)s
+                       GROUP BY occupation_id ORDER BY sim DESC, occupation_id LIMIT 20)
            SELECT p.id FROM o JOIN postings p ON p.occupation_id = o.occupation_id
             WHERE {where}
             ORDER BY o.sim DESC, word_similarity(%(text)s, coalesce(p.title_norm, '')) DESC,
                      p.published_at DESC NULLS LAST, p.id
             LIMIT %(pool)s"""
     ).format(where=where)
-    return [int(r[0]) for r in conn.execute(query, {**params, "text": text, "pool": pool})]
+    values = {**params, "text": text, "pool": pool, "min": OCCUPATION_MIN_SIMILARITY}
+    return [int(r[0]) for r in conn.execute(query, values)]
 
 
 def resolve_occupations(conn: Conn, wanted: str | None) -> list[int] | None:
@@ -189,8 +192,10 @@ def resolve_occupations(conn: Conn, wanted: str | None) -> list[int] | None:
     close = [
         r[0]
         for r in conn.execute(
-            """SELECT o.name FROM occupation_terms t JOIN occupations o ON o.id = t.occupation_id
-                GROUP BY o.name ORDER BY max(similarity(t.term, %s)) DESC, o.name LIMIT 3""",
+            """SELECT o.name FROM (SELECT occupation_id, term <-> %s AS d FROM occupation_terms
+                                     ORDER BY d LIMIT 20) t
+                 JOIN occupations o ON o.id = t.occupation_id
+                GROUP BY o.name ORDER BY min(t.d), o.name LIMIT 3""",
             (normalise(wanted),),
         )
     ]
