@@ -10,11 +10,11 @@ of). Then three ranked lists of candidates, each at most POOL long and each alre
    reading the index when filters drop rows, so a filter does not starve the list);
 2. **title**: trigram matches of the normalised query and the normalised posting title
    (`postings_title_norm_trgm`, pg_trgm `%>` and `%`): the posting that says "Koch";
-3. **occupation**: postings whose classified occupation is known by a name the query matches by
-   trigrams (`occupation_terms`), occupations ranked by the classifier's lexical score (Jaccard
-   plus the share of the name found in the query, classify.py): the "Koch/Köchin" posting titled
-   "Jungkoch Restaurant"; "Altenpfleger/in" before "Fachkraft für Pflegeassistenz" for
-   "Pflegefachkraft Altenpflege".
+3. **occupation**: postings of the OCCUPATIONS occupations the query names, found by the
+   classifier's own candidate stage run on the query (classify.search_candidates: occupation-name
+   vectors blended with trigram matches on every name an occupation is known by): "Brot backen"
+   names Bäcker/in even where no posting title says "Brot"; the "Koch/Köchin" posting titled
+   "Jungkoch Restaurant" is found by its classified occupation.
 
 Fusion is reciprocal-rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009):
 score(p) = sum over the lists that contain p of 1 / (RRF_K + rank), rank from 1. Ranks, not
@@ -34,6 +34,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from jobpipe import classify
 from jobpipe.errors import ItemError, UserError
 from jobpipe.models import EmbeddingClient
 from jobpipe.text import clean_text, normalise_whitespace
@@ -47,7 +48,8 @@ RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al. 2009)
 POOL = 100  # candidates per list before fusion (at least `limit`)
 TITLE_MIN_WORD_SIMILARITY = 0.5  # pg_trgm.word_similarity_threshold: the query within a title
 TITLE_MIN_SIMILARITY = 0.3  # pg_trgm.similarity_threshold: a title like the whole query
-OCCUPATION_MIN_SIMILARITY = 0.3  # trigram similarity an occupation name needs to the query
+OCCUPATION_MIN_SIMILARITY = 0.3  # trigram similarity an occupation name needs (no vectors yet)
+OCCUPATIONS = 3  # occupations the query is taken to name (the occupation list holds their postings)
 MODES = ("hybrid", "vector")
 
 
@@ -146,27 +148,41 @@ def _title_list(conn: Conn, text: str, where: sql.Composed, params: dict[str, An
     return [int(r[0]) for r in conn.execute(query, {**params, "text": text, "pool": pool})]
 
 
-def _occupation_list(
-    conn: Conn, text: str, where: sql.Composed, params: dict[str, Any], pool: int
-) -> list[int]:
-    """Postings of the occupations whose names are nearest to the query (the 40 nearest terms by
-    trigram distance through the GiST index, at least OCCUPATION_MIN_SIMILARITY alike), the
-    occupations ranked by the classifier's lexical score, their postings by title match, then newest."""
+def _nearest_occupations(conn: Conn, q: np.ndarray, text: str, model: str, dimensions: int) -> list[int]:
+    """The occupations the query names, best first: the classifier's candidate stage run on the
+    query (vector + trigram blend over the catalogue, classify.search_candidates), or, before the
+    catalogue has vectors of this model, the names nearest by trigrams alone."""
+    found = classify.search_candidates(conn, {0: q}, model, dimensions, OCCUPATIONS, texts={0: text})[0]
+    if found:
+        return [occ for occ, _ in found]
+    rows = conn.execute(
+        """SELECT occupation_id FROM (SELECT occupation_id, term FROM occupation_terms
+                                        ORDER BY term <-> %(text)s LIMIT 40) t
+            WHERE similarity(term, %(text)s) >= %(min)s
+            GROUP BY occupation_id
+            ORDER BY max(similarity(term, %(text)s) + word_similarity(term, %(text)s)) DESC, occupation_id
+            LIMIT %(k)s""",
+        {"text": text, "min": OCCUPATION_MIN_SIMILARITY, "k": OCCUPATIONS},
+    )
+    return [int(r[0]) for r in rows]
+
+
+def _occupation_list(conn: Conn, occupations: list[int], text: str, where: sql.Composed,
+                     params: dict[str, Any], pool: int) -> list[int]:  # fmt: skip
+    """Postings of `occupations` in their order; within one, best title match first, then newest."""
+    if not occupations:
+        return []
     query = sql.SQL(
-        """WITH near AS (SELECT t.occupation_id, t.term FROM occupation_terms t
-                          ORDER BY t.term <-> %(text)s LIMIT 40),
-                o AS (SELECT occupation_id,
-                             max(similarity(term, %(text)s) + word_similarity(term, %(text)s)) AS sim
-                        FROM near WHERE similarity(term, %(text)s) >= %(min)s
-                       GROUP BY occupation_id ORDER BY sim DESC, occupation_id LIMIT 20)
-           SELECT p.id FROM o JOIN postings p ON p.occupation_id = o.occupation_id
+        """SELECT p.id FROM unnest(%(occs)s::bigint[]) WITH ORDINALITY AS o(id, ord)
+             JOIN postings p ON p.occupation_id = o.id
             WHERE {where}
-            ORDER BY o.sim DESC, word_similarity(%(text)s, coalesce(p.title_norm, '')) DESC,
+            ORDER BY o.ord, word_similarity(%(text)s, coalesce(p.title_norm, '')) DESC,
                      p.published_at DESC NULLS LAST, p.id
             LIMIT %(pool)s"""
     ).format(where=where)
-    values = {**params, "text": text, "pool": pool, "min": OCCUPATION_MIN_SIMILARITY}
-    return [int(r[0]) for r in conn.execute(query, values)]
+    return [
+        int(r[0]) for r in conn.execute(query, {**params, "occs": occupations, "text": text, "pool": pool})
+    ]
 
 
 def resolve_occupations(conn: Conn, wanted: str | None) -> list[int] | None:
@@ -264,7 +280,8 @@ def search(
         lists: dict[str, Sequence[int]] = {"vector": [pid for pid, _ in near]}
         if mode == "hybrid":
             lists["title"] = _title_list(conn, query, where, params, pool)
-            lists["occupation"] = _occupation_list(conn, query, where, params, pool)
+            occupations_named = _nearest_occupations(conn, q, query, client.model, client.dimensions)
+            lists["occupation"] = _occupation_list(conn, occupations_named, query, where, params, pool)
         distance = dict(near)
         ranks: dict[int, dict[str, int]] = {}
         for name, ids in lists.items():
