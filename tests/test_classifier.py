@@ -664,7 +664,8 @@ def test_lexical_candidates_find_what_the_vectors_miss(loaded: Any) -> None:
 def test_vector_stage_stores_blended_candidates_and_keeps_min_similarity_on_the_cosine(loaded: Any) -> None:
     """Candidates are stored best blend first, each with its cosine; `no_match` compares the best
     cosine of the pool with min_similarity (0.95, Softwareentwickler), never the blend (at most
-    about 0.8 here: a threshold of 0.9 on the blend would have said no_match)."""
+    about 0.8 here: a threshold of 0.9 on the blend, or on the stored candidates, would have said
+    no_match)."""
     conn = loaded
     q = _unit_vectors(conn, toward=SOFTWARE, away={KOCH, GROSSKUECHE})
     ids = add_titles(conn, ["Großküchenkoch Kantine", "Irgendwas"])
@@ -684,8 +685,9 @@ def test_vector_stage_stores_blended_candidates_and_keeps_min_similarity_on_the_
     t = titles(conn)
     cands = t[a]["candidates"]
     assert [c["id"] for c in cands][:1] == [GROSSKUECHE] and cands[0]["sim"] == pytest.approx(0.8, abs=1e-4)
-    assert SOFTWARE in [c["id"] for c in cands]
-    assert max(c["sim"] for c in cands) == pytest.approx(0.95, abs=1e-4)  # above 0.9: handed on
+    # handed on although every stored candidate's cosine is below 0.9: the title's best cosine to
+    # any occupation (0.95, Softwareentwickler, in the vector pool) is what min_similarity judges
+    assert max(c["sim"] for c in cands) < 0.9
     # b's vector points away from everything (every cosine negative): no_match, whatever its text
     assert t[b]["confidence"] < 0 and t[b]["occ"] is None
 
