@@ -401,7 +401,7 @@ LEXICAL_WEIGHT = 0.5  # tuned split: 0.4 lost 0.3 points of recall@5, 0.6 tied (
 
 def _search_sql(model: str, dimensions: int) -> sql.Composed:
     """Top-K fused candidates per query (CTE `q(title_id, vec, txt)`): (title_id, occupation_id,
-    sim, score, best), where `sim` is the cosine similarity, `score` the fused rank score and `best`
+    sim, score, best), where `sim` is the cosine similarity, `score` the blended score and `best`
     the highest cosine among the pool (what `classifier.min_similarity` is compared with).
 
     An empty `txt` (or a NULL one) gives vector candidates only.
