@@ -241,6 +241,7 @@ class ClassifierDaemon(Daemon):
             dimensions=self.dimensions,
             k=self.top_k,
             min_similarity=self.min_similarity,
+            texts={job.title_id: job.title_norm for _item, job, res in done if not isinstance(res, tuple)},
         )
         return {item.id: outcomes.get(job.title_id, "missing") for item, job, _ in done}
 

@@ -67,16 +67,21 @@ def test_bench_matching_quality_quick(pg_server: dict[str, Any]) -> None:
     assert lines[-1].startswith("RESULT "), lines[-5:]
     r = json.loads(lines[-1][len("RESULT ") :])
     shipped = r["catalogues"]["shipped"]
-    assert r["labelled_titles"] >= 300
-    assert shipped["normalised"]["recall@5"] >= 0.90 and r["goal_met"]
+    tuned, heldout = shipped["tuned"], shipped["heldout"]
+    assert r["labelled_titles"] >= 300 and r["heldout_titles"] >= 100
+    # the goals of issue 18 hold on the shipped catalogue for both splits (the full catalogue is
+    # measured by the benchmark itself, too slow for CI)
+    assert tuned["hybrid"]["recall@5"] >= 0.95 and r["goal_met"]
+    assert tuned["pipeline_recall@5"] >= 0.97 and tuned["min_recall@5_by_kind"] >= 0.85
+    assert heldout["hybrid"]["recall@5"] >= 0.95 and heldout["with_expected"] >= 100
+    # the candidate stage beats its own vector half: the lexical candidates are worth their cost
+    for split in (tuned, heldout):
+        assert split["hybrid"]["recall@5"] >= split["vector"]["recall@5"]
+        assert split["hybrid"]["recall@1"] > split["vector"]["recall@1"]
+        assert split["hybrid"]["recall@1"] <= split["hybrid"]["recall@5"] <= split["hybrid"]["recall@10"]
     # normalisation_never_lowers is a benchmark figure for the closing note, not asserted here: in
     # full CI runs the quick mode has twice reported one title's rank flipping (cause not found;
     # standalone runs are stable), and a CI test must not hang on a one-title margin.
     assert isinstance(r["normalisation_never_lowers"], bool)
-    assert (
-        shipped["normalised"]["recall@1"]
-        <= shipped["normalised"]["recall@5"]
-        <= shipped["normalised"]["recall@10"]
-    )
-    assert 0.3 < shipped["decided_without_llm"] < 0.9
-    assert shipped["decided_without_llm_correct"] >= 0.95
+    assert 0.3 < tuned["decided_without_llm"] < 0.9
+    assert tuned["decided_without_llm_correct"] >= 0.95

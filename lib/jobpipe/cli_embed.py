@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from jobpipe import embeddings
+from jobpipe import embeddings, verification
 from jobpipe.cli_core import connect, load_config
 from jobpipe.errors import UserError
 from jobpipe.search import MAX_LIMIT, search
@@ -33,9 +33,25 @@ BUILTIN_TEXTS: tuple[str, ...] = (
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("search", help="postings most similar to a text (semantic search over the embeddings)")
-    p.add_argument("text", help="what to look for, e.g. 'Pflegekraft Nachtdienst'")
+    p = sub.add_parser(
+        "search",
+        help="postings that match a text: vector and lexical candidates fused by reciprocal rank",
+    )
+    p.add_argument("text", help="what to look for, e.g. 'Koch in Vollzeit' (normalised like a title)")
     p.add_argument("--limit", type=int, default=10, help=f"results (1..{MAX_LIMIT}, default 10)")
+    p.add_argument("--region", help="federal state, e.g. BAYERN or 'Baden-Württemberg'")
+    p.add_argument("--occupation", help="occupation id or name (as in the catalogue, or an alias)")
+    p.add_argument(
+        "--include-inactive",
+        action="store_true",
+        help="also postings no longer online (default: active only)",
+    )
+    p.add_argument("--vector-only", action="store_true", help="the vector list alone, without lexical fusion")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="ask the verifier to re-check the shown postings first (SQL: jobpipe_request_verify(id))",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_search)
 
@@ -58,21 +74,37 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     with connect(args) as conn, embeddings.client_from_config(cfg, concurrency=1) as client:
-        hits = search(conn, client, args.text, args.limit)
-    if args.json:
-        print(
-            json.dumps(
-                [{"posting_id": p, "title": t, "distance": round(d, 6)} for p, t, d in hits],
-                ensure_ascii=False,
-            )
+        hits = search(
+            conn,
+            client,
+            args.text,
+            args.limit,
+            region=args.region,
+            occupation=args.occupation,
+            include_inactive=args.include_inactive,
+            mode="vector" if args.vector_only else "hybrid",
         )
+        if args.verify and hits:
+            # What an application does for the results it shows (the predecessor's lazy
+            # verification): on-demand items go ahead of the background sweep.
+            with conn.transaction():
+                verification.request(conn, [str(h.posting_id) for h in hits])
+    if args.json:
+        print(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
         return 0
     if not hits:
-        print(f"no postings embedded with {cfg.embedder.model} yet (run the embedder)")
+        print("no matching postings (none embedded with this model yet, or the filters exclude all)")
         return 0
-    print(f"{'distance':>8}  {'posting':>9}  title")
-    for pid, title, dist in hits:
-        print(f"{dist:8.4f}  {pid:>9}  {title or ''}")
+    print(f"{'score':>7}  {'distance':>8}  {'posting':>9}  {'region':<22} {'occupation':<32} title")
+    for h in hits:
+        dist = f"{h.distance:8.4f}" if h.distance is not None else f"{'-':>8}"
+        flag = "" if h.active else " [inactive]"
+        print(
+            f"{h.score * 1000:7.2f}  {dist}  {h.posting_id:>9}  {(h.region or '')[:22]:<22} "
+            f"{(h.occupation or '')[:32]:<32} {h.title or ''}{flag}"
+        )
+    if args.verify:
+        print(f"requested verification of {len(hits)} postings")
     return 0
 
 

@@ -335,12 +335,20 @@ SECTIONS: tuple[Section, ...] = (
                 "API flavour for the LLM; empty = ollama.provider",
                 choices=("", "ollama", "openai"),
             ),
-            _s("classifier", "top_k", 5, "candidate occupations by vector similarity", min=1, max=50),
+            _s(
+                "classifier",
+                "top_k",
+                5,
+                "candidate occupations offered to the LLM (vector and trigram candidates, blended)",
+                min=1,
+                max=50,
+            ),
             _s(
                 "classifier",
                 "min_similarity",
                 0.75,
-                "below this cosine similarity: no_match without an LLM call",
+                "below this cosine similarity: no_match without an LLM call. Per model: e5 scores every "
+                "title above 0.82; bench/matching_quality.py prints the value for yours",
                 min=0.0,
                 max=1.0,
             ),
