@@ -1,6 +1,6 @@
 """How good is `jobpipe search`? Hybrid vs vector-only vs the pre-issue-18 search (issue 18).
 
-The postings are the demo's: the fake BA's generator (tests/fakes/ba_data.py) over the shipped
+The postings are the demo's: the fake BA's generator (jobpipe/sim/ba_data.py) over the shipped
 239-occupation catalogue, so every posting's true occupation is known. They are loaded straight
 into a scratch database (title, normalised title, region, active or expired, description) with
 their title classified as their true occupation (what the classifier decides is measured by
