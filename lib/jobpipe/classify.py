@@ -889,6 +889,8 @@ def chat_client_from_config(cfg: Any, *, observer: Any = None) -> Any:
         concurrency=c.workers,
         connect_timeout=o.connect_timeout_s,
         read_timeout=o.read_timeout_s,
+        deadline_s=o.deadline_s,
+        max_response_bytes=o.max_response_bytes,
         api_key=o.api_key or None,
         observer=observer,
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,13 @@ from typing import Any
 import yaml
 
 from jobpipe.errors import ConfigError
+from jobpipe.logs import redact as redact_text
 from jobpipe.settings import SECTIONS, Setting, all_settings
 
 DEFAULT_PATH = Path("/etc/jobpipe/jobpipe.yaml")
 ENV_PREFIX = "JOBPIPE_"
 # Environment variables with this prefix that are not settings.
 _RESERVED_ENV = {"JOBPIPE_CONFIG", "JOBPIPE_DAEMON", "JOBPIPE_INSTANCE"}
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +70,23 @@ class Config:
 
 
 def redact(setting: Setting, value: Any) -> Any:
+    """`value` as `config show` may print it: a secret setting as "***" (a URL keeps its host, only
+    its credentials go), and credentials in any string, also inside lists and mappings, redacted
+    with jobpipe.logs.redact."""
     if setting.secret and value not in ("", [], None):
         if isinstance(value, str) and "://" in value:
-            return _URL_PASSWORD.sub(r"\1***\3", value)
+            return redact_text(value)
         return "***"
-    if isinstance(value, str) and "://" in value:
-        return _URL_PASSWORD.sub(r"\1***\3", value)
+    return _redact_nested(value)
+
+
+def _redact_nested(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list):
+        return [_redact_nested(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_nested(v) for k, v in value.items()}
     return value
 
 

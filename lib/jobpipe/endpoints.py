@@ -13,6 +13,8 @@ Error classification (what the queue needs to know):
 - 5xx / 429 / other statuses          -> DependencyDown(kind="http_<status>")
 - timeout / refused / reset           -> DependencyDown(kind="timeout" / "connection")
 - truncated or non-JSON body          -> DependencyDown(kind="bad_response")
+- body over `max_response_bytes`      -> DependencyDown(kind="too_large")
+- body not complete within `deadline_s` (from sending the request) -> DependencyDown(kind="timeout")
 Every DependencyDown opens that endpoint's breaker for a backoff period and the call fails over
 to the next endpoint not yet tried; only when every endpoint failed (or is still backing off)
 does the caller see DependencyDown.
@@ -34,9 +36,12 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from jobpipe.errors import DependencyDown, ItemError
+from jobpipe.httpio import BodyLimitExceeded, deadline_after, read_body
+from jobpipe.logs import redact
 
 log = logging.getLogger(__name__)
-READ_CHUNK = 1 << 22  # bytes per read of an answer body: whole answers in one go
+# Defaults when a caller does not say: generous for a batch of embeddings, far below "read it all".
+DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
 
 # (op, endpoint base URL, seconds, outcome "ok" or an error kind). The runtime feeds Prometheus with it.
 Observer = Callable[[str, str, float, str], None]
@@ -113,7 +118,12 @@ class EndpointPool:
         backoff_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        deadline_s: float | None = None,
     ) -> None:
+        """`deadline_s` bounds a whole exchange (request sent to body read), default twice the read
+        timeout; `max_response_bytes` bounds a body. Both guard against a misbehaving server (a
+        trickle never trips the per-read timeout; a huge answer would be held in memory)."""
         cleaned = [u.strip().rstrip("/") for u in urls if u and u.strip()]
         if not cleaned:
             raise ValueError(f"{dependency}: no base URL given")
@@ -121,11 +131,13 @@ class EndpointPool:
             raise ValueError(f"{dependency}: duplicate base URLs in {cleaned}")
         for u in cleaned:
             if not u.startswith(("http://", "https://")):
-                raise ValueError(f"{dependency}: base URL must start with http:// or https://: {u!r}")
+                raise ValueError(f"{dependency}: base URL must start with http:// or https://: {redact(u)!r}")
         if concurrency < 1:
             raise ValueError(f"{dependency}: concurrency must be >= 1, got {concurrency}")
         self.dependency = dependency
         self.timeout = (connect_timeout, read_timeout)
+        self.max_response_bytes = max_response_bytes
+        self.deadline_s = deadline_s if deadline_s is not None else 2 * read_timeout
         self.observer = observer
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -264,17 +276,21 @@ class EndpointPool:
         self, base: str, method: str, path: str, body: bytes | None, model: str | None, *, raw: bool
     ) -> Any:
         url = base + path
+        deadline = deadline_after(self.deadline_s)
         try:
             resp = self.session.request(
                 method, url, data=body, timeout=self.timeout, proxies=self._proxies.get(base), stream=True
             )
-            with resp:  # read whole, then the connection goes back to the pool
-                # In one read, not requests' 10 kB chunks: an embeddings answer of 300 kB took
-                # some 30 reads, each a trip through urllib3 and a GIL hand-off.
-                content = b"".join(resp.iter_content(READ_CHUNK))
+            with resp:  # read whole (bounded), then the connection goes back to the pool
+                content = read_body(resp, max_bytes=self.max_response_bytes, deadline=deadline)
+        except BodyLimitExceeded as exc:
+            kind = "timeout" if exc.kind == "deadline" else exc.kind
+            raise DependencyDown(self.dependency, f"{method} {redact(url)}: {exc}", kind=kind) from None
         except requests.RequestException as exc:
             kind = _transport_kind(exc)
-            raise DependencyDown(self.dependency, f"{method} {url}: {kind}: {exc}", kind=kind) from exc
+            raise DependencyDown(
+                self.dependency, f"{method} {redact(url)}: {kind}: {redact(str(exc))}", kind=kind
+            ) from None
         status = resp.status_code
         if 200 <= status < 300:
             if raw:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Self
 
 import orjson
 
-from jobpipe.endpoints import EndpointPool, Observer
+from jobpipe.endpoints import DEFAULT_MAX_RESPONSE_BYTES, EndpointPool, Observer
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.text import clean_text
 
@@ -310,6 +310,8 @@ def _pool(
     observer: Observer | None,
     backoff_base: float,
     backoff_max: float,
+    max_response_bytes: int,
+    deadline_s: float | None,
 ) -> EndpointPool:
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
@@ -324,6 +326,8 @@ def _pool(
         observer=observer,
         backoff_base=backoff_base,
         backoff_max=backoff_max,
+        max_response_bytes=max_response_bytes,
+        deadline_s=deadline_s,
     )
 
 
@@ -343,6 +347,8 @@ def make_embedding_client(
     input_type: bool = False,
     backoff_base: float = 1.0,
     backoff_max: float = 30.0,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    deadline_s: float | None = None,
 ) -> EmbeddingClient:
     """An embedding client for `provider` "ollama" (/api/embed) or "openai" (/v1/embeddings).
 
@@ -360,6 +366,8 @@ def make_embedding_client(
         observer,
         backoff_base,
         backoff_max,
+        max_response_bytes,
+        deadline_s,
     )
     if provider == "ollama":
         if input_type:
@@ -394,6 +402,8 @@ def make_chat_client(
     *,
     backoff_base: float = 1.0,
     backoff_max: float = 30.0,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    deadline_s: float | None = None,
 ) -> ChatClient:
     """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions)."""
     pool = _pool(
@@ -406,6 +416,8 @@ def make_chat_client(
         observer,
         backoff_base,
         backoff_max,
+        max_response_bytes,
+        deadline_s,
     )
     if provider == "ollama":
         from jobpipe.ollama import OllamaChatClient
