@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,3 +346,63 @@ def test_alert_thread_and_main_thread_reaching_the_embedded_server_at_once(pg_se
             cwd=ROOT,
         )
         assert r.returncode == 0 and r.stdout.strip() == "[]", (i, r.stdout, r.stderr[-2000:])
+
+
+# ------------------------------------------------------------------ item 11: a run of failures
+
+
+def _seed_shape(conn: Any, stage: str) -> None:
+    """The seed's shape: plenty of successes ten minutes ago (inside the 15 min window), then 56
+    failures in a row (every new posting got a vector of the wrong dimension), nothing since."""
+    from tests.test_health import counts, items
+
+    counts(conn, stage, 10, "embedded", 100)
+    counts(conn, stage, 2, "failed", 56)
+    items(conn, stage, 56, "pending", error="embedding has 384 dimensions, expected 768\nat row 7")
+    conn.execute("UPDATE queue SET attempts = 1, updated_at = now() WHERE stage = %s", (stage,))
+
+
+def test_failure_streak_after_older_successes_is_fail_exit_2(pg_url, db_conn) -> None:
+    from jobpipe import config, health
+    from tests.test_health import cli, stage
+
+    _seed_shape(db_conn, "embed")
+    st = stage(health.collect(db_conn, config.load(environ={})), "embed")
+    assert st.facts.failed_since_success == 56
+    assert st.verdict == "FAIL", st.reasons
+    assert st.reasons[0].startswith("every recent item fails on stage embed: 56 failed attempts in a row")
+    assert st.last_error == "embedding has 384 dimensions, expected 768"
+    r = cli(pg_url)
+    assert r.returncode == 2, r.stdout + r.stderr
+    # One success after the failures ends the streak: back to the ratio's verdict (not FAIL).
+    from tests.test_health import counts
+
+    counts(db_conn, "embed", 0, "embedded", 1)
+    st = stage(health.collect(db_conn, config.load(environ={})), "embed")
+    assert st.facts.failed_since_success == 0 and st.verdict != "FAIL", st.reasons
+
+
+def test_failure_streak_alerts_with_the_last_errors_first_line(pg_url, db_conn) -> None:
+    from jobpipe import alerting, config, db
+    from tests.fakes.signal import DEFAULT_ACCOUNT, FakeSignalGateway
+
+    _seed_shape(db_conn, "embed")
+    with FakeSignalGateway() as gw:
+        cfg = config.load(environ={}).with_overrides(
+            alerts__channel="signal-rest",
+            alerts__gateway_url=gw.url,
+            alerts__sender=DEFAULT_ACCOUNT,
+            alerts__recipients=["+4917612345678"],
+            alerts__timeout_s=2.0,
+        )
+        alerter = alerting.Alerter(
+            "embedder", cfg, connect=lambda: db.connect(pg_url), stages=["embed"], latch_path=None
+        )
+        try:
+            alerter.run_once()
+            (msg,) = gw.wait_for_messages(1, timeout=10)
+        finally:
+            alerter.close()
+    assert "FIRING every recent item fails on stage embed" in msg.message, msg.message
+    assert "last error: embedding has 384 dimensions, expected 768" in msg.message, msg.message
+    assert "at row 7" not in msg.message  # the first line only
