@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from jobpipe.errors import JobpipeError
-from jobpipe.text import clean_text, normalise_whitespace
+from jobpipe.text import clean_text, normalise_whitespace, parse_int
 
 SOURCE = "ba"
 GONE_CODE = "STELLENANGEBOT_NICHT_GEFUNDEN"
@@ -196,8 +196,8 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and (number := parse_int(value)) is not None:
+        return number  # ASCII digits only: str.isdigit() takes "²", which int() rejects
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
@@ -538,7 +538,7 @@ def _kldb(value: Any) -> str | None:
     if text is None:
         return None
     digits = text.split()[-1]
-    return digits if len(digits) == 5 and digits.isdigit() else None
+    return digits if len(digits) == 5 and digits.isascii() and digits.isdigit() else None
 
 
 def parse_beruf_detail(body: bytes) -> list[BerufDetail]:

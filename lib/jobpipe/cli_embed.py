@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from jobpipe import embeddings
-from jobpipe.cli_core import connect, load_config
+from jobpipe.cli_core import connect, float_arg, int_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.search import MAX_LIMIT, search
 
@@ -35,7 +35,9 @@ BUILTIN_TEXTS: tuple[str, ...] = (
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="postings most similar to a text (semantic search over the embeddings)")
     p.add_argument("text", help="what to look for, e.g. 'Pflegekraft Nachtdienst'")
-    p.add_argument("--limit", type=int, default=10, help=f"results (1..{MAX_LIMIT}, default 10)")
+    p.add_argument(
+        "--limit", type=int_arg(1, MAX_LIMIT), default=10, help=f"results (1..{MAX_LIMIT}, default 10)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_search)
 
@@ -46,8 +48,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "check",
         help="determinism: embed a sample one text per request, then batched and concurrent; compare",
     )
-    chk.add_argument("--sample", type=int, default=100, help="texts to compare (default 100)")
-    chk.add_argument("--tolerance", type=float, default=None, help="override embedder.determinism_tolerance")
+    chk.add_argument("--sample", type=int_arg(1, 100_000), default=100, help="texts to compare (default 100)")
+    chk.add_argument(
+        "--tolerance", type=float_arg(0, 2), default=None, help="override embedder.determinism_tolerance"
+    )
     chk.add_argument("--json", action="store_true")
     chk.set_defaults(func=cmd_check)
     st = esub.add_parser("status", help="vectors per model, the HNSW index, pending embed work")

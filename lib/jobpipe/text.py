@@ -40,3 +40,49 @@ def normalise_whitespace(text: str) -> str:
     """Collapse runs of spaces/tabs, keep paragraph breaks (at most one blank line), strip ends."""
     lines = [_WS.sub(" ", line).strip() for line in text.replace("\r\n", "\n").split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+# -- numbers in text -------------------------------------------------------------------------------
+
+BIGINT_MAX = 2**63 - 1  # PostgreSQL bigint: ids and limits beyond it fail in SQL, not with a message
+
+
+def parse_int(value: object, max_value: int = BIGINT_MAX) -> int | None:
+    """`value` as a non-negative int when it is a string of ASCII digits (surrounding blanks
+    allowed) not above `max_value`; else None.
+
+    Why not `str.isdigit()`: it accepts "²", "٣" and other Unicode digits, which `int()` then
+    rejects with a ValueError (a traceback in the CLI, a crash on an LLM answer).
+    """
+    if not isinstance(value, str):
+        return None
+    s = value.strip()
+    if not s or len(s) > len(str(max_value)) or not (s.isascii() and s.isdigit()):
+        return None
+    n = int(s)
+    return n if n <= max_value else None
+
+
+# -- terminal output -------------------------------------------------------------------------------
+
+# What a terminal would act on instead of showing: C0 controls except newline and tab, DEL, C1
+# controls (U+009B is an 8-bit CSI), and the bidirectional overrides that reorder what is shown.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every control character a terminal would interpret written as a visible
+    `\\uXXXX` escape (also valid inside a JSON string, so JSON output stays parseable and lossless).
+    Lone surrogates become U+FFFD: a terminal write would fail on them."""
+    text = _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+    if _has_surrogate(text):
+        text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
