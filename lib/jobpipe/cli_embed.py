@@ -10,6 +10,7 @@ from jobpipe import embeddings
 from jobpipe.cli_core import connect, float_arg, int_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.search import MAX_LIMIT, search
+from jobpipe.text import cell
 
 # Used by `embeddings check` when the database has no postings yet (a fresh install).
 BUILTIN_TEXTS: tuple[str, ...] = (
@@ -76,7 +77,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     print(f"{'distance':>8}  {'posting':>9}  title")
     for pid, title, dist in hits:
-        print(f"{dist:8.4f}  {pid:>9}  {title or ''}")
+        print(f"{dist:8.4f}  {pid:>9}  {cell(title)}")
     return 0
 
 

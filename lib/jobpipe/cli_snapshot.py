@@ -10,7 +10,7 @@ from typing import Any
 from jobpipe import db, demand, similarity
 from jobpipe.cli_core import connect, int_arg, load_config
 from jobpipe.errors import UserError
-from jobpipe.text import clean_text, parse_int
+from jobpipe.text import cell, clean_text, parse_int
 
 
 def _day(value: str) -> date:
@@ -181,7 +181,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
             "or a name embedding)"
         )
         return 0
-    print(f"{occ_id} {name} (compared by {found[0].basis}):")
+    print(f"{occ_id} {cell(name)} (compared by {found[0].basis}):")
     for s in found:
-        print(f"{s.rank:>4}  {float(s.score):.3f}  {s.occupation_id:>8}  {s.name or '?'}")
+        print(f"{s.rank:>4}  {float(s.score):.3f}  {s.occupation_id:>8}  {cell(s.name or '?')}")
     return 0

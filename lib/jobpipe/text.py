@@ -86,3 +86,11 @@ def _has_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def cell(value: object, max_chars: int = 200) -> str:
+    """`value` as one cell of a text table: every run of whitespace (newlines included) one space,
+    at most `max_chars` characters (cut with "…"). Control characters are left to the CLI's
+    terminal-safe stdout, which escapes them."""
+    text = " ".join(str(value if value is not None else "").split())
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
