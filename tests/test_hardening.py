@@ -27,6 +27,7 @@ from jobpipe.errors import DependencyDown, first_line
 from jobpipe.logs import JsonFormatter, redact
 from jobpipe.notify import Notifier
 from jobpipe.signal import RestGateway
+from jobpipe.text import clean_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cretpw"
@@ -406,3 +407,121 @@ def test_failure_streak_alerts_with_the_last_errors_first_line(pg_url, db_conn) 
     assert "FIRING every recent item fails on stage embed" in msg.message, msg.message
     assert "last error: embedding has 384 dimensions, expected 768" in msg.message, msg.message
     assert "at row 7" not in msg.message  # the first line only
+
+
+# ------------------------------------------------------------------------ item 9: the CLI
+
+
+def run_cli(*args: str, url: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    if url:
+        env["JOBPIPE_DATABASE_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "jobpipe.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return r.stderr
+
+
+HOSTILE_TITLE = "Koch\x1b]0;pwned\x07\x1b[2J\r\nKellner\x9b31m\u202eevil"
+
+
+def test_search_prints_titles_terminal_safe(pg_url, db_conn, tmp_path) -> None:
+    from jobpipe import config, runtime
+    from jobpipe.daemons.embedder import EmbedderDaemon
+    from tests.fakes.ollama import FakeOllama
+    from tests.test_embedder import add_postings, write_config
+
+    with FakeOllama() as fake:
+        add_postings(db_conn, [{"title": HOSTILE_TITLE}])
+        cfg_path = write_config(tmp_path, fake, pg_url)
+        assert (
+            runtime.run_daemon(EmbedderDaemon, config.load(cfg_path, environ={}), once=True, db_url=pg_url)
+            == 0
+        )
+        text = run_cli("-c", cfg_path, "search", "Koch")
+        as_json = run_cli("-c", cfg_path, "search", "Koch", "--json")
+    assert text.returncode == 0, text.stderr
+    for out in (text.stdout, as_json.stdout):
+        assert not any(ch in out for ch in "\x1b\x07\x9b\r\u202e"), repr(out)
+    assert "\\u001b]0;pwned\\u0007" in text.stdout and "Kellner" in text.stdout
+    assert len(text.stdout.strip().splitlines()) == 2  # header + one hit: the title's newline is not one
+    # JSON stays valid and lossless: the escapes decode back to the stored title.
+    assert json.loads(as_json.stdout)[0]["title"] == HOSTILE_TITLE
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("verify", "²"),
+        ("verify", "9" * 40),
+        ("verify", "1", "--wait", "nan"),
+        ("similar", "²"),
+        ("similar", "Koch", "--limit", str(2**63)),
+        ("similar", "Koch", "--limit", "2^63"),
+        ("search", "Koch", "--limit", "-1"),
+        ("queue", "requeue", "x" * 100),
+        ("queue", "requeue", "embedd"),
+        ("queue", "requeue", "emb\x1bed"),
+        ("run", "embedder", "--metrics-port", "99999"),
+    ],
+)
+def test_cli_arguments_give_one_line_errors(pg_url, db_conn, args: tuple[str, ...]) -> None:
+    r = run_cli(*args, url=pg_url)
+    if args[0] == "verify" and args[1] != "1":
+        # Not a posting id (ASCII digits in bigint range) and no such referenznummer: named, exit 2.
+        assert r.returncode == 2 and "no posting" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        return
+    err = assert_one_line_error(r)
+    assert "\x1b" not in err
+    if args[:2] == ("queue", "requeue") and len(args[2]) < 64 and args[2].isprintable():
+        assert "unknown stage 'embedd'" in err and "embed, verify" in err, err
+
+
+def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    surrogate = tmp_path / "surrogate.json"
+    surrogate.write_text(
+        '[{"id": 5, "kurzBezeichnungNeutral": "Koch\\ud800", "bezeichnungNeutral": "Koch\\udfff/Köchin"}]'
+    )
+    for path in (deep, "/dev/zero"):
+        start = time.monotonic()
+        r = run_cli("occupations", "load", str(path), url=pg_url, timeout=120)
+        assert_one_line_error(r)
+        assert time.monotonic() - start < 60
+    r = run_cli("occupations", "load", str(surrogate), url=pg_url)
+    assert r.returncode == 0, r.stderr
+    name = db_conn.execute("SELECT name FROM occupations WHERE id = 5").fetchone()[0]
+    assert name == clean_text("Koch\ud800") and name.startswith("Koch") and len(name) == 5, name
+
+
+def test_run_once_exits_when_the_database_is_unreachable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://u:{SECRET}@127.0.0.1:{port}/x?connect_timeout=1"
+    r = run_cli("run", "embedder", "--once", "--metrics-port", "0", url=url, timeout=60)
+    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("jobpipe: database:") and SECRET not in r.stderr, last
+
+
+def test_numeric_llm_answers_accept_ascii_digits_only() -> None:
+    from jobpipe import classify
+    from jobpipe.errors import ItemError
+
+    job = classify.LLMJob(1, "koch", "Koch", ())
+    for occ in ("²", "٣", "1²", "9" * 40):
+        with pytest.raises(ItemError):
+            classify.decide({"verdict": "yes", "occupation_id": occ}, job)

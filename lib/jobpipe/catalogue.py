@@ -174,8 +174,7 @@ def _load_json(body: bytes, source: str) -> Any:
         doc = json.loads(text, strict=False)
         # The stdlib accepts "\ud800" (a lone surrogate), which no UTF-8 encoder takes later:
         # make it U+FFFD, as clean_text does for every other source.
-        dumped = json.dumps(doc, ensure_ascii=False)
-        return orjson.loads(dumped.encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
+        return orjson.loads(clean_text(json.dumps(doc, ensure_ascii=False)) or "null")
     except json.JSONDecodeError as exc:
         raise CatalogueError(
             source, f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}"

@@ -89,20 +89,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if not isinstance(sys.stdout, TerminalSafeWriter) and sys.stdout is not None:
-        sys.stdout = TerminalSafeWriter(sys.stdout)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command. stdout is terminal-safe for the command's duration; errors are one line."""
+    stdout = sys.stdout
+    if stdout is not None and not isinstance(stdout, TerminalSafeWriter):
+        sys.stdout = TerminalSafeWriter(stdout)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return _dispatch(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _error(text: str) -> None:
+    print(f"jobpipe: {terminal_safe(' '.join(text.split()))}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"jobpipe: {exc}", file=sys.stderr)
+        _error(str(exc))
         return exc.exit_code
     except DependencyDown as exc:
-        print(
-            f"jobpipe: {exc} (is it running? see `jobpipe db status` for the embedded database)",
-            file=sys.stderr,
-        )
+        _error(f"{exc} (is it running? see `jobpipe db status` for the embedded database)")
         return 3
     except KeyboardInterrupt:
         return 130
