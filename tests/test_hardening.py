@@ -526,3 +526,71 @@ def test_numeric_llm_answers_accept_ascii_digits_only() -> None:
     for occ in ("²", "٣", "1²", "9" * 40):
         with pytest.raises(ItemError):
             classify.decide({"verdict": "yes", "occupation_id": occ}, job)
+
+
+# ------------------------------------------------------- item 6: permissions of foreign directories
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the embedded server drops privileges only as root")
+
+
+def _modes(*paths: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mode for p in paths}
+
+
+@as_root
+def test_embedded_start_never_widens_a_foreign_private_parent(tmp_path) -> None:
+    import tempfile
+
+    from jobpipe import embedded
+    from jobpipe.errors import UserError
+
+    private = Path(tempfile.mkdtemp(prefix="i15-foreign-"))  # 0700, not created by jobpipe
+    try:
+        before = _modes(Path("/"), Path("/tmp"), private)
+        with pytest.raises(UserError) as info:
+            embedded.start(private / "a" / "pgdata")
+        assert str(private) in str(info.value) and "0700" in str(info.value)
+        assert _modes(Path("/"), Path("/tmp"), private) == before
+        assert not (private / "a").exists()  # nothing created either
+    finally:
+        import shutil
+
+        shutil.rmtree(private, ignore_errors=True)
+
+
+@as_root
+def test_embedded_server_in_a_jobpipe_created_dir_runs_with_a_0700_data_dir() -> None:
+    import shutil
+    import stat
+
+    from jobpipe import db, embedded
+
+    parent = embedded.temporary_parent("i15-own-")
+    data_dir = parent / "nested" / "pgdata"
+    before = _modes(Path("/"), Path("/tmp"))
+    try:
+        url = embedded.start(data_dir)
+        with db.connect(url, vector=False) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(parent.stat().st_mode) == 0o711  # jobpipe's own: passable, not listable
+        assert stat.S_IMODE((parent / "nested").stat().st_mode) == 0o711
+        assert _modes(Path("/"), Path("/tmp")) == before
+        assert embedded.url_if_running(data_dir) == url
+    finally:
+        embedded.stop(data_dir)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@as_root
+def test_default_data_dir_for_root_is_outside_its_home(tmp_path) -> None:
+    code = "from jobpipe import embedded; print(embedded.default_data_dir())"
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env.pop("XDG_DATA_HOME", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "/var/lib/jobpipe-embedded/pgdata", out.stderr
+    legacy = tmp_path / ".local" / "share" / "jobpipe" / "pgdata"
+    legacy.mkdir(parents=True)
+    (legacy / "PG_VERSION").write_text("18\n")  # a cluster from before stays where it is
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == str(legacy), out.stderr

