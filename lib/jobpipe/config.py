@@ -144,6 +144,8 @@ def check_value(setting: Setting, value: Any, where: str) -> Any:
     if isinstance(value, float) and value != value:
         raise ConfigError(f"{where}: {setting.key} is not a number (nan)")
     if isinstance(value, int) and not isinstance(value, bool) and expected == (float, int):
+        if abs(value) > 1e300:  # float() would raise OverflowError; no setting comes near
+            raise ConfigError(f"{where}: {setting.key} = {_shown(value)} is out of range")
         value = float(value)
     if setting.item_type is not None and isinstance(value, list):
         for i, item in enumerate(value):
