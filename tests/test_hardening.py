@@ -594,3 +594,22 @@ def test_default_data_dir_for_root_is_outside_its_home(tmp_path) -> None:
     (legacy / "PG_VERSION").write_text("18\n")  # a cluster from before stays where it is
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == str(legacy), out.stderr
+
+
+def test_vectors_with_nulls_strings_or_nan_are_item_errors_not_stored() -> None:
+    """Found by the hypothesis test: `{"embeddings": [[null, null, null, null]]}` passed as a vector
+    (only its length was checked) and would have failed the batch's write in pgvector."""
+    from jobpipe.errors import ItemError
+    from jobpipe.ollama import OllamaEmbeddingClient
+
+    class Pool:
+        urls = ("http://stand-in",)
+
+        def post_json(self, *a: Any, **k: Any) -> Any:
+            nan = float("nan")
+            return {"embeddings": [[None] * 4, [0.1, nan, 0.2, 0.3], ["1", "2", "3", "4"], [0, 0, 0, 1]]}
+
+    results = OllamaEmbeddingClient(Pool(), "m", dimensions=4).embed_batch(["a", "b", "c", "d"])  # type: ignore[arg-type]
+    assert [type(r).__name__ for r in results] == ["ItemError", "ItemError", "ItemError", "list"]
+    assert all(r.kind == "malformed_answer" for r in results[:3] if isinstance(r, ItemError))
+    assert results[3] == [0.0, 0.0, 0.0, 1.0] and all(type(x) is float for x in results[3])

@@ -13,6 +13,7 @@ Error contract (what the queue does with it):
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -192,8 +193,13 @@ class EmbeddingClient(_ClientBase):
                     "(wrong model loaded, or embedder.dimensions does not match the model)",
                     kind="dimension",
                 )
+            elif (clean := _finite_floats(vec)) is None:
+                results[index[lo + k]] = ItemError(
+                    f"model {self.model!r} returned a vector that is not all finite numbers: {str(vec)[:80]}",
+                    kind="malformed_answer",
+                )
             else:
-                results[index[lo + k]] = vec
+                results[index[lo + k]] = clean
 
     def _expected_dimension(self, vectors: list[Any]) -> int:
         if self.dimensions is None:
@@ -210,6 +216,26 @@ class EmbeddingClient(_ClientBase):
             first = errors[0]
             raise ItemError(f"{len(errors)} of {len(results)} inputs failed; first: {first}", kind=first.kind)
         return results  # type: ignore[return-value]
+
+
+def _finite_floats(vec: list[Any]) -> list[float] | None:
+    """`vec` as floats when every element is a finite number (JSON ints allowed), else None.
+
+    A null, string, bool or NaN in an answer would otherwise reach pgvector and fail the whole
+    batch's write. The common case (all floats) costs one pass and one sum: NaN and ±inf, and
+    only they (or an overflow no embedding comes near), make the sum non-finite.
+    """
+    if all(type(x) is float for x in vec):
+        return vec if math.isfinite(sum(vec)) else None
+    out: list[float] = []
+    for x in vec:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            return None
+        try:
+            out.append(float(x))
+        except OverflowError:
+            return None
+    return out if math.isfinite(sum(out)) else None
 
 
 class ChatClient(_ClientBase):
