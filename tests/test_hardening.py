@@ -613,3 +613,15 @@ def test_vectors_with_nulls_strings_or_nan_are_item_errors_not_stored() -> None:
     assert [type(r).__name__ for r in results] == ["ItemError", "ItemError", "ItemError", "list"]
     assert all(r.kind == "malformed_answer" for r in results[:3] if isinstance(r, ItemError))
     assert results[3] == [0.0, 0.0, 0.0, 1.0] and all(type(x) is float for x in results[3])
+
+
+def test_terminal_log_lines_escape_control_characters() -> None:
+    """`jobpipe run` in a terminal logs in the text format: a title with ESC in a log field must not
+    reach the terminal as a control sequence."""
+    from jobpipe.logs import TextFormatter
+
+    record = logging.LogRecord("jobpipe.t", logging.WARNING, __file__, 1, "items_failed", (), None)
+    record.example = "Koch\x1b]0;pwned\x07\x1b[2J\x9b"
+    line = TextFormatter("embedder").format(record)
+    assert not any(ch in line for ch in "\x1b\x07\x9b"), repr(line)
+    assert "\\u001b]0;pwned\\u0007" in line

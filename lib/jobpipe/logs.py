@@ -30,6 +30,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from jobpipe.text import terminal_safe
+
 REDACTED = "***"
 # journald splits lines longer than LineMax (48 KiB by default), which would break the JSON;
 # so cap single values well below that.
@@ -229,7 +231,9 @@ class TextFormatter(logging.Formatter):
         if exc is not None:
             last = exc.strip().splitlines()[-1] if exc.strip() else ""
             line += f" exc={_text_value(last)}\n" + "\n".join("  | " + ln for ln in exc.splitlines())
-        return redact(_utf8(line))  # a lone surrogate would make the terminal write fail
+        # A terminal reads this: control characters from data (a title with ESC) are shown as
+        # \uXXXX, never interpreted; lone surrogates (which would fail the write) become U+FFFD.
+        return terminal_safe(redact(_utf8(line)))
 
 
 # -- setup -----------------------------------------------------------------------------------------
