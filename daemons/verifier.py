@@ -62,6 +62,8 @@ class VerifierDaemon(Daemon):
             max_concurrency=sec.workers,
             rate_limit_per_s=ba.rate_limit_per_s,
             read_timeout=ba.timeout_s,
+            deadline_s=ba.deadline_s,
+            max_response_bytes=ba.max_response_bytes,
             max_retries=sec.request_retries,
             max_description_chars=ba.description_max_chars,
             sleep=sleep,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ def pg_server() -> Iterator[dict[str, Any]]:
     if external:
         yield {"url": external, "data_dir": None}
         return
-    base = Path(tempfile.mkdtemp(prefix="jobpipe-test-pg-"))
+    base = embedded.temporary_parent("jobpipe-test-pg-")  # traversable for the server's user as root
     data_dir = base / "pgdata"
     url = embedded.start(data_dir)
     try:

@@ -148,14 +148,23 @@ def test_in_process_once_drains_and_skips(pg_url, db_conn, ollama):
     assert ollama.counters()["requests"] <= 10
 
 
+@pytest.fixture
+def pg_home():
+    """A directory for an own embedded server: jobpipe's temporary_parent, which the server's user
+    can pass when run as root (pytest's tmp_path is 0700, and jobpipe never widens it)."""
+    home = embedded.temporary_parent("jobpipe-test-rt-")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def test_notify_ready_while_database_down_then_watchdog_and_sigterm(
-    tmp_path, pg_url, db_conn, ollama, notify
+    pg_home, pg_url, db_conn, ollama, notify
 ):
     # A database that is down at start: READY at the first failed attempt (a database outage must
     # not hold systemd's start job, and with it the machine's boot: issue 20 item 1), and the
     # STATUS after it says why. Once the database is up, STATUS drops the outage and its error
     # (item 4: "last error: database: ... Connection refused" used to stay).
-    data_dir = tmp_path / "pg"
+    data_dir = pg_home / "pg"
     data_dir.mkdir()
     url = embedded.start(data_dir)
     embedded.stop(data_dir)
@@ -313,8 +322,8 @@ def test_ollama_outage_keeps_daemon_up_and_charges_nothing(pg_url, db_conn, noti
             proc.wait(timeout=15)
 
 
-def test_database_restart_under_running_daemon(tmp_path, ollama, notify):
-    data_dir = tmp_path / "pg"
+def test_database_restart_under_running_daemon(pg_home, ollama, notify):
+    data_dir = pg_home / "pg"
     data_dir.mkdir()
     url = embedded.start(data_dir)
     try:

@@ -176,6 +176,10 @@ class StageFacts:
     failed_24h: int = 0
     given_up_24h: int = 0
     last_success: datetime | None = None
+    # Failed attempts (failed + given up) in the minutes after the one of the last success (all
+    # in the 24 h span when none succeeded): the run of failures nothing succeeded in between.
+    # Minute buckets make it conservative: failures in the last success's own minute are left out.
+    failed_since_success: int = 0
     samples: list[tuple[datetime, int]] = field(default_factory=list)  # backlog window, oldest first
 
     @property
@@ -225,6 +229,16 @@ def gather(conn: Any, stages: Sequence[str] | None, th: Thresholds) -> dict[str,
         ).fetchall():
             if last is not None and (facts[s].last_success is None or last > facts[s].last_success):
                 facts[s].last_success = last
+        for s, streak in conn.execute(
+            """SELECT t.s, coalesce((
+                        SELECT sum(c.n) FROM stage_counts c
+                         WHERE c.stage = t.s AND c.outcome IN ('failed', 'given_up')
+                           AND c.minute >= date_trunc('minute', now() - make_interval(secs => %s))
+                           AND (t.last IS NULL OR c.minute > date_trunc('minute', t.last))), 0)
+                 FROM unnest(%s::text[], %s::timestamptz[]) AS t(s, last)""",
+            (span_s, names, [facts[s].last_success for s in names]),
+        ).fetchall():
+            facts[s].failed_since_success = int(streak)
         waiting = [s for s in names if facts[s].due > 0 and facts[s].done_stall == 0]
         if waiting:
             for s, long_wait in conn.execute(
@@ -314,6 +328,24 @@ def stage_conditions(f: StageFacts, th: Thresholds) -> list[Condition]:
             f"failure ratio on stage {s}",
             total >= th.failure_min_count and total > 0 and ratio >= th.failure_ratio,
             f"{f.failed_window:,} of {total:,} processed failed in the last {win} ({ratio:.0%}; {rule})",
+            FAIL,
+            hint=f"jobpipe queue stats; once the cause is fixed: jobpipe queue requeue {s}",
+            stage=s,
+        )
+    )
+    streak = f.failed_since_success
+    since = (
+        f"since the last success at {fmt_time(f.last_success)}" if f.last_success else "and none succeeded"
+    )
+    out.append(
+        Condition(
+            f"failure_streak:{s}",
+            f"every recent item fails on stage {s}",
+            # The ratio over the window is diluted by successes that are over: a run of failures
+            # with nothing succeeding in between is the stage failing now, whatever came before.
+            # Not while the ratio fires: one alert for one cause.
+            streak >= th.failure_min_count and not out[0].active,
+            f"{streak:,} failed attempts in a row {since} (fires at {th.failure_min_count:,})",
             FAIL,
             hint=f"jobpipe queue stats; once the cause is fixed: jobpipe queue requeue {s}",
             stage=s,
@@ -449,17 +481,29 @@ def dependency_conditions(insts: Sequence[Instance], deps: Sequence[str], th: Th
 
 
 def last_error(conn: Any, stage: str, insts: Sequence[Instance] = ()) -> str:
-    """The latest error of a stage: a live instance's (the runner keeps "<stage>: <error>" in
-    daemon_status), else the newest given-up item's. Registered secrets are cut out."""
+    """The first line of the latest error of a stage (what a phone shows of the cause): a live
+    instance's (the runner keeps "<stage>: <error>" in daemon_status), else the newest failed or
+    given-up item's. Credentials and registered secrets are cut out."""
     for i in insts:
         if i.status.startswith(f"{stage}: "):
-            return redact_secrets(i.status[len(stage) + 2 :])[:300]
+            return _first_line(i.status[len(stage) + 2 :])
     row = conn.execute(
-        """SELECT last_error FROM queue WHERE stage = %s AND status = 'given_up' AND last_error IS NOT NULL
-            ORDER BY updated_at DESC LIMIT 1""",
-        (stage,),
+        """(SELECT last_error, updated_at FROM queue
+             WHERE stage = %(s)s AND status = 'given_up' AND last_error IS NOT NULL
+             ORDER BY updated_at DESC LIMIT 1)
+           UNION ALL
+           (SELECT last_error, updated_at FROM queue
+             WHERE stage = %(s)s AND status = 'pending' AND attempts > 0 AND last_error IS NOT NULL
+             ORDER BY updated_at DESC LIMIT 1)
+           ORDER BY updated_at DESC LIMIT 1""",
+        {"s": stage},
     ).fetchone()
-    return redact_secrets(row[0])[:300] if row else ""
+    return _first_line(row[0]) if row else ""
+
+
+def _first_line(text: str) -> str:
+    lines = redact_secrets(text).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def dependency_hint(dep: str) -> str:
@@ -870,7 +914,7 @@ class Alerter:
             for c in stage_conditions(f, self.th):
                 if not warm and c.key.startswith("stall:"):
                     continue
-                if c.active and c.key.startswith(("failure_ratio:", "stall:")):
+                if c.active and c.key.startswith(("failure_ratio:", "failure_streak:", "stall:")):
                     err = last_error(conn, f.stage, insts)
                     c = replace(c, detail=f"last error: {err}") if err else c
                 conds.append(c)

@@ -27,6 +27,7 @@ from requests.adapters import HTTPAdapter
 from jobpipe import ba_wire
 from jobpipe.ba_wire import BerufDetail, BerufePage, PostingDetails, SchemaError, SearchPage
 from jobpipe.errors import DependencyDown, ItemError
+from jobpipe.httpio import BodyLimitExceeded, deadline_after, read_body
 
 JOBSUCHE_URL = "https://rest.arbeitsagentur.de/jobboerse/jobsuche-service"
 BERUFENET_URL = "https://rest.arbeitsagentur.de/infosysbub/bnet/pc/v1"
@@ -133,6 +134,8 @@ class BAClient:
         rate_burst: int = 1,
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
+        deadline_s: float | None = None,
+        max_response_bytes: int = 16 << 20,
         max_retries: int = 5,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
@@ -160,6 +163,10 @@ class BAClient:
             session.mount("https://", adapter)
         self.session = session
         self.timeout = (connect_timeout, read_timeout)
+        # Per attempt: the whole exchange, body included, by the deadline (default 3 read timeouts),
+        # and no answer bigger than the cap: a trickling or runaway server is a failed attempt.
+        self.deadline_s = deadline_s if deadline_s is not None else 3 * read_timeout
+        self.max_response_bytes = max_response_bytes
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -269,8 +276,15 @@ class BAClient:
             with self._slots:
                 started = self._clock()
                 try:
-                    response = self.session.get(url, params=params, headers=headers, timeout=self.timeout)
-                    body = response.content
+                    deadline = deadline_after(self.deadline_s)
+                    response = self.session.get(
+                        url, params=params, headers=headers, timeout=self.timeout, stream=True
+                    )
+                    with response:
+                        body = read_body(response, max_bytes=self.max_response_bytes, deadline=deadline)
+                except BodyLimitExceeded as exc:
+                    kind = "timeout" if exc.kind == "deadline" else exc.kind
+                    detail = f"{exc} ({self.deadline_s:g} s deadline)" if exc.kind == "deadline" else str(exc)
                 except requests.Timeout as exc:
                     kind, detail = "timeout", f"timeout after {self.timeout}: {exc.__class__.__name__}"
                 except requests.RequestException as exc:

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from jobpipe.errors import JobpipeError
-from jobpipe.text import clean_line, clean_text, normalise_whitespace
+from jobpipe.text import clean_line, clean_text, normalise_whitespace, parse_int
 
 SOURCE = "ba"
 GONE_CODE = "STELLENANGEBOT_NICHT_GEFUNDEN"
@@ -55,7 +55,6 @@ MAX_LIST_ENTRIES = 100  # locations and occupations of one item: the rest ignore
 MAX_RAW_DEPTH = 32  # raw jsonb: deeper containers are replaced by a marker string
 MAX_RAW_TEXT_CHARS = 10_000  # raw jsonb: longer strings are cut (the description: its own cap)
 MAX_RAW_NODES = 20_000  # raw jsonb: values beyond this many are left out
-_MAX_NUMBER_DIGITS = 18  # _int accepts at most this many ASCII digits (fits a bigint)
 
 
 class SchemaError(JobpipeError):
@@ -301,11 +300,7 @@ def _int(value: Any) -> int | None:
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**63 else None
     if isinstance(value, str):
-        digits = value.strip()
-        # isdigit() alone accepts "²" and other Unicode digits, which int() then rejects.
-        if digits.isascii() and digits.isdigit() and len(digits) <= _MAX_NUMBER_DIGITS:
-            return int(digits)
-        return None
+        return parse_int(value)  # ASCII digits only: str.isdigit() takes "²", which int() rejects
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         return int(value)
     return None

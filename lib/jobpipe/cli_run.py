@@ -10,6 +10,7 @@ from pathlib import Path
 
 from jobpipe import config as config_mod
 from jobpipe import runtime
+from jobpipe.cli_core import int_arg
 from jobpipe.logs import setup_logging
 from jobpipe.settings import DAEMONS
 
@@ -18,7 +19,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run one daemon in the foreground (what jobpipe@DAEMON.service starts)")
     p.add_argument("daemon", help=f"one of {', '.join(DAEMONS)}")
     p.add_argument("--once", action="store_true", help="drain the pending work, then exit 0")
-    p.add_argument("--metrics-port", type=int, help="override <daemon>.metrics_port (0 = any free port)")
+    p.add_argument(
+        "--metrics-port", type=int_arg(0, 65535), help="override <daemon>.metrics_port (0 = any free port)"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("up", help="run every enabled daemon, supervised, on the configured database")

@@ -8,9 +8,9 @@ from datetime import date, timedelta
 from typing import Any
 
 from jobpipe import db, demand, similarity
-from jobpipe.cli_core import connect, load_config
+from jobpipe.cli_core import connect, int_arg, load_config
 from jobpipe.errors import UserError
-from jobpipe.text import clean_text
+from jobpipe.text import cell, clean_text, parse_int
 
 
 def _day(value: str) -> date:
@@ -39,7 +39,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("similar", help="the occupations most similar to one (by id or name)")
     p.add_argument("occupation", help="occupation id, or (part of) its name")
-    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument("--limit", type=int_arg(1, 10_000), default=20, help="at most this many (default 20)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_similar)
 
@@ -123,8 +123,8 @@ def resolve_occupation(conn: Any, text: str) -> tuple[int, str]:
     text = (clean_text(text) or "").strip()
     if not text:
         raise UserError("give an occupation id or name")
-    if text.isdigit():
-        row = conn.execute("SELECT id, name FROM occupations WHERE id = %s", (int(text),)).fetchone()
+    if (ident := parse_int(text)) is not None:
+        row = conn.execute("SELECT id, name FROM occupations WHERE id = %s", (ident,)).fetchone()
         if row is None:
             raise UserError(f"no occupation with id {text}")
         return row[0], row[1]
@@ -181,7 +181,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
             "or a name embedding)"
         )
         return 0
-    print(f"{occ_id} {name} (compared by {found[0].basis}):")
+    print(f"{occ_id} {cell(name)} (compared by {found[0].basis}):")
     for s in found:
-        print(f"{s.rank:>4}  {float(s.score):.3f}  {s.occupation_id:>8}  {s.name or '?'}")
+        print(f"{s.rank:>4}  {float(s.score):.3f}  {s.occupation_id:>8}  {cell(s.name or '?')}")
     return 0

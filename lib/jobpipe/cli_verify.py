@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from jobpipe import db, queue, verification
-from jobpipe.cli_core import connect, load_config
+from jobpipe.cli_core import connect, float_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.text import clean_text
 
@@ -24,7 +24,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("postings", nargs="*", metavar="POSTING", help="posting id or BA referenznummer")
     p.add_argument(
         "--wait",
-        type=float,
+        type=float_arg(0.001, 86400),
         metavar="SECONDS",
         help="wait up to SECONDS for the verifier's answers and print them",
     )

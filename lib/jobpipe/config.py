@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,13 @@ from typing import Any
 import yaml
 
 from jobpipe.errors import ConfigError
+from jobpipe.logs import redact as redact_text
 from jobpipe.settings import SECTIONS, Setting, all_settings
 
 DEFAULT_PATH = Path("/etc/jobpipe/jobpipe.yaml")
 ENV_PREFIX = "JOBPIPE_"
 # Environment variables with this prefix that are not settings.
 _RESERVED_ENV = {"JOBPIPE_CONFIG", "JOBPIPE_DAEMON", "JOBPIPE_INSTANCE"}
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +70,23 @@ class Config:
 
 
 def redact(setting: Setting, value: Any) -> Any:
+    """`value` as `config show` may print it: a secret setting as "***" (a URL keeps its host, only
+    its credentials go), and credentials in any string, also inside lists and mappings, redacted
+    with jobpipe.logs.redact."""
     if setting.secret and value not in ("", [], None):
         if isinstance(value, str) and "://" in value:
-            return _URL_PASSWORD.sub(r"\1***\3", value)
+            return redact_text(value)
         return "***"
-    if isinstance(value, str) and "://" in value:
-        return _URL_PASSWORD.sub(r"\1***\3", value)
+    return _redact_nested(value)
+
+
+def _redact_nested(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list):
+        return [_redact_nested(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_nested(v) for k, v in value.items()}
     return value
 
 
@@ -88,23 +98,60 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     )
 
 
+# Caps on what a config file or variable may hold: no setting needs more, and a value beyond
+# them is a mistake (or an attack) that should be one line, not memory or a RecursionError.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_VALUE_DEPTH = 8  # fetcher.sources is a list of mappings of scalars: depth 3
+MAX_VALUE_ITEMS = 10_000
+MAX_STRING_CHARS = 10_000
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: its repr, cut (a 1 MB string is no message)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_shape(setting: Setting, value: Any, where: str) -> None:
+    """Nesting, item count and string length within the caps (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    items = 0
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str) and len(v) > MAX_STRING_CHARS:
+            raise ConfigError(f"{where}: {setting.key}: a string longer than {MAX_STRING_CHARS} characters")
+        if isinstance(v, dict | list):
+            if depth > MAX_VALUE_DEPTH:
+                raise ConfigError(f"{where}: {setting.key} is nested deeper than {MAX_VALUE_DEPTH} levels")
+            children = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+            items += len(children)
+            if items > MAX_VALUE_ITEMS:
+                raise ConfigError(f"{where}: {setting.key} holds more than {MAX_VALUE_ITEMS} items")
+            stack.extend((c, depth + 1) for c in children)
+
+
 def check_value(setting: Setting, value: Any, where: str) -> Any:
-    """Type/range/choice check; returns the value (ints widened to float for float settings)."""
+    """Type/range/choice check; returns the value (ints widened to float for float settings).
+    Lists and mappings are also held to the caps on nesting, items and string length."""
     expected = setting.value_type
     ok = isinstance(value, expected)
     if ok and isinstance(value, bool) and expected in ((float, int), int):
         ok = False  # YAML `true` is not a number
     if not ok:
-        raise ConfigError(
-            f"{where}: {setting.key} must be {_type_name(expected)}, got {type(value).__name__} {value!r}"
-        )
+        got = f"{type(value).__name__} {_shown(value)}"
+        raise ConfigError(f"{where}: {setting.key} must be {_type_name(expected)}, got {got}")
+    _check_shape(setting, value, where)
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{where}: {setting.key} is not a number (nan)")
     if isinstance(value, int) and not isinstance(value, bool) and expected == (float, int):
+        if abs(value) > 1e300:  # float() would raise OverflowError; no setting comes near
+            raise ConfigError(f"{where}: {setting.key} = {_shown(value)} is out of range")
         value = float(value)
     if setting.item_type is not None and isinstance(value, list):
         for i, item in enumerate(value):
             if not isinstance(item, setting.item_type):
                 raise ConfigError(
-                    f"{where}: {setting.key}[{i}] must be {_type_name(setting.item_type)}, got {item!r}"
+                    f"{where}: {setting.key}[{i}] must be {_type_name(setting.item_type)}, got {_shown(item)}"
                 )
     if setting.min is not None and value < setting.min:
         raise ConfigError(f"{where}: {setting.key} = {value} is below the minimum {setting.min:g}")
@@ -112,7 +159,7 @@ def check_value(setting: Setting, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {setting.key} = {value} is above the maximum {setting.max:g}")
     if setting.choices is not None and value not in setting.choices:
         choices = ", ".join(repr(c) for c in setting.choices)
-        raise ConfigError(f"{where}: {setting.key} = {value!r} is not one of {choices}")
+        raise ConfigError(f"{where}: {setting.key} = {_shown(value)} is not one of {choices}")
     return value
 
 
@@ -124,7 +171,11 @@ def _suggest(name: str, candidates: list[str]) -> str:
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Parse the file; return data and the 1-based line of each `section` and `section.key`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:  # bounded: /dev/zero or a runaway file is no config
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: config file larger than {MAX_CONFIG_BYTES} bytes")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found (set JOBPIPE_CONFIG or create it)") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -132,6 +183,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -197,10 +250,12 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
         parsed: Any = raw
         if setting.value_type is not str:
             try:
+                if len(raw) > MAX_STRING_CHARS:
+                    raise ConfigError(f"env {var}: longer than {MAX_STRING_CHARS} characters")
                 parsed = yaml.safe_load(raw) if raw.strip() else raw
-            except yaml.YAMLError:
+            except (yaml.YAMLError, RecursionError):
                 raise ConfigError(
-                    f"env {var}: cannot parse {raw!r} as {_type_name(setting.value_type)}"
+                    f"env {var}: cannot parse {_shown(raw)} as {_type_name(setting.value_type)}"
                 ) from None
         values[key] = Value(check_value(setting, parsed, f"env {var}"), f"env {var}")
 

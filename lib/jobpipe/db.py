@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobpipe import embedded
 from jobpipe.config import Config
-from jobpipe.errors import DependencyDown, UserError
+from jobpipe.errors import DependencyDown, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ def connect(
     application_name: str = "jobpipe",
     vector: bool = True,
 ) -> psycopg.Connection[Any]:
-    """Open a connection; DependencyDown when the server cannot be reached."""
+    """Open a connection; DependencyDown when the server cannot be reached, UserError (one line,
+    credentials redacted) when `url` is not a connection string at all."""
+    check_url(url)
     options = f"-c statement_timeout={int(statement_timeout_s * 1000)}" if statement_timeout_s else None
     try:
         conn = psycopg.connect(
@@ -96,6 +98,15 @@ def connect(
         except psycopg.ProgrammingError:
             pass  # extension not installed yet: only the migration connection sees this
     return conn
+
+
+def check_url(url: str) -> None:
+    """UserError unless `url` parses as a PostgreSQL URL or key=value connection string. libpq's
+    parse error quotes the string, password included, so the message is redacted."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise UserError(f"database.url is not a valid PostgreSQL connection URL: {first_line(exc)}") from None
 
 
 def close_quietly(conn: Any) -> None:

@@ -92,6 +92,8 @@ def client_from_config(
         concurrency=concurrency or e.workers,
         connect_timeout=o.connect_timeout_s,
         read_timeout=o.read_timeout_s,
+        deadline_s=o.deadline_s,
+        max_response_bytes=o.max_response_bytes,
         api_key=o.api_key or None,
         dimensions=e.dimensions,
         query_prefix=e.query_prefix,

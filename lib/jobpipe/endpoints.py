@@ -13,7 +13,10 @@ Error classification (what the queue needs to know):
 - 5xx / 429 / other statuses          -> DependencyDown(kind="http_<status>")
 - timeout / refused / reset           -> DependencyDown(kind="timeout" / "connection")
 - truncated or non-JSON body          -> DependencyDown(kind="bad_response")
-- 2xx body beyond max_answer_bytes    -> ItemError(kind="answer_too_large") (when a cap is set)
+- body over `max_response_bytes`      -> DependencyDown(kind="too_large")
+- 2xx body over `max_answer_bytes`    -> ItemError(kind="answer_too_large") (a per-client cap, below
+                                         max_response_bytes: a runaway answer to one input)
+- body not complete within `deadline_s` (from sending the request) -> DependencyDown(kind="timeout")
 Every DependencyDown opens that endpoint's breaker for a backoff period and the call fails over
 to the next endpoint not yet tried; only when every endpoint failed (or is still backing off)
 does the caller see DependencyDown.
@@ -35,9 +38,12 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from jobpipe.errors import DependencyDown, ItemError
+from jobpipe.httpio import BodyLimitExceeded, deadline_after, read_body
+from jobpipe.logs import redact
 
 log = logging.getLogger(__name__)
-READ_CHUNK = 1 << 22  # bytes per read of an answer body: whole answers in one go
+# Defaults when a caller does not say: generous for a batch of embeddings, far below "read it all".
+DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
 
 # (op, endpoint base URL, seconds, outcome "ok" or an error kind). The runtime feeds Prometheus with it.
 Observer = Callable[[str, str, float, str], None]
@@ -115,8 +121,13 @@ class EndpointPool:
         backoff_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        deadline_s: float | None = None,
         max_answer_bytes: int | None = None,
     ) -> None:
+        """`deadline_s` bounds a whole exchange (request sent to body read), default twice the read
+        timeout; `max_response_bytes` bounds a body. Both guard against a misbehaving server (a
+        trickle never trips the per-read timeout; a huge answer would be held in memory)."""
         cleaned = [u.strip().rstrip("/") for u in urls if u and u.strip()]
         if not cleaned:
             raise ValueError(f"{dependency}: no base URL given")
@@ -124,13 +135,15 @@ class EndpointPool:
             raise ValueError(f"{dependency}: duplicate base URLs in {cleaned}")
         for u in cleaned:
             if not u.startswith(("http://", "https://")):
-                raise ValueError(f"{dependency}: base URL must start with http:// or https://: {u!r}")
+                raise ValueError(f"{dependency}: base URL must start with http:// or https://: {redact(u)!r}")
         if concurrency < 1:
             raise ValueError(f"{dependency}: concurrency must be >= 1, got {concurrency}")
         self.dependency = dependency
         self.timeout = (connect_timeout, read_timeout)
-        # None: read every answer whole. Else a 2xx body beyond this many bytes is not read further
-        # (a runaway generation must not cost the daemon its memory): ItemError "answer_too_large".
+        self.max_response_bytes = max_response_bytes
+        self.deadline_s = deadline_s if deadline_s is not None else 2 * read_timeout
+        # None: only max_response_bytes. Else a 2xx body beyond this is the input's fault (a
+        # runaway generation), not the server's: ItemError "answer_too_large", no breaker.
         self.max_answer_bytes = max_answer_bytes
         self.observer = observer
         self.backoff_base = backoff_base
@@ -270,17 +283,30 @@ class EndpointPool:
         self, base: str, method: str, path: str, body: bytes | None, model: str | None, *, raw: bool
     ) -> Any:
         url = base + path
+        deadline = deadline_after(self.deadline_s)
+        answer_cap: int | None = None
         try:
             resp = self.session.request(
                 method, url, data=body, timeout=self.timeout, proxies=self._proxies.get(base), stream=True
             )
-            with resp:  # read whole, then the connection goes back to the pool
-                # In one read, not requests' 10 kB chunks: an embeddings answer of 300 kB took
-                # some 30 reads, each a trip through urllib3 and a GIL hand-off.
-                content = self._read(resp, url)
+            with resp:  # read whole (bounded), then the connection goes back to the pool
+                answer_cap = self.max_answer_bytes if 200 <= resp.status_code < 300 else None
+                cap = min(self.max_response_bytes, answer_cap or self.max_response_bytes)
+                content = read_body(resp, max_bytes=cap, deadline=deadline)
+        except BodyLimitExceeded as exc:
+            if exc.kind == "too_large" and answer_cap is not None and answer_cap <= self.max_response_bytes:
+                head = exc.head.decode("utf-8", errors="replace")
+                raise ItemError(
+                    f"{redact(url)} answered more than {answer_cap:,} bytes (not read further): {head!r}",
+                    kind=ANSWER_TOO_LARGE,
+                ) from None
+            kind = "timeout" if exc.kind == "deadline" else exc.kind
+            raise DependencyDown(self.dependency, f"{method} {redact(url)}: {exc}", kind=kind) from None
         except requests.RequestException as exc:
             kind = _transport_kind(exc)
-            raise DependencyDown(self.dependency, f"{method} {url}: {kind}: {exc}", kind=kind) from exc
+            raise DependencyDown(
+                self.dependency, f"{method} {redact(url)}: {kind}: {redact(str(exc))}", kind=kind
+            ) from None
         status = resp.status_code
         if 200 <= status < 300:
             if raw:
@@ -320,25 +346,6 @@ class EndpointPool:
             kind=f"http_{status}",
             retry_after=_retry_after(resp),
         )
-
-    def _read(self, resp: requests.Response, url: str) -> bytes:
-        """The whole body, or ItemError(kind="answer_too_large") past `max_answer_bytes` (2xx only:
-        an error body is short and says what went wrong)."""
-        cap = self.max_answer_bytes
-        if cap is None or not 200 <= resp.status_code < 300:
-            return b"".join(resp.iter_content(READ_CHUNK))
-        parts: list[bytes] = []
-        size = 0
-        for chunk in resp.iter_content(min(READ_CHUNK, 1 << 16)):
-            parts.append(chunk)
-            size += len(chunk)
-            if size > cap:
-                head = b"".join(parts)[:200].decode("utf-8", errors="replace")
-                raise ItemError(
-                    f"{url} answered more than {cap:,} bytes (not read further): {head!r}",
-                    kind=ANSWER_TOO_LARGE,
-                )
-        return b"".join(parts)
 
     def _observe(self, op: str, endpoint: str, seconds: float, outcome: str) -> None:
         if self.observer is None:

@@ -7,9 +7,20 @@ not at fault when the model server, the BA API or the database is away.
 
 from __future__ import annotations
 
+from jobpipe.logs import redact
+
+# An error text ends up in logs, queue.last_error, STATUS= (readable by every local user), Signal
+# messages and the CLI; so the errors below redact credentials once, when their text is made.
+
 
 class JobpipeError(Exception):
-    """Base class for jobpipe's own errors."""
+    """Base class for jobpipe's own errors. A single-string message is redacted (jobpipe.logs.redact):
+    credentials in URLs and connection strings never reach `str(exc)`."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (redact(args[0]),)
+        super().__init__(*args)
 
 
 class UserError(JobpipeError):
@@ -50,6 +61,7 @@ class DependencyDown(JobpipeError):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (psycopg's run over several), else its type name."""
-    text = str(exc).strip()
+    """The first line of an exception's message (psycopg's run over several), else its type name;
+    redacted (a libpq error echoes the connection string, password included)."""
+    text = redact(str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__

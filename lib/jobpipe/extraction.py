@@ -531,6 +531,9 @@ def chat_client_from_config(cfg: Any, *, observer: Any = None) -> ChatClient:
         read_timeout=x.read_timeout_s,
         api_key=o.api_key or None,
         observer=observer,
+        # The whole exchange is bounded too: never shorter than the extractor's own read timeout.
+        deadline_s=max(o.deadline_s, x.read_timeout_s),
+        max_response_bytes=o.max_response_bytes,
         max_answer_bytes=MAX_ANSWER_BYTES,
     )
 

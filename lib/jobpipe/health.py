@@ -5,9 +5,10 @@ given up (shown apart), rate, age of the oldest pending item, last success, and 
 its reasons:
 
 - FAIL: the failure ratio crossed alerts.failure_ratio with at least alerts.failure_min_count
-  processed, in the alert window or the last hour; or in the last 24 h with nothing succeeding
-  since (the predecessor's "0 success, 56 failed" nightly pattern, which is FAIL even when nothing
-  is pending any more); or due work stalled.
+  processed, in the alert window or the last hour; at least alerts.failure_min_count failures in a
+  row with no success in between (older successes in the window do not dilute it); or in the
+  last 24 h with nothing succeeding since (the predecessor's "0 success, 56 failed" nightly
+  pattern, which is FAIL even when nothing is pending any more); or due work stalled.
 - WARN: the same ratio over 24 h while the last hour is fine (recovered); failures too few to
   judge; a growing backlog; old pending work; items being given up; pending work and no live
   instance of the daemon that owns the stage.
@@ -74,9 +75,11 @@ def stage_verdict(f: StageFacts, th: Thresholds) -> tuple[str, list[str]]:
     """OK / WARN / FAIL for one stage, with the reasons (worst first)."""
     fails: list[str] = []
     warns: list[str] = []
+    streak: list[str] = []
     for c in alerting.stage_conditions(f, th):
         if c.active:
-            (fails if c.severity == FAIL else warns).append(f"{c.title}: {c.numbers}")
+            target = streak if c.key.startswith("failure_streak:") else fails if c.severity == FAIL else warns
+            target.append(f"{c.title}: {c.numbers}")
     ratio_hit = any(c.startswith("failure ratio") for c in fails)
     t1 = f.done_1h + f.failed_1h
     r1 = f.failed_1h / t1 if t1 else 0.0
@@ -101,6 +104,9 @@ def stage_verdict(f: StageFacts, th: Thresholds) -> tuple[str, list[str]]:
             f"{f.failed_1h:,} of {t1:,} processed failed in the last hour "
             f"(fewer than {th.failure_min_count} processed: too few to alert)"
         )
+    # A failure streak is FAIL on its own; next to a reason that already says so it adds nothing.
+    if streak and not fails:
+        fails = streak
     if fails:
         return FAIL_, fails + warns
     if warns:

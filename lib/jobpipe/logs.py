@@ -8,7 +8,10 @@ Code logs events, not prose: `log_event(log, "batch_done", n=32, rate=41.2)`. A 
 `log.info("text %s", x)` still works; its rendered message becomes the event.
 
 Secrets registered with `register_secret` (API keys, phone numbers) are replaced by "***" in every
-formatted line, wherever they appear (message, fields, tracebacks).
+formatted line, wherever they appear (message, fields, tracebacks); so are credentials written into
+any URL or connection string (`http://user:pw@host`, `?password=`, libpq's `password=...`), known
+or not. `redact` is the one redaction function: config show, error texts (jobpipe.errors), queue
+errors, STATUS= lines and log lines all go through it.
 
 `setup_logging` owns the root logger: calling it again replaces its handler instead of adding one,
 and it removes plain stream handlers (e.g. from logging.basicConfig) that would write every line a
@@ -26,6 +29,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
+
+from jobpipe.text import terminal_safe
 
 REDACTED = "***"
 # journald splits lines longer than LineMax (48 KiB by default), which would break the JSON;
@@ -76,10 +81,33 @@ def _utf8(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+# user:password@ (or token@) after a scheme: the userinfo part of any URL.
+# Greedy up to the last "@" before the path: a password may contain a raw "@".
+_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://)([^/?#\s'\"]*)@")
+# A credential-looking parameter in a URL query or a libpq key=value string; the value may be
+# quoted the libpq way ('it''s' or 'a\'b').
+_CREDENTIAL_PARAM = re.compile(
+    r"(?i)(?<![a-z0-9_])((?:ssl)?password|passwd|pwd|pass|passphrase|secret|token|access_token|"
+    r"api[_\-]?key|apikey|auth|signature|sig)(\s*=\s*)('(?:[^'\\]|\\.|'')*'?|[^&\s;,'\"]*)"
+)
+
+
+def _redact_userinfo(m: re.Match[str]) -> str:
+    user, sep, _password = m.group(2).partition(":")
+    return f"{m.group(1)}{user}:{REDACTED}@" if sep else f"{m.group(1)}{REDACTED}@"
+
+
 def redact(text: str) -> str:
-    """Replace every registered secret in `text` by "***"."""
+    """`text` with every registered secret and every credential in a URL or connection string
+    replaced by "***" (user names and hosts stay: they say where, not how to get in)."""
     pattern = _secret_pattern
-    return pattern.sub(REDACTED, text) if pattern is not None else text
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    if "@" in text:
+        text = _URL_USERINFO.sub(_redact_userinfo, text)
+    if "=" in text:
+        text = _CREDENTIAL_PARAM.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    return text
 
 
 # -- formatting ------------------------------------------------------------------------------------
@@ -203,7 +231,9 @@ class TextFormatter(logging.Formatter):
         if exc is not None:
             last = exc.strip().splitlines()[-1] if exc.strip() else ""
             line += f" exc={_text_value(last)}\n" + "\n".join("  | " + ln for ln in exc.splitlines())
-        return redact(_utf8(line))  # a lone surrogate would make the terminal write fail
+        # A terminal reads this: control characters from data (a title with ESC) are shown as
+        # \uXXXX, never interpreted; lone surrogates (which would fail the write) become U+FFFD.
+        return terminal_safe(redact(_utf8(line)))
 
 
 # -- setup -----------------------------------------------------------------------------------------

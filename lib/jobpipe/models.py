@@ -13,6 +13,7 @@ Error contract (what the queue does with it):
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -21,7 +22,7 @@ from typing import Any, Literal, Self
 
 import orjson
 
-from jobpipe.endpoints import EndpointPool, Observer
+from jobpipe.endpoints import DEFAULT_MAX_RESPONSE_BYTES, EndpointPool, Observer
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.text import clean_text
 
@@ -192,8 +193,13 @@ class EmbeddingClient(_ClientBase):
                     "(wrong model loaded, or embedder.dimensions does not match the model)",
                     kind="dimension",
                 )
+            elif (clean := _finite_floats(vec)) is None:
+                results[index[lo + k]] = ItemError(
+                    f"model {self.model!r} returned a vector that is not all finite numbers: {str(vec)[:80]}",
+                    kind="malformed_answer",
+                )
             else:
-                results[index[lo + k]] = vec
+                results[index[lo + k]] = clean
 
     def _expected_dimension(self, vectors: list[Any]) -> int:
         if self.dimensions is None:
@@ -210,6 +216,26 @@ class EmbeddingClient(_ClientBase):
             first = errors[0]
             raise ItemError(f"{len(errors)} of {len(results)} inputs failed; first: {first}", kind=first.kind)
         return results  # type: ignore[return-value]
+
+
+def _finite_floats(vec: list[Any]) -> list[float] | None:
+    """`vec` as floats when every element is a finite number (JSON ints allowed), else None.
+
+    A null, string, bool or NaN in an answer would otherwise reach pgvector and fail the whole
+    batch's write. The common case (all floats) costs one pass and one sum: NaN and ±inf, and
+    only they (or an overflow no embedding comes near), make the sum non-finite.
+    """
+    if all(type(x) is float for x in vec):
+        return vec if math.isfinite(sum(vec)) else None
+    out: list[float] = []
+    for x in vec:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            return None
+        try:
+            out.append(float(x))
+        except OverflowError:
+            return None
+    return out if math.isfinite(sum(out)) else None
 
 
 class ChatClient(_ClientBase):
@@ -318,6 +344,8 @@ def _pool(
     observer: Observer | None,
     backoff_base: float,
     backoff_max: float,
+    max_response_bytes: int,
+    deadline_s: float | None,
     max_answer_bytes: int | None = None,
 ) -> EndpointPool:
     if provider not in PROVIDERS:
@@ -333,6 +361,8 @@ def _pool(
         observer=observer,
         backoff_base=backoff_base,
         backoff_max=backoff_max,
+        max_response_bytes=max_response_bytes,
+        deadline_s=deadline_s,
         max_answer_bytes=max_answer_bytes,
     )
 
@@ -353,6 +383,8 @@ def make_embedding_client(
     input_type: bool = False,
     backoff_base: float = 1.0,
     backoff_max: float = 30.0,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    deadline_s: float | None = None,
 ) -> EmbeddingClient:
     """An embedding client for `provider` "ollama" (/api/embed) or "openai" (/v1/embeddings).
 
@@ -370,6 +402,8 @@ def make_embedding_client(
         observer,
         backoff_base,
         backoff_max,
+        max_response_bytes,
+        deadline_s,
     )
     if provider == "ollama":
         if input_type:
@@ -404,6 +438,8 @@ def make_chat_client(
     *,
     backoff_base: float = 1.0,
     backoff_max: float = 30.0,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    deadline_s: float | None = None,
     max_answer_bytes: int | None = None,
 ) -> ChatClient:
     """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions).
@@ -418,6 +454,8 @@ def make_chat_client(
         observer,
         backoff_base,
         backoff_max,
+        max_response_bytes,
+        deadline_s,
         max_answer_bytes,
     )
     if provider == "ollama":

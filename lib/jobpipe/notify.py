@@ -24,6 +24,8 @@ import threading
 import unicodedata
 from collections.abc import Mapping
 
+from jobpipe.logs import redact
+
 log = logging.getLogger(__name__)
 
 STATUS_MAX_CHARS = 200  # systemctl status shows one line; longer text only gets cut there
@@ -182,7 +184,8 @@ class Notifier:
             return False
         lines = [first] if first else []
         if status is not None:
-            lines.append("STATUS=" + ascii_status(status))
+            # `systemctl status` shows this line to every local user: no credentials in it.
+            lines.append("STATUS=" + ascii_status(redact(status)))
         data = "\n".join(lines).encode("ascii")
         with self._lock:
             try:

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from jobpipe.logs import redact
 from jobpipe.text import clean_text
 
 Conn = psycopg.Connection[Any]
@@ -194,6 +195,12 @@ def complete(conn: Conn, stage: str, owner: str, outcomes: dict[int, str]) -> in
     return sum(done.values())
 
 
+def _error_text(text: str) -> str:
+    """What goes into queue.last_error (shown by the CLI, health and alerts): cleaned, capped, and
+    with credentials redacted, whatever exception produced it."""
+    return clean_text(redact(text), 2000) or ""
+
+
 def fail(
     conn: Conn,
     stage: str,
@@ -227,7 +234,7 @@ def fail(
         {
             "max": policy.max_attempts,
             "ids": [r[0] for r in rows],
-            "errs": [clean_text(errors[r[0]], 2000) for r in rows],
+            "errs": [_error_text(errors[r[0]]) for r in rows],
             "delays": delays,
             "owner": owner,
         },
@@ -251,7 +258,7 @@ def defer(conn: Conn, owner: str, item_ids: Sequence[int], delay_s: float, reaso
                   lease_owner = NULL, lease_expires = NULL, rerun = false, updated_at = now(),
                   last_error = coalesce(%s, last_error)
             WHERE id = ANY(%s) AND status = 'running' AND lease_owner = %s""",
-        (delay_s, clean_text(reason, 2000), list(item_ids), owner),
+        (delay_s, _error_text(reason) if reason is not None else None, list(item_ids), owner),
     )
     return cur.rowcount
 

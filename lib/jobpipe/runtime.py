@@ -358,6 +358,10 @@ class Runner:
                 return
             except db.UNREACHABLE as exc:
                 self._close_db()
+                if self.once:  # a one-off run must end, not wait for a database that may never come
+                    if isinstance(exc, DependencyDown):
+                        raise
+                    raise DependencyDown("database", first_line(exc), "connection") from None
                 msg = first_line(exc)
                 self._set_dependency("database", False, msg)
                 self._error(f"database: {msg}", "database")

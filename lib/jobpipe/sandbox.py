@@ -140,6 +140,7 @@ class Sandbox:
         self.say = say
         self.logs = self.home / "logs"
         self.data_dir = self.home / "pgdata"
+        self._pg_parent: Path | None = None  # a directory of our own for it, when home is closed
         self.config_path = self.home / "jobpipe.yaml"
         self.url = ""
         self.ba_url = self.berufenet_url = self.ollama_url = self.embed_url = ""
@@ -183,6 +184,11 @@ class Sandbox:
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
+        if os.geteuid() == 0 and embedded.blocking_parent(self.data_dir) is not None:
+            # Run as root the server's user cannot pass a private home (pytest's tmp dirs are 0700),
+            # and jobpipe does not widen directories it did not create: use one it creates.
+            self._pg_parent = embedded.temporary_parent("jobpipe-sandbox-pg-")
+            self.data_dir = self._pg_parent / "pgdata"
         self.say(f"[jobpipe] embedded PostgreSQL 18 + pgvector in {self.data_dir}")
         self.url = embedded.start(self.data_dir)
         db.migrate(self.url)
@@ -433,6 +439,8 @@ class Sandbox:
                 except subprocess.TimeoutExpired:
                     p.proc.kill()
         embedded.stop(self.data_dir)
+        if self._pg_parent is not None:
+            shutil.rmtree(self._pg_parent, ignore_errors=True)
 
     # ---------------------------------------------------------------- observing
     @contextlib.contextmanager

@@ -29,12 +29,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
 
 from jobpipe.errors import ConfigError
+from jobpipe.httpio import BodyLimitExceeded, read_body
+from jobpipe.logs import redact as redact_credentials
 from jobpipe.text import clean_text
 
 Status = Literal["delivered", "failed", "rate_limited", "ambiguous", "unreachable"]
@@ -107,20 +109,6 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     text = _UUID.sub(lambda m: "…" + m.group(0)[-3:], text)
     text = _PHONE.sub(lambda m: redact_number(m.group(0)), text)
     return _BARE_DIGITS.sub(lambda m: "…" + m.group(0)[-3:], text)
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password and query (a reverse proxy may carry credentials there)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        if ":" in (parts.hostname or "") and not host.startswith("["):
-            host = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-    except ValueError:
-        return "<invalid url>"
 
 
 def rest_group_id(group_id: str) -> str:
@@ -224,7 +212,7 @@ class _GatewayBase:
     ) -> None:
         parts = urlsplit(url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"alerts.gateway_url: {redact_url(url or '')!r} is not an http(s) URL")
+            raise ConfigError(f"alerts.gateway_url: {redact_credentials(url or '')!r} is not an http(s) URL")
         if not timeout or timeout <= 0:
             raise ConfigError("alerts.timeout_s: must be > 0")
         self.url = url.rstrip("/")
@@ -270,7 +258,7 @@ class _GatewayBase:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} at {redact_url(self.url)}"
+        return f"{self.kind} at {redact_credentials(self.url)}"
 
     def close(self) -> None:
         if self._own_session:
@@ -331,29 +319,19 @@ class _GatewayBase:
         except requests.exceptions.RequestException as exc:
             return _Http(error_status=lost, error_kind="http_error", error_text=self._gateway_text(str(exc)))
         try:
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in resp.iter_content(65536):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    return _Http(
-                        status=resp.status_code,
-                        error_status=lost,
-                        error_kind="malformed_response",
-                        error_text=f"answer larger than {MAX_RESPONSE_BYTES} bytes",
-                    )
-                if time.monotonic() > deadline:
-                    return _Http(
-                        status=resp.status_code,
-                        error_status=lost,
-                        error_kind="timeout",
-                        error_text="answer did not complete in time",
-                    )
+            body = read_body(resp, max_bytes=MAX_RESPONSE_BYTES, deadline=deadline)
+            return _Http(
+                status=resp.status_code, body=body, content_type=resp.headers.get("Content-Type", "")
+            )
+        except BodyLimitExceeded as exc:
+            too_large = exc.kind == "too_large"
             return _Http(
                 status=resp.status_code,
-                body=b"".join(chunks),
-                content_type=resp.headers.get("Content-Type", ""),
+                error_status=lost,
+                error_kind="malformed_response" if too_large else "timeout",
+                error_text=f"answer larger than {MAX_RESPONSE_BYTES} bytes"
+                if too_large
+                else "answer did not complete in time",
             )
         except requests.exceptions.RequestException as exc:
             # Headers arrived, the body broke off: the gateway did act on the request.

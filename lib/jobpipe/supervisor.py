@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from jobpipe.cli import unfiltered
+
 
 def die_with_parent() -> None:
     """In a child before exec: receive SIGTERM when the parent dies, even by SIGKILL (Linux
@@ -66,7 +68,9 @@ class Supervisor:
         self.log_dir = log_dir
         self.tty = tty
         self.max_backoff = max_backoff
-        self.out = out or sys.stdout
+        # Its own cursor movements must reach the terminal: not through the CLI's escaping writer
+        # (what it shows of the daemons is their STATUS line, ASCII-only already).
+        self.out = out or unfiltered(sys.stdout)
         self.tmp = tempfile.mkdtemp(prefix="jobpipe-up-")
         self.children: list[Child] = []
         for name in names:
@@ -152,7 +156,8 @@ class Supervisor:
         if not self.tty:
             return
         self._clear()
-        width = os.get_terminal_size().columns if self.out is sys.stdout and sys.stdout.isatty() else 120
+        on_terminal = self.out is unfiltered(sys.stdout) and self.out.isatty()
+        width = os.get_terminal_size().columns if on_terminal else 120
         for c in self.children:
             state = "up" if c.ready and c.proc else ("down" if c.proc is None else "start")
             line = f"{c.name:<12} {state:<5} restarts {c.restarts:<3} {c.status}"

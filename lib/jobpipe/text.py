@@ -74,3 +74,57 @@ def clean_line(value: object, max_chars: int | None = None) -> str | None:
     if max_chars is not None and len(text) > max_chars:
         text = text[:max_chars].rstrip()
     return text or None
+
+
+# -- numbers in text -------------------------------------------------------------------------------
+
+BIGINT_MAX = 2**63 - 1  # PostgreSQL bigint: ids and limits beyond it fail in SQL, not with a message
+
+
+def parse_int(value: object, max_value: int = BIGINT_MAX) -> int | None:
+    """`value` as a non-negative int when it is a string of ASCII digits (surrounding blanks
+    allowed) not above `max_value`; else None.
+
+    Why not `str.isdigit()`: it accepts "²", "٣" and other Unicode digits, which `int()` then
+    rejects with a ValueError (a traceback in the CLI, a crash on an LLM answer).
+    """
+    if not isinstance(value, str):
+        return None
+    s = value.strip()
+    if not s or len(s) > len(str(max_value)) or not (s.isascii() and s.isdigit()):
+        return None
+    n = int(s)
+    return n if n <= max_value else None
+
+
+# -- terminal output -------------------------------------------------------------------------------
+
+# What a terminal would act on instead of showing: C0 controls except newline and tab, DEL, C1
+# controls (U+009B is an 8-bit CSI), and the bidirectional overrides that reorder what is shown.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every control character a terminal would interpret written as a visible
+    `\\uXXXX` escape (also valid inside a JSON string, so JSON output stays parseable and lossless).
+    Lone surrogates become U+FFFD: a terminal write would fail on them."""
+    text = _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+    if _has_surrogate(text):
+        text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def cell(value: object, max_chars: int = 200) -> str:
+    """`value` as one cell of a text table: every run of whitespace (newlines included) one space,
+    at most `max_chars` characters (cut with "…"). Control characters are left to the CLI's
+    terminal-safe stdout, which escapes them."""
+    text = " ".join(str(value if value is not None else "").split())
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"

@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 
 from jobpipe import queue
+from jobpipe.text import parse_int
 
 Conn = psycopg.Connection[Any]
 
@@ -175,8 +176,9 @@ def request(conn: Conn, refs: Sequence[str]) -> tuple[list[int], list[str]]:
 
     Returns (posting ids enqueued, refs that match no posting). One NOTIFY wakes the verifier.
     """
-    ids = [int(r) for r in refs if r.isdigit()]
-    externals = [r for r in refs if not r.isdigit()]
+    # parse_int, not isdigit: "²" is a digit to Python and no number to int() or PostgreSQL.
+    ids = [n for r in refs if (n := parse_int(r)) is not None]
+    externals = [r for r in refs if parse_int(r) is None]
     rows = conn.execute(
         """SELECT id::text, id FROM postings WHERE id = ANY(%s)
            UNION ALL
