@@ -118,3 +118,55 @@ def test_jobpipe_up_stops_the_embedded_database_only_when_it_started_it(tmp_path
             assert embedded.url_if_running(data_dir) == url  # left alone
         finally:
             embedded.stop(data_dir)
+
+
+def test_a_second_jobpipe_up_on_the_same_embedded_database_stops_at_once(tmp_path):
+    """While one `jobpipe up` runs, a second one on the same embedded data dir exits 2 with one
+    line naming the first's pid, instead of supervising a second set of daemons on the first's
+    server (which the first would stop under it on Ctrl-C). The first is unaffected, and its
+    Ctrl-C still stops the server it started."""
+    data_dir = tmp_path / "pgdata"
+    with FakeOllama() as fake:
+        env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
+        env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
+        env["JOBPIPE_SNAPSHOTTER_METRICS_PORT"] = "0"
+        cmd = [sys.executable, "-m", "jobpipe.cli", "up", "--only", "snapshotter"]
+        first = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            lines: list[str] = []
+            while not lines or "starting snapshotter" not in lines[-1]:
+                line = first.stdout.readline()
+                assert line, "".join(lines)
+                lines.append(line)
+            url = embedded.url_if_running(data_dir)
+            assert url is not None
+
+            second = subprocess.run(
+                cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL
+            )
+            assert second.returncode == 2, second.stdout + second.stderr
+            error = second.stderr.strip().splitlines()
+            assert len(error) == 1 and "already running" in error[0], second.stderr
+            assert f"(pid {first.pid})" in error[0], error[0]
+            assert "starting snapshotter" not in second.stdout
+            assert first.poll() is None  # the first keeps supervising
+            assert embedded.url_if_running(data_dir) == url  # on its server
+
+            os.killpg(first.pid, signal.SIGINT)
+            out, _ = first.communicate(timeout=120)
+            assert first.returncode == 0, "".join(lines) + out
+            assert "stopped the embedded PostgreSQL it had started" in out
+            assert embedded.url_if_running(data_dir) is None
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+            embedded.stop(data_dir)

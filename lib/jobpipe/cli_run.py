@@ -42,7 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Supervise the daemons until Ctrl-C/SIGTERM. With the embedded database, a server this
-    command started is stopped again on the way out; one that was already running is left alone."""
+    command started is stopped again on the way out; one that was already running is left alone.
+    A second `jobpipe up` on the same embedded database stops at once with one line (exit 2)."""
     from jobpipe import embedded
 
     cfg = config_mod.load(args.config)
@@ -50,7 +51,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if cfg.database.url:
         return _up(args, cfg, cfg.database.url)
     say = functools.partial(print, flush=True)
-    with embedded.running(embedded.resolve_data_dir(cfg.database.data_dir), on_stop=say) as url:
+    data_dir = embedded.resolve_data_dir(cfg.database.data_dir)
+    # Claimed first: whether the server "was running before" must not be another up's server.
+    with embedded.claimed(data_dir, "jobpipe up"), embedded.running(data_dir, on_stop=say) as url:
         return _up(args, cfg, url)
 
 

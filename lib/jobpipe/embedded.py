@@ -6,6 +6,7 @@ running after the process that started it exits, so daemons and commands share i
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import logging
 import os
@@ -121,6 +122,37 @@ def stop(data_dir: Path) -> bool:
                 f"cannot stop the embedded PostgreSQL in {data_dir}: {exc.stderr.strip()}"
             ) from None
     return True
+
+
+@contextmanager
+def claimed(data_dir: Path, holder: str) -> Iterator[None]:
+    """Hold the one claim on the embedded server in data_dir that `holder` (a command such as
+    `jobpipe up`) may have at a time, for the block. A second claim while one is held raises a
+    UserError naming the holder's pid, so two `jobpipe up` never share a server, where the first
+    to exit would stop it under the second (and both would fight over the metrics ports).
+
+    The claim is an flock on `<data_dir>.<holder>.lock` beside the data dir (the server owns the
+    dir itself); the kernel releases it when the process ends, however it ends, so a killed
+    holder leaves no stale claim behind.
+    """
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = data_dir.with_name(f"{data_dir.name}.{holder.replace(' ', '-')}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"{holder} is already running on the embedded PostgreSQL in {data_dir} (pid {other}); "
+                f"stop it first (Ctrl-C), or run one daemon with `jobpipe run DAEMON`"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 @contextmanager
