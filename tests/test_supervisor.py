@@ -170,3 +170,27 @@ def test_a_second_jobpipe_up_on_the_same_embedded_database_stops_at_once(tmp_pat
                 os.killpg(first.pid, signal.SIGKILL)
                 first.wait()
             embedded.stop(data_dir)
+
+
+def test_ctrl_c_while_the_embedded_database_starts_stops_it(tmp_path, monkeypatch):
+    """A Ctrl-C that lands while `jobpipe up` is still starting the server it needs (a first run's
+    initdb takes seconds) stops the half-started server too, instead of leaving it running."""
+    data_dir = tmp_path / "pgdata"
+    real_start = embedded.start
+
+    def start_then_ctrl_c(d):
+        real_start(d)  # the server is up, `running` has not handed it out yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embedded, "start", start_then_ctrl_c)
+    said: list[str] = []
+    try:
+        try:
+            with embedded.running(data_dir, on_stop=said.append):
+                raise AssertionError("not reached: the start was interrupted")
+        except KeyboardInterrupt:
+            pass
+        assert embedded.url_if_running(data_dir) is None
+        assert said == [f"stopped the embedded PostgreSQL it had started ({data_dir})"]
+    finally:
+        embedded.stop(data_dir)

@@ -159,18 +159,18 @@ def claimed(data_dir: Path, holder: str) -> Iterator[None]:
 def running(data_dir: Path, on_stop: Callable[[str], None] | None = None) -> Iterator[str]:
     """The embedded server in data_dir, started if needed; on exit (also by Ctrl-C or an error)
     it is stopped again only when this call started it, so a server someone else (an earlier
-    `jobpipe db start`, another command) started keeps running. `on_stop` hears what happened."""
+    `jobpipe db start`, another command) started keeps running. `on_stop` hears what happened.
+    A Ctrl-C (or error) while it starts, e.g. during a first run's initdb, stops what got started."""
     was_running = url_if_running(data_dir) is not None
-    url = start(data_dir)
     try:
-        yield url
+        yield start(data_dir)
     finally:
-        if not was_running:
-            stop(data_dir)
+        where = data_dir.expanduser()
+        if was_running:
             if on_stop:
-                on_stop(f"stopped the embedded PostgreSQL it had started ({data_dir.expanduser()})")
-        elif on_stop:
-            on_stop(f"the embedded PostgreSQL keeps running: it was running before ({data_dir.expanduser()})")
+                on_stop(f"the embedded PostgreSQL keeps running: it was running before ({where})")
+        elif stop(data_dir) and on_stop:
+            on_stop(f"stopped the embedded PostgreSQL it had started ({where})")
 
 
 @contextmanager
