@@ -194,3 +194,54 @@ def test_ctrl_c_while_the_embedded_database_starts_stops_it(tmp_path, monkeypatc
         assert said == [f"stopped the embedded PostgreSQL it had started ({data_dir})"]
     finally:
         embedded.stop(data_dir)
+
+
+# `jobpipe up` with its migration held open, to signal it before the supervisor runs.
+UP_HELD_IN_MIGRATE = """
+import sys, threading
+from jobpipe import cli, db
+
+def held(url):
+    print("MIGRATING", flush=True)
+    threading.Event().wait()  # until a signal ends the process
+
+db.migrate = held
+sys.exit(cli.main(["up", "--only", "snapshotter"]))
+"""
+
+
+def test_sigterm_before_the_daemons_run_stops_the_database_up_started(tmp_path):
+    """SIGTERM while `jobpipe up` is still starting (here: migrating) unwinds like Ctrl-C: the
+    embedded server it started is stopped, it exits 130, and no daemon was started."""
+    data_dir = tmp_path / "pgdata"
+    with FakeOllama() as fake:
+        env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
+        env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
+        proc = subprocess.Popen(
+            [sys.executable, "-c", UP_HELD_IN_MIGRATE],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            lines: list[str] = []
+            while not lines or "MIGRATING" not in lines[-1]:
+                line = proc.stdout.readline()
+                assert line, "".join(lines)
+                lines.append(line)
+            assert embedded.url_if_running(data_dir) is not None  # up started it
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=120)
+            out = "".join(lines) + out
+            assert proc.returncode == 130, out
+            assert "stopped the embedded PostgreSQL it had started" in out
+            assert "starting snapshotter" not in out
+            assert embedded.url_if_running(data_dir) is None
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            embedded.stop(data_dir)
