@@ -245,3 +245,24 @@ def test_sigterm_before_the_daemons_run_stops_the_database_up_started(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             embedded.stop(data_dir)
+
+
+def test_jobpipe_up_with_an_unusable_data_dir_is_one_line(tmp_path):
+    """database.data_dir below a file: one line naming the setting, exit 2, no traceback."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    env = daemon_env("", "http://127.0.0.1:9", JOBPIPE_DATABASE_DATA_DIR=str(blocker / "pgdata"))
+    env.pop("JOBPIPE_DATABASE_URL")
+    r = subprocess.run(
+        [sys.executable, "-m", "jobpipe.cli", "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "database.data_dir" in lines[0] and str(blocker) in lines[0], r.stderr

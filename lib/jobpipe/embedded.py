@@ -136,9 +136,14 @@ def claimed(data_dir: Path, holder: str) -> Iterator[None]:
     holder leaves no stale claim behind.
     """
     data_dir = data_dir.expanduser().resolve()
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
     path = data_dir.with_name(f"{data_dir.name}.{holder.replace(' ', '-')}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise UserError(
+            f"cannot use {data_dir} for the embedded PostgreSQL (database.data_dir): {exc}"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
