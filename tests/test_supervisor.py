@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from jobpipe import embedded
 from jobpipe.sim.ollama import FakeOllama
 from jobpipe.supervisor import Supervisor
@@ -247,14 +249,15 @@ def test_sigterm_before_the_daemons_run_stops_the_database_up_started(tmp_path):
             embedded.stop(data_dir)
 
 
-def test_jobpipe_up_with_an_unusable_data_dir_is_one_line(tmp_path):
+@pytest.mark.parametrize("command", [["up"], ["db", "start"]])
+def test_an_unusable_data_dir_is_one_line(tmp_path, command):
     """database.data_dir below a file: one line naming the setting, exit 2, no traceback."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     env = daemon_env("", "http://127.0.0.1:9", JOBPIPE_DATABASE_DATA_DIR=str(blocker / "pgdata"))
     env.pop("JOBPIPE_DATABASE_URL")
     r = subprocess.run(
-        [sys.executable, "-m", "jobpipe.cli", "up"],
+        [sys.executable, "-m", "jobpipe.cli", *command],
         env=env,
         capture_output=True,
         text=True,

