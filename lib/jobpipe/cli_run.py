@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -45,15 +46,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Supervise the daemons until Ctrl-C/SIGTERM. With the embedded database, a server this
-    command started is stopped again on the way out; one that was already running is left alone."""
+    command started is stopped again on the way out (also on a Ctrl-C/SIGTERM before the daemons
+    run); one that was already running is left alone.
+    A second `jobpipe up` on the same embedded database stops at once with one line (exit 2)."""
     from jobpipe import embedded
 
     cfg = config_mod.load(args.config)
     setup_logging("up", cfg.logging.level, cfg.logging.format)
+    # Until the supervisor installs its own handlers, SIGTERM unwinds like Ctrl-C (exit 130), so a
+    # server this command started while starting up is stopped again, not left behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if cfg.database.url:
         return _up(args, cfg, cfg.database.url)
     say = functools.partial(print, flush=True)
-    with embedded.running(embedded.resolve_data_dir(cfg.database.data_dir), on_stop=say) as url:
+    data_dir = embedded.resolve_data_dir(cfg.database.data_dir)
+    # Claimed first: whether the server "was running before" must not be another up's server.
+    with embedded.claimed(data_dir, "jobpipe up"), embedded.running(data_dir, on_stop=say) as url:
         return _up(args, cfg, url)
 
 

@@ -15,6 +15,7 @@ the data directory itself is 0700. As root the default data directory is therefo
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pwd
@@ -67,9 +68,10 @@ def temporary_parent(prefix: str) -> Path:
     return path
 
 
-def _make_dirs(path: Path) -> None:
-    """Create `path` (0700) and its missing parents; the parents jobpipe created are 0711 when root,
-    so the server's user can pass through them. Existing directories are never touched."""
+def _make_dirs(path: Path, private: bool = True) -> None:
+    """Create `path` (0700, or 0711 like its parents when not `private`) and its missing parents;
+    the parents jobpipe created are 0711 when root, so the server's user can pass through them.
+    Existing directories are never touched."""
     missing: list[Path] = []
     p = path
     while not p.exists():
@@ -77,7 +79,7 @@ def _make_dirs(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         d.mkdir(mode=0o700, exist_ok=True)
-        if os.geteuid() == 0 and d != path:
+        if os.geteuid() == 0 and (d != path or not private):
             d.chmod(0o711)
 
 
@@ -142,6 +144,18 @@ def resolve_data_dir(configured: str) -> Path:
     return Path(configured).expanduser() if configured else default_data_dir()
 
 
+def _unusable(data_dir: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot use {data_dir} for the embedded PostgreSQL (database.data_dir): {exc}")
+
+
+def _make_dir(path: Path, data_dir: Path, private: bool = True) -> None:
+    """_make_dirs, or a one-line UserError naming database.data_dir (below a file, not writable)."""
+    try:
+        _make_dirs(path, private)
+    except OSError as exc:
+        raise _unusable(data_dir, exc) from None
+
+
 def start(data_dir: Path) -> str:
     """Start (or find running) the embedded server; return its connection URL. As root, UserError
     when a parent directory is closed to the server's user (nothing is created or chmod-ed then)."""
@@ -149,7 +163,7 @@ def start(data_dir: Path) -> str:
     if os.geteuid() == 0:  # before creating anything: existing parents only, never widened
         require_reachable(data_dir)
         require_reachable(POSTGRES_BIN_PATH)
-    _make_dirs(data_dir)
+    _make_dir(data_dir, data_dir)
     server_mod = _server
     try:
         # cleanup_mode=None: the server outlives this process (daemons and commands share it).
@@ -219,21 +233,55 @@ def stop(data_dir: Path) -> bool:
 
 
 @contextmanager
+def claimed(data_dir: Path, holder: str) -> Iterator[None]:
+    """Hold the one claim on the embedded server in data_dir that `holder` (a command such as
+    `jobpipe up`) may have at a time, for the block. A second claim while one is held raises a
+    UserError naming the holder's pid, so two `jobpipe up` never share a server, where the first
+    to exit would stop it under the second (and both would fight over the metrics ports).
+
+    The claim is an flock on `<data_dir>.<holder>.lock` beside the data dir (the server owns the
+    dir itself); the kernel releases it when the process ends, however it ends, so a killed
+    holder leaves no stale claim behind.
+    """
+    data_dir = data_dir.expanduser().resolve()
+    path = data_dir.with_name(f"{data_dir.name}.{holder.replace(' ', '-')}.lock")
+    _make_dir(data_dir.parent, data_dir, private=False)  # the server's user passes through it
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _unusable(data_dir, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"{holder} is already running on the embedded PostgreSQL in {data_dir} (pid {other}); "
+                f"stop it first (Ctrl-C), or run one daemon with `jobpipe run DAEMON`"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+@contextmanager
 def running(data_dir: Path, on_stop: Callable[[str], None] | None = None) -> Iterator[str]:
     """The embedded server in data_dir, started if needed; on exit (also by Ctrl-C or an error)
     it is stopped again only when this call started it, so a server someone else (an earlier
-    `jobpipe db start`, another command) started keeps running. `on_stop` hears what happened."""
+    `jobpipe db start`, another command) started keeps running. `on_stop` hears what happened.
+    A Ctrl-C (or error) while it starts, e.g. during a first run's initdb, stops what got started."""
     was_running = url_if_running(data_dir) is not None
-    url = start(data_dir)
     try:
-        yield url
+        yield start(data_dir)
     finally:
-        if not was_running:
-            stop(data_dir)
+        where = data_dir.expanduser()
+        if was_running:
             if on_stop:
-                on_stop(f"stopped the embedded PostgreSQL it had started ({data_dir.expanduser()})")
-        elif on_stop:
-            on_stop(f"the embedded PostgreSQL keeps running: it was running before ({data_dir.expanduser()})")
+                on_stop(f"the embedded PostgreSQL keeps running: it was running before ({where})")
+        elif stop(data_dir) and on_stop:
+            on_stop(f"stopped the embedded PostgreSQL it had started ({where})")
 
 
 @contextmanager

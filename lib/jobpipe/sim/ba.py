@@ -67,7 +67,7 @@ from jobpipe.sim.ba_data import (
     Population,
     SearchResult,
 )
-from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
+from jobpipe.sim.server import Listener, SimHandler, count, port_number, seconds, share, stop_on_signals
 
 __all__ = ["DIRTY_KINDS", "HOSTILE_KINDS", "STATES", "Catalogue", "FakeBA", "Faults", "Population"]
 
@@ -731,23 +731,32 @@ class FakeBA:
 # ---------------------------------------------------------------- process entry point
 
 
+def _catalogue(parser: argparse.ArgumentParser, path: str) -> Catalogue:
+    """--catalogue's file, or argparse's one-line error (exit 2) naming what is wrong with it."""
+    try:
+        return Catalogue.from_berufenet_file(path)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+        parser.error(f"--catalogue {path}: {reason}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobpipe sim ba", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--postings", type=int, default=1000)
+    parser.add_argument("--port", type=port_number, default=0)
+    parser.add_argument("--postings", type=count, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--expired-share", type=float, default=0.05)
-    parser.add_argument("--partner-share", type=float, default=0.08)
-    parser.add_argument("--dirty-share", type=float, default=0.0)
-    parser.add_argument("--occupations", type=int, default=None, help="catalogue size (default: all names)")
+    parser.add_argument("--expired-share", type=share, default=0.05)
+    parser.add_argument("--partner-share", type=share, default=0.08)
+    parser.add_argument("--dirty-share", type=share, default=0.0)
+    parser.add_argument("--occupations", type=count, default=None, help="catalogue size (default: all names)")
     parser.add_argument("--today", type=date.fromisoformat, default=None, help="YYYY-MM-DD (default: today)")
-    parser.add_argument("--max-size", type=int, default=100)
-    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--max-size", type=count, default=100)
+    parser.add_argument("--latency", type=seconds, default=0.0)
     parser.add_argument("--catalogue", help="BERUFENET detail objects (JSON list) to draw occupations from")
     parser.add_argument(
         "--label-share",
-        type=float,
+        type=share,
         default=1.0,
         help="share of postings that carry their occupation label (hauptberuf)",
     )
@@ -759,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         partner_share=args.partner_share,
         dirty_share=args.dirty_share,
         occupations=args.occupations,
-        catalogue=Catalogue.from_berufenet_file(args.catalogue) if args.catalogue else None,
+        catalogue=_catalogue(parser, args.catalogue) if args.catalogue else None,
         today=args.today,
     )
     population.label_share = args.label_share

@@ -54,7 +54,7 @@ import numpy as np
 import orjson
 
 from jobpipe.sim import extraction_llm
-from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
+from jobpipe.sim.server import Listener, SimHandler, port_number, positive, seconds, stop_on_signals
 
 VERSION = "0.33.0"
 DEFAULT_EMBED_MODELS: dict[str, int] = {
@@ -982,10 +982,10 @@ def _perturb(vecs: Any, scale: float) -> Any:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="jobpipe sim ollama", description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--capacity", type=int, default=None, help="requests computed at once per model")
-    ap.add_argument("--latency-per-input", type=float, default=0.0, metavar="MS")
-    ap.add_argument("--latency-per-request", type=float, default=0.0, metavar="MS")
+    ap.add_argument("--port", type=port_number, default=0)
+    ap.add_argument("--capacity", type=positive, default=None, help="requests computed at once per model")
+    ap.add_argument("--latency-per-input", type=seconds, default=0.0, metavar="MS")
+    ap.add_argument("--latency-per-request", type=seconds, default=0.0, metavar="MS")
     ap.add_argument(
         "--model",
         action="append",

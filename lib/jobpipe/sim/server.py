@@ -8,10 +8,14 @@ Guarantees:
   has been cut, so a client sees "connection refused/reset", never a half-alive server; a
   handler that hangs does not block it.
 - Client disconnects (timeouts, cut connections) are expected and never print a traceback.
+- A port that cannot be bound (in use, out of range, unknown host) is a UserError naming the
+  address: `jobpipe sim NAME` ends with one line and exit code 2, never a traceback; the
+  argument types below reject an out-of-range option the same way, before anything starts.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import signal
 import socket
@@ -19,7 +23,9 @@ import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from jobpipe.errors import UserError
 
 
 class Simulator(Protocol):
@@ -115,7 +121,12 @@ class Listener:
         """Listen (again, on the same port once one was chosen); returns the port. Idempotent."""
         with self._lock:
             if self._server is None:
-                server = SimServer((self.host, self.port), self.handler)
+                try:
+                    server = SimServer((self.host, self.port), self.handler)
+                except (OSError, OverflowError) as exc:  # in use, not local, port > 65535
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                    where = f"{self.host}:{self.port}"
+                    raise UserError(f"{self.name}: cannot listen on {where}: {reason}") from None
                 server.listener = self
                 self.port = server.server_address[1]
                 self._server = server
@@ -153,6 +164,46 @@ class Listener:
                 self._conns.discard(conn)
         if add and self.on_connect is not None:
             self.on_connect()
+
+
+Number = TypeVar("Number", int, float)
+
+
+def port_number(value: str) -> int:
+    """argparse type: a TCP port, 0 (the kernel picks a free one) to 65535."""
+    return _ranged(int, value, 0, 65535)
+
+
+def count(value: str) -> int:
+    """argparse type: a whole number >= 0."""
+    return _ranged(int, value, 0, None)
+
+
+def positive(value: str) -> int:
+    """argparse type: a whole number >= 1."""
+    return _ranged(int, value, 1, None)
+
+
+def share(value: str) -> float:
+    """argparse type: a fraction from 0 to 1."""
+    return _ranged(float, value, 0.0, 1.0)
+
+
+def seconds(value: str) -> float:
+    """argparse type: a duration >= 0 (also milliseconds, for the options that say MS)."""
+    return _ranged(float, value, 0.0, None)
+
+
+def _ranged(kind: type[Number], value: str, low: Number, high: Number | None) -> Number:
+    try:
+        number = kind(value)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {what}: {value!r}") from None
+    if number != number or number < low or (high is not None and number > high):  # NaN too
+        upper = f" to {high}" if high is not None else " or more"
+        raise argparse.ArgumentTypeError(f"{value} is out of range ({low}{upper})")
+    return number
 
 
 def stop_on_signals() -> threading.Event:

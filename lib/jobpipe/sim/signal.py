@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from jobpipe.signal import redact_number
-from jobpipe.sim.server import Listener, SimHandler, stop_on_signals
+from jobpipe.sim.server import Listener, SimHandler, port_number, stop_on_signals
 
 LABEL = "[simulated Signal gateway]"
 DEFAULT_ACCOUNT = "+4915100000001"
@@ -685,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="jobpipe sim signal", description="A simulated Signal gateway (prints instead of sending)."
     )
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=port_number, default=8080)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--mode", choices=("rest", "jsonrpc"), default="rest")
     parser.add_argument("--account", default=DEFAULT_ACCOUNT, help="the sender number it accepts")
