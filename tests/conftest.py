@@ -74,3 +74,12 @@ def db_conn(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture
+def pg_home() -> Iterator[Path]:
+    """A directory for an own embedded server: jobpipe's temporary_parent, which the server's user
+    can pass when run as root (pytest's tmp_path is 0700, and jobpipe never widens it)."""
+    home = embedded.temporary_parent("jobpipe-test-rt-")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)

@@ -148,15 +148,6 @@ def test_in_process_once_drains_and_skips(pg_url, db_conn, ollama):
     assert ollama.counters()["requests"] <= 10
 
 
-@pytest.fixture
-def pg_home():
-    """A directory for an own embedded server: jobpipe's temporary_parent, which the server's user
-    can pass when run as root (pytest's tmp_path is 0700, and jobpipe never widens it)."""
-    home = embedded.temporary_parent("jobpipe-test-rt-")
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
-
-
 def test_notify_ready_while_database_down_then_watchdog_and_sigterm(
     pg_home, pg_url, db_conn, ollama, notify
 ):

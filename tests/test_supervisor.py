@@ -102,8 +102,8 @@ def _up_until_ctrl_c(env: dict[str, str]) -> str:
             proc.kill()
 
 
-def test_jobpipe_up_stops_the_embedded_database_only_when_it_started_it(tmp_path):
-    data_dir = tmp_path / "pgdata"
+def test_jobpipe_up_stops_the_embedded_database_only_when_it_started_it(tmp_path, pg_home):
+    data_dir = pg_home / "pgdata"
     with FakeOllama() as fake:
         env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
         env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
@@ -122,12 +122,12 @@ def test_jobpipe_up_stops_the_embedded_database_only_when_it_started_it(tmp_path
             embedded.stop(data_dir)
 
 
-def test_a_second_jobpipe_up_on_the_same_embedded_database_stops_at_once(tmp_path):
+def test_a_second_jobpipe_up_on_the_same_embedded_database_stops_at_once(tmp_path, pg_home):
     """While one `jobpipe up` runs, a second one on the same embedded data dir exits 2 with one
     line naming the first's pid, instead of supervising a second set of daemons on the first's
     server (which the first would stop under it on Ctrl-C). The first is unaffected, and its
     Ctrl-C still stops the server it started."""
-    data_dir = tmp_path / "pgdata"
+    data_dir = pg_home / "pgdata"
     with FakeOllama() as fake:
         env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
         env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
@@ -174,10 +174,10 @@ def test_a_second_jobpipe_up_on_the_same_embedded_database_stops_at_once(tmp_pat
             embedded.stop(data_dir)
 
 
-def test_ctrl_c_while_the_embedded_database_starts_stops_it(tmp_path, monkeypatch):
+def test_ctrl_c_while_the_embedded_database_starts_stops_it(tmp_path, pg_home, monkeypatch):
     """A Ctrl-C that lands while `jobpipe up` is still starting the server it needs (a first run's
     initdb takes seconds) stops the half-started server too, instead of leaving it running."""
-    data_dir = tmp_path / "pgdata"
+    data_dir = pg_home / "pgdata"
     real_start = embedded.start
 
     def start_then_ctrl_c(d):
@@ -212,10 +212,10 @@ sys.exit(cli.main(["up", "--only", "snapshotter"]))
 """
 
 
-def test_sigterm_before_the_daemons_run_stops_the_database_up_started(tmp_path):
+def test_sigterm_before_the_daemons_run_stops_the_database_up_started(tmp_path, pg_home):
     """SIGTERM while `jobpipe up` is still starting (here: migrating) unwinds like Ctrl-C: the
     embedded server it started is stopped, it exits 130, and no daemon was started."""
-    data_dir = tmp_path / "pgdata"
+    data_dir = pg_home / "pgdata"
     with FakeOllama() as fake:
         env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
         env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
