@@ -190,6 +190,50 @@ def test_ungrounded_values_are_dropped_and_counted():
     assert v4.summary["contract_type"] == "unspecified" and "contract_type" in v4.dropped
 
 
+def test_numbers_and_words_that_only_look_like_facts_ground_nothing():
+    """Hostile review of issue 19: a salary "found" in a phone number, postcode or date, years of
+    experience or a contract length taken from "30 Tage Urlaub", a start date or language that is
+    any substring of the text ("e", "Ung") were all kept as grounded."""
+    text = extraction.cut_description(
+        KOCH + "\nKontakt: Tel. 0761 4500 123, Bewerbung bis 15.03.2026, 79098 Freiburg", 6000
+    )
+    base = dict.fromkeys(extraction.load_schema().doc["required"], None)
+    base.update(summary="Koch in Freiburg.", tasks=[], requirements={"must": [], "nice": []}, languages=[],
+                benefits=[], experience_level="unspecified", education="unspecified",
+                working_time="unspecified", work_location="unspecified",
+                contract_type="unspecified")  # fmt: skip
+
+    def kept(**fields: Any) -> dict[str, Any]:
+        v = extraction.validate(dict(base, **fields), text)
+        return {k: v.summary[k] for k in fields}
+
+    for amount, period in ((4500, "month"), (123, "hour"), (79098, "year"), (15, "hour"), (761, "month")):
+        salary = {"min": amount, "max": None, "period": period, "currency": "EUR"}
+        assert kept(salary=salary) == {"salary": None}, amount
+    # The stated range still grounds, in either field, and "2 Jahre Berufserfahrung" grounds 2.
+    stated = {"min": 2900, "max": 3400, "period": "month", "currency": "EUR"}
+    assert kept(salary=stated, years_experience=2) == {"salary": stated, "years_experience": 2}
+    assert kept(years_experience=30, contract_duration_months=360) == {
+        "years_experience": None, "contract_duration_months": None}  # fmt: skip
+    for start in ("e", "Koch", "rei"):
+        assert kept(start_date=start) == {"start_date": None}, start
+    assert kept(start_date="15.03.2026") == {"start_date": "15.03.2026"}
+    langs = [{"language": x, "level": "C2"} for x in ("Ung", "Deu", "Deutsch", "Englisch", "ung_")]
+    assert kept(languages=langs) == {"languages": [{"language": "Deutsch", "level": "C2"},
+                                                   {"language": "Englisch", "level": "C2"}]}  # fmt: skip
+    # Quantities named in words and with a cue before the number ground as before.
+    words = extraction.cut_description("Lagerhelfer. Drei Jahre Erfahrung. Befristet auf zwei Jahre. "
+                                       "Stundenlohn: 15,50 Euro. Jahresgehalt ab 45k.", 1000)  # fmt: skip
+    v = extraction.validate(dict(base, years_experience=3, contract_duration_months=24,
+                                 salary={"min": 45000, "max": None, "period": "year", "currency": "EUR"}),
+                            words)  # fmt: skip
+    assert (v.summary["years_experience"], v.summary["contract_duration_months"]) == (3, 24)
+    assert v.summary["salary"]["min"] == 45000
+    hourly = {"min": 15.5, "max": None, "period": "hour", "currency": "EUR"}
+    v = extraction.validate(dict(base, salary=hourly), words)
+    assert v.summary["salary"]["min"] == 15.5
+
+
 @pytest.mark.parametrize(
     ("content", "reason", "kind"),
     [
@@ -347,6 +391,33 @@ def test_bad_answers_fail_with_the_kind_and_the_answer_start(fake, pg_url, db_co
     )
     (stage,) = [s for s in health.collect(db_conn, make_cfg(fake)).stages if s.stage == "extract"]
     assert stage.outcomes == {kind: 1}, stage.outcomes  # what `jobpipe health` shows as the outcomes row
+
+
+def test_nul_and_control_characters_in_an_answer_are_cleaned_and_stored(fake, pg_url, db_conn):
+    """Hostile review of issue 19: a NUL in any string of the answer ("\\u0000" is valid JSON) made
+    the summary's jsonb write fail, so the posting never got a summary; ESC and bidi overrides
+    went into the database and onto the operator's terminal."""
+    plain = fake.extraction.answer
+
+    def dirty(view: dict[str, Any]) -> str:
+        doc = orjson.loads(plain(view))
+        doc["summary"] = "Koch\x00 gesucht \x1b[2J\u202ein Freiburg."
+        doc["tasks"] = [t + "\x00" for t in doc["tasks"]]
+        doc["languages"] = [dict(x, language=x["language"] + "\x00") for x in doc["languages"]]
+        doc["start_date"] = "sofort\x07"
+        return orjson.dumps(doc).decode()
+
+    fake.extraction.answer = dirty
+    pid = add_posting(db_conn, KOCH)
+    assert run_once(make_cfg(fake), pg_url) == 0
+    it = item(db_conn, pid)
+    assert it["status"] == "done" and it["outcome"] == "extracted", it
+    s = summary_of(db_conn, pid)[0]
+    assert s["summary"] == "Koch gesucht [2J in Freiburg."
+    assert s["tasks"] and not any("\x00" in t for t in s["tasks"])
+    assert {"language": "Deutsch", "level": "B2"} in s["languages"] and s["start_date"] == "sofort"
+    stored = db_conn.execute("SELECT summary::text FROM postings WHERE id = %s", (pid,)).fetchone()[0]
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or 0x202A <= ord(c) <= 0x202E for c in stored)
 
 
 def test_ungrounded_answer_is_partial_and_counted(fake, pg_url, db_conn):

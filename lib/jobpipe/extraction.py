@@ -15,9 +15,14 @@ What counts as an answer (`parse_answer`, then `validate`):
   (an HTTP answer beyond MAX_ANSWER_BYTES is not even read whole);
   (both carry the model's first 200 characters, which end up in the queue's last_error);
 - a valid answer is checked field by field against the text: a value the text does not ground
-  (a salary number that does not occur in it, "remote" with no word about remote work, a language
-  it never names, a task none of whose words occur) is dropped - set to null / "unspecified" /
-  removed from its list - and counted. Nothing dropped: outcome "extracted"; else "partial".
+  (a salary number that does not occur in it as an amount of money - beside a currency or a pay
+  word, not in a phone number, postcode or date -, years or months without "Jahre"/"Monate" beside
+  them, "remote" with no word about remote work, a language it never names at a word start, a
+  task none of whose words occur, a start date that is not a date in it) is dropped - set to
+  null / "unspecified" / removed from its list - and counted. Nothing dropped: outcome
+  "extracted"; else "partial".
+- every string kept is one clean line (no NUL, which jsonb rejects, no control characters or bidi
+  overrides, which act on the operator's terminal).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import orjson
 from jobpipe.endpoints import ANSWER_TOO_LARGE
 from jobpipe.errors import ItemError
 from jobpipe.models import ChatClient, schema_problem
-from jobpipe.text import clean_text, normalise_whitespace
+from jobpipe.text import clean_line, clean_text, normalise_whitespace
 
 STAGE = "extract"
 DATA_PACKAGE = "jobpipe.data"
@@ -242,6 +247,11 @@ _ENUM_EVIDENCE: dict[str, dict[str, re.Pattern[str]]] = {
         "none": re.compile(r"quereinst|keine (berufs)?erfahrung|ohne (berufs)?erfahrung"),
     },
 }
+# What a free-text start date must contain to read as one: a digit, a month, a season or a phrase.
+_DATE_WORDS = re.compile(
+    r"\d|januar|februar|märz|april|mai\b|juni|juli|august|september|oktober|november|dezember"
+    r"|frühjahr|sommer|herbst|winter|quartal|sofort|möglich|vereinbarung|absprache"
+)
 _SOFORT = re.compile(r"sofort|schnellstmöglich|baldmöglichst|nächstmöglich")
 _UNSET = {
     "experience_level": "unspecified",
@@ -252,30 +262,71 @@ _UNSET = {
 }
 
 
+# What makes a number in the text an amount of money, a number of years or of months: the words
+# right after it ("2.900 € bis", "3 Jahre", "24 Monate") or shortly before it ("Gehalt ab 45.000",
+# "Stundenlohn: 15,50"). Without such a cue a number is a phone number, a postcode, a date, a
+# count of days off... and grounds no salary, experience or duration (a model that "finds" a
+# salary of 4,500 in "Tel. 0761 4500 123" is inventing one).
+_CURRENCY = r"(?:€|eur\b|euro|chf|brutto|netto)"
+_MONEY_AFTER = re.compile(
+    rf"\s*(?:,-+|,\d{{1,2}})?\s*(?:{_CURRENCY}"
+    rf"|(?:€|eur|euro)?\s*(?:-|–|bis)\s*\d[\d.\u202f\u00a0 ]*(?:,\d{{1,2}})?\s*{_CURRENCY})"
+)
+_MONEY_BEFORE = re.compile(
+    r"(?:€|\beur\b|euro|chf|gehalt|lohn|vergütung|entgelt|verdienst|bezahlung|stundensatz|brutto|netto)"
+    r"\W*(?:[^\W\d]+\W+){0,3}$"
+)
+_YEARS_AFTER = re.compile(r"\+?\s*(?:(?:-|–|bis)\s*\d+\s*)?(?:jahr|jähr)")
+_MONTHS_AFTER = re.compile(r"\s*(?:(?:-|–|bis)\s*\d+\s*)?monat")
+_CUE_WINDOW = 40  # characters either side of a number in which its cue is looked for
+_CUES = {
+    "money": (_MONEY_AFTER, _MONEY_BEFORE),
+    "years": (_YEARS_AFTER, None),
+    "months": (_MONTHS_AFTER, None),
+}
+
+
 @dataclass
 class Facts:
-    """What grounding needs of one text, computed once: its casefolded form, numbers, word stems."""
+    """What grounding needs of one text, computed once: its casefolded form, numbers (each with
+    the kinds of quantity its context makes it: money, years, months), word stems."""
 
     text: str
     low: str = ""
     numbers: set[float] = field(default_factory=set)
     stems: set[str] = field(default_factory=set)
+    quantities: dict[str, set[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.low = self.text.casefold()
+        self.quantities = {kind: set() for kind in _CUES}
         for m in _NUMBER.finditer(self.low):
             whole = re.sub(r"[.\u202f\u00a0 ]", "", m.group(1))
             value = float(whole + ("." + m.group(2) if m.group(2) else ""))
             self.numbers.add(value)
-            if m.group(3):  # "45k", "45 Tsd.": the thousands are meant
+            if m.group(3):  # "45k", "45 Tsd.": the thousands are meant, and money
                 self.numbers.add(value * 1000)
-        for w in _WORD.findall(self.low):
+                self.quantities["money"].add(value * 1000)
+            self._classify(value, m.start(), m.end())
+        for m in _WORD.finditer(self.low):
+            w = m.group()
             if w in _NUMBER_WORDS:
                 self.numbers.add(float(_NUMBER_WORDS[w]))
+                self._classify(float(_NUMBER_WORDS[w]), m.start(), m.end())
             self.stems.add(w[:5])
 
-    def has_number(self, value: float) -> bool:
-        return any(abs(value - n) < 0.005 for n in self.numbers)
+    def _classify(self, value: float, start: int, end: int) -> None:
+        after = self.low[end : end + _CUE_WINDOW]
+        before = self.low[max(0, start - _CUE_WINDOW) : start]
+        for kind, (after_cue, before_cue) in _CUES.items():
+            if after_cue.match(after) or (before_cue is not None and before_cue.search(before)):
+                self.quantities[kind].add(value)
+
+    def has_number(self, value: float, kind: str | None = None) -> bool:
+        """Whether `value` occurs in the text; with `kind` ("money", "years", "months"), only as
+        such a quantity (a cue word beside it), not as any number."""
+        pool = self.numbers if kind is None else self.quantities[kind]
+        return any(abs(value - n) < 0.005 for n in pool)
 
     def grounds_phrase(self, phrase: str) -> bool:
         """At least half of the phrase's content words (their first five letters) occur in the text."""
@@ -285,13 +336,26 @@ class Facts:
         hits = sum(1 for w in words if w[:5] in self.stems)
         return hits * 2 >= len(words)
 
+    def grounds_language(self, name: str) -> bool:
+        """The language is named in the text: its first six letters (at least four: "Deutsch" in
+        "Deutschkenntnisse") begin a word of it. "Ung" or "Deu" ground nothing."""
+        stem = name.casefold()[:6]
+        if len(stem) < 4 or not stem.isalpha():
+            return False
+        return re.search(rf"(?<!\w){re.escape(stem)}", self.low) is not None
+
     def grounds_date(self, value: str) -> bool:
         v = value.strip().casefold()
         if v in ("sofort", "ab sofort"):
             return bool(_SOFORT.search(self.low))
         m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", v)
         if not m:
-            return " ".join(v.split()) in " ".join(self.low.split())
+            # Free text ("nach Vereinbarung", "01.08.2026", "Herbst 2026") must read as a date and
+            # stand in the text as whole words: "e" or "Koch" occur in any text and date nothing.
+            if not _DATE_WORDS.search(v):
+                return False
+            phrase = re.escape(" ".join(v.split()))
+            return re.search(rf"(?<!\w){phrase}(?!\w)", " ".join(self.low.split())) is not None
         y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
         if not (1 <= mo <= 12):
             return False
@@ -318,7 +382,7 @@ class Validated:
 def _str_list(values: Any, facts: Facts, path: str, dropped: list[str]) -> list[str]:
     out: list[str] = []
     for i, v in enumerate(values or []):
-        text = " ".join(str(v).split())
+        text = clean_line(v, MAX_ITEM_CHARS + 1) or ""  # NUL breaks jsonb; controls act on terminals
         if i >= MAX_LIST_ITEMS or not text or len(text) > MAX_ITEM_CHARS or not facts.grounds_phrase(text):
             dropped.append(f"{path}[{i}]")
         elif text not in out:
@@ -331,13 +395,15 @@ def validate(answer: dict[str, Any], text: str) -> Validated:
 
     Guarantees: every value kept is grounded as described in the module docstring; lists hold at
     most MAX_LIST_ITEMS items of at most MAX_ITEM_CHARS characters; a salary is kept only with a
-    min or max that occurs as a number in the text; the result has every schema field.
+    min or max that occurs as an amount of money in the text; every string is a clean line
+    (jobpipe.text.clean_line: storable in jsonb, no control characters); the result has every
+    schema field.
     """
     facts = Facts(text)
     dropped: list[str] = []
     out: dict[str, Any] = {}
-    summary = " ".join(str(answer.get("summary") or "").split())
-    out["summary"] = summary[:MAX_SUMMARY_CHARS]
+    summary = clean_line(answer.get("summary"), MAX_SUMMARY_CHARS) or ""
+    out["summary"] = summary
     if not summary:
         dropped.append("summary")
     out["tasks"] = _str_list(answer.get("tasks"), facts, "tasks", dropped)
@@ -348,9 +414,8 @@ def validate(answer: dict[str, Any], text: str) -> Validated:
     }
     langs: list[dict[str, str]] = []
     for i, entry in enumerate(answer.get("languages") or []):
-        name = " ".join(str(entry.get("language", "")).split())
-        stem = name.casefold()[:6]
-        if i >= MAX_LIST_ITEMS or len(stem) < 3 or stem not in facts.low:
+        name = clean_line(entry.get("language"), MAX_ITEM_CHARS) or ""
+        if i >= MAX_LIST_ITEMS or not facts.grounds_language(name):
             dropped.append(f"languages[{i}]")
         elif all(x["language"] != name for x in langs):
             langs.append({"language": name, "level": entry.get("level") or "unspecified"})
@@ -367,14 +432,16 @@ def validate(answer: dict[str, Any], text: str) -> Validated:
         ok = n is None or (
             0 < n <= 600
             and (
-                facts.has_number(n)
-                or (key == "contract_duration_months" and n % 12 == 0 and facts.has_number(n // 12))
+                facts.has_number(n, "years" if key == "years_experience" else "months")
+                or (key == "contract_duration_months" and n % 12 == 0 and facts.has_number(n // 12, "years"))
             )
         )
         if not ok:
             dropped.append(key)
         out[key] = n if ok else None
     start = answer.get("start_date")
+    if start is not None:
+        start = clean_line(start, MAX_ITEM_CHARS + 1)
     if start is not None and (len(start) > MAX_ITEM_CHARS or not facts.grounds_date(start)):
         dropped.append("start_date")
         start = None
@@ -393,7 +460,7 @@ def _salary(value: Any, facts: Facts, dropped: list[str]) -> dict[str, Any] | No
         n = value.get(key)
         if n is None:
             continue
-        if n > 0 and facts.has_number(float(n)):
+        if n > 0 and facts.has_number(float(n), "money"):
             kept[key] = n
         else:
             dropped.append(f"salary.{key}")
