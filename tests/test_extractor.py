@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,10 @@ import pytest
 
 from jobpipe import config, extraction, health, runtime
 from jobpipe.daemons.extractor import ExtractorDaemon
-from jobpipe.errors import ItemError
+from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.models import make_chat_client
+from jobpipe.sim import extraction_llm
 from jobpipe.sim.ollama import FakeOllama
 from jobpipe.sim.signal import DEFAULT_ACCOUNT, FakeSignalGateway
 from tests.waiting import in_thread, wait_until
@@ -467,6 +471,69 @@ def test_answer_body_cap_stops_reading_and_leaves_the_endpoint_healthy(fake):
         # The same client's next answer is read as usual: an answer too large is not an outage.
         fake.extraction.mode = None
         assert extraction.extract(chat, schema, text).summary["salary"]["min"] == 2900
+
+
+@pytest.fixture
+def trickling_server() -> Any:
+    """A model server that sends its headers at once and then a valid answer one byte every
+    50 ms (some 20 s in all): every socket read is quick, the answer is not."""
+    content = orjson.dumps(extraction_llm.summarise(KOCH)).decode()
+    body = orjson.dumps({"model": MODEL, "message": {"role": "assistant", "content": content},
+                         "done": True, "done_reason": "stop"})  # fmt: skip
+    body = body[:400] + b" " * max(0, 400 - len(body)) + body[400:]
+    stop = threading.Event()
+    sent: list[int] = []
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(1 << 20)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+            try:
+                for i in range(len(body)):
+                    if stop.wait(0.05):
+                        return
+                    conn.sendall(body[i : i + 1])
+                    sent.append(i)
+            except OSError:
+                return  # the client hung up: what the deadline is for
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}", body, sent
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_a_trickling_model_server_is_cut_at_the_total_deadline(trickling_server):
+    """Hostile review of issue 19: `extractor.read_timeout_s` was a per-read timeout only, so a
+    server (or proxy) trickling its answer held one model slot - and, through the lease
+    heartbeat, its posting - forever. Now it is the most one summary may take in all."""
+    url, body, sent = trickling_server
+    cfg = config.load(environ={}).with_overrides(
+        ollama__urls=[url], extractor__model=MODEL, extractor__read_timeout_s=1.0, extractor__workers=1
+    )
+    chat = extraction.chat_client_from_config(cfg)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DependencyDown) as err:
+            extraction.extract(chat, extraction.load_schema(), extraction.cut_description(KOCH, 6000))
+    finally:
+        chat.close()
+    elapsed = time.monotonic() - t0
+    assert err.value.kind == "timeout" and "not complete within 1 s" in str(err.value)
+    assert 1.0 <= elapsed < 10, elapsed  # the whole body would take len(body) * 50 ms
+    assert len(sent) < len(body), "the answer was read to its end"
 
 
 # ------------------------------------------------------------------ every answer is invalid

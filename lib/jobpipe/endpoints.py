@@ -12,6 +12,9 @@ Error classification (what the queue needs to know):
 - 401 / 403                           -> DependencyDown(kind="auth")
 - 5xx / 429 / other statuses          -> DependencyDown(kind="http_<status>")
 - timeout / refused / reset           -> DependencyDown(kind="timeout" / "connection")
+- body not complete by total_timeout  -> DependencyDown(kind="timeout") (when a deadline is set; the
+                                         read timeout is per socket read, so a server trickling a
+                                         byte a second would otherwise hold the call forever)
 - truncated or non-JSON body          -> DependencyDown(kind="bad_response")
 - 2xx body beyond max_answer_bytes    -> ItemError(kind="answer_too_large") (when a cap is set)
 Every DependencyDown opens that endpoint's breaker for a backoff period and the call fails over
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -116,6 +120,7 @@ class EndpointPool:
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
         max_answer_bytes: int | None = None,
+        total_timeout: float | None = None,
     ) -> None:
         cleaned = [u.strip().rstrip("/") for u in urls if u and u.strip()]
         if not cleaned:
@@ -132,6 +137,10 @@ class EndpointPool:
         # None: read every answer whole. Else a 2xx body beyond this many bytes is not read further
         # (a runaway generation must not cost the daemon its memory): ItemError "answer_too_large".
         self.max_answer_bytes = max_answer_bytes
+        # None: no deadline beyond the per-read timeout. Else the whole exchange (request, wait,
+        # body) is over after this many seconds: DependencyDown "timeout". Headers sent byte by
+        # byte are bounded only by the read timeout per byte and http.client's header limits.
+        self.total_timeout = total_timeout
         self.observer = observer
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -270,6 +279,7 @@ class EndpointPool:
         self, base: str, method: str, path: str, body: bytes | None, model: str | None, *, raw: bool
     ) -> Any:
         url = base + path
+        started = time.monotonic()
         try:
             resp = self.session.request(
                 method, url, data=body, timeout=self.timeout, proxies=self._proxies.get(base), stream=True
@@ -277,7 +287,7 @@ class EndpointPool:
             with resp:  # read whole, then the connection goes back to the pool
                 # In one read, not requests' 10 kB chunks: an embeddings answer of 300 kB took
                 # some 30 reads, each a trip through urllib3 and a GIL hand-off.
-                content = self._read(resp, url)
+                content = self._read_by_deadline(resp, url, started)
         except requests.RequestException as exc:
             kind = _transport_kind(exc)
             raise DependencyDown(self.dependency, f"{method} {url}: {kind}: {exc}", kind=kind) from exc
@@ -319,6 +329,50 @@ class EndpointPool:
             f"{url} answered {status}: {message}",
             kind=f"http_{status}",
             retry_after=_retry_after(resp),
+        )
+
+    def _read_by_deadline(self, resp: requests.Response, url: str, started: float) -> bytes:
+        """`_read`, ended by `total_timeout` seconds after `started` (DependencyDown "timeout").
+
+        A check between chunks would not do: one read of a body with a Content-Length blocks
+        until the whole chunk is there, however slowly it trickles in. So a timer shuts the
+        socket down at the deadline, which ends the blocked read at once; the connection is then
+        closed with the response, never reused."""
+        if self.total_timeout is None:
+            return self._read(resp, url)
+        expired = threading.Event()
+
+        def cut() -> None:
+            expired.set()
+            sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed meanwhile: the read has ended anyway
+
+        timer = threading.Timer(max(0.0, started + self.total_timeout - time.monotonic()), cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            content = self._read(resp, url)
+        except requests.RequestException as exc:
+            if not expired.is_set():
+                raise
+            raise self._past_deadline(url) from exc
+        finally:
+            timer.cancel()
+        if expired.is_set():  # the socket was shut while the last bytes came: not reusable
+            resp.raw.close()
+            raise self._past_deadline(url)
+        return content
+
+    def _past_deadline(self, url: str) -> DependencyDown:
+        return DependencyDown(
+            self.dependency,
+            f"{url}: timeout: the answer was not complete within {self.total_timeout:g} s "
+            f"(the server sends it too slowly)",
+            kind="timeout",
         )
 
     def _read(self, resp: requests.Response, url: str) -> bytes:

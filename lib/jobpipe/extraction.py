@@ -585,7 +585,8 @@ def count_stale(conn: Any, version: str, model: str) -> int:
 
 def chat_client_from_config(cfg: Any, *, observer: Any = None) -> ChatClient:
     """The LLM client the `extractor` section describes (its own servers, else ollama.urls), with
-    the extractor's own read timeout (a summary takes longer than an embedding)."""
+    the extractor's own timeout (a summary takes longer than an embedding): `read_timeout_s` is
+    the most one summary may take, including a body that trickles in."""
     from jobpipe.models import make_chat_client
 
     x, o = cfg.extractor, cfg.ollama
@@ -599,6 +600,7 @@ def chat_client_from_config(cfg: Any, *, observer: Any = None) -> ChatClient:
         api_key=o.api_key or None,
         observer=observer,
         max_answer_bytes=MAX_ANSWER_BYTES,
+        total_timeout=x.read_timeout_s,
     )
 
 

@@ -319,6 +319,7 @@ def _pool(
     backoff_base: float,
     backoff_max: float,
     max_answer_bytes: int | None = None,
+    total_timeout: float | None = None,
 ) -> EndpointPool:
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
@@ -334,6 +335,7 @@ def _pool(
         backoff_base=backoff_base,
         backoff_max=backoff_max,
         max_answer_bytes=max_answer_bytes,
+        total_timeout=total_timeout,
     )
 
 
@@ -405,9 +407,12 @@ def make_chat_client(
     backoff_base: float = 1.0,
     backoff_max: float = 30.0,
     max_answer_bytes: int | None = None,
+    total_timeout: float | None = None,
 ) -> ChatClient:
     """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions).
-    `max_answer_bytes`: answers beyond it are not read (ItemError kind "answer_too_large")."""
+    `max_answer_bytes`: answers beyond it are not read (ItemError kind "answer_too_large").
+    `total_timeout`: seconds after which a call is over however its bytes trickle in
+    (DependencyDown kind "timeout"); None = only the per-read timeout."""
     pool = _pool(
         provider,
         urls,
@@ -419,6 +424,7 @@ def make_chat_client(
         backoff_base,
         backoff_max,
         max_answer_bytes,
+        total_timeout,
     )
     if provider == "ollama":
         from jobpipe.ollama import OllamaChatClient
