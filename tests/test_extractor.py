@@ -648,3 +648,32 @@ def test_extract_eval_scores_fields_and_sees_grounding(fake, tmp_path):
     res = run_eval(fake, str(bad))
     assert res.returncode == 2 and f"{bad}:2: not a labelled description" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        (b'{"id": "a", "description": null, "expected": {}}', "description must be a non-empty string"),
+        (b'{"id": "a", "description": "Koch", "expected": {"tasks": "Kochen"}}', "list of keywords"),
+        (b'{"id": "a", "description": "Koch", "expected": {"tasks": 5}}', "list of keywords"),
+        (b'{"id": "a", "description": "Koch", "expected": {"task": ["Kochen"]}}', "did you mean 'tasks'"),
+        (b'{"id": "a", "description": "Koch", "expected": {"salary": {"min": 1}}}', "'salary.min'"),
+        (b'{"id": "a", "description": "Koch", "expected": [["tasks", 1]]}', "expected must be an object"),
+        (b'{"id": "a", "description": "Koch", "expected": {"salary.min": [1]}}', "a number or null"),
+        (b'{"id": true, "description": "Koch", "expected": {}}', "id must be"),
+        (b"\xff\xfe not utf-8", "not valid UTF-8"),
+    ],
+)
+def test_extract_eval_rejects_a_malformed_row_before_any_model_call(fake, tmp_path, row, says):
+    """Hostile review of issue 19: a row whose description is null was evaluated as the text
+    "None"; labels under an unknown field ("task") or of the wrong shape ("tasks": "Kochen", scored
+    letter by letter; "tasks": 5, a crash after every model call) were accepted; invalid UTF-8
+    was reported without the file and line."""
+    good = b'{"id": "ok", "description": "Koch in Vollzeit.", "expected": {"working_time": "full_time"}}'
+    path = tmp_path / "labels.jsonl"
+    path.write_bytes(good + b"\n\n" + row + b"\n")
+    res = run_eval(fake, str(path))
+    assert res.returncode == 2, res.stdout + res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"jobpipe: {path}:3: not a labelled description") and says in line, line
+    assert fake.counters()["chat_calls"] == 0, "a bad file is reported before any model call"

@@ -28,6 +28,7 @@ What counts as an answer (`parse_answer`, then `validate`):
 from __future__ import annotations
 
 import concurrent.futures as cf
+import difflib
 import hashlib
 import importlib.resources
 import re
@@ -625,23 +626,58 @@ class Labelled:
     split: str = "dev"
 
 
+MAX_LABELLED_LINE = 1 << 20  # bytes of one labelled row (a description is a few kB)
+
+
 def read_labelled(path: str) -> list[Labelled]:
     """A JSON Lines file of {"id", "description", "expected", "split"?}; a bad line is a one-line
-    ValueError naming the line."""
+    ValueError naming the file, the line and what is wrong - before any model call, so a typo in
+    row 40 does not cost 39 calls and a label under an unknown field ("task") or of the wrong
+    shape ("tasks": "Kochen", scored letter by letter) is never silently scored."""
     out: list[Labelled] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                doc = orjson.loads(line)
-                out.append(Labelled(str(doc["id"]), str(doc["description"]), dict(doc["expected"]),
-                                    str(doc.get("split", "dev"))))  # fmt: skip
+                if len(raw) > MAX_LABELLED_LINE:
+                    raise ValueError(f"line longer than {MAX_LABELLED_LINE:,} bytes")
+                out.append(_labelled_row(orjson.loads(raw)))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise ValueError(
                     f"{path}:{n}: not a labelled description ({type(exc).__name__}: {exc})"
                 ) from None
     return out
+
+
+def _labelled_row(doc: Any) -> Labelled:
+    if not isinstance(doc, dict):
+        raise TypeError(f"a row is an object, not {type(doc).__name__}")
+    rid, description, expected = doc["id"], doc["description"], doc["expected"]
+    if not isinstance(rid, str | int) or isinstance(rid, bool) or not str(rid).strip():
+        raise TypeError(f"id must be a non-empty string or integer, not {rid!r}"[:200])
+    if not isinstance(description, str) or not description.strip():
+        raise TypeError("description must be a non-empty string")
+    if not isinstance(expected, dict):
+        raise TypeError(f"expected must be an object, not {type(expected).__name__}")
+    for key, value in expected.items():
+        if key in LIST_FIELDS:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise TypeError(f"expected[{key!r}] must be a list of keywords (strings)")
+        elif key in SCALAR_FIELDS:
+            if not (value is None or isinstance(value, str | int | float)) or isinstance(value, bool):
+                raise TypeError(f"expected[{key!r}] must be a string, a number or null")
+        else:
+            hint = difflib.get_close_matches(str(key), (*SCALAR_FIELDS, *LIST_FIELDS), n=1)
+            raise ValueError(
+                f"expected has unknown field {str(key)[:60]!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; fields: {', '.join((*SCALAR_FIELDS, *LIST_FIELDS))}"
+            )
+    split = doc.get("split", "dev")
+    if not isinstance(split, str):
+        raise TypeError("split must be a string")
+    return Labelled(str(rid), description, expected, split)
 
 
 def _get(doc: dict[str, Any] | None, path: str) -> Any:
