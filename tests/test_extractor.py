@@ -677,3 +677,32 @@ def test_extract_eval_rejects_a_malformed_row_before_any_model_call(fake, tmp_pa
     (line,) = res.stderr.strip().splitlines()
     assert line.startswith(f"jobpipe: {path}:3: not a labelled description") and says in line, line
     assert fake.counters()["chat_calls"] == 0, "a bad file is reported before any model call"
+
+
+def test_a_stage_that_completes_postings_but_never_summarises_one_warns(fake, pg_url, db_conn):
+    """Hostile review of issue 19: with every description external or empty (a fetcher bug, a
+    cut that leaves nothing), the stage completed everything as skipped_external / empty, failed
+    nothing, called no model - and every rule and `jobpipe health` stayed green."""
+    import logging
+
+    for i in range(15):
+        add_posting(db_conn, None, state="external")
+        add_posting(db_conn, f" \n\t{' ' * i}")
+    cfg = make_cfg(fake)
+    assert run_once(cfg, pg_url) == 0
+    assert fake.counters()["chat_calls"] == 0
+    ctx = runtime.Context(
+        cfg, DaemonMetrics("extractor"), "test", pg_url, threading.Event(), logging.getLogger()
+    )
+    daemon = ExtractorDaemon(ctx)
+    try:
+        silent = {c.key: c for c in daemon.alert_conditions(db_conn)}["no_summaries"]
+        assert silent.active and silent.severity == "warn" and silent.stage == "extract"
+        assert "30 postings completed without a model call" in silent.numbers
+        assert "skipped_external 15, empty 15" in silent.numbers and "0 summarised" in silent.numbers
+        # One posting that gets a summary ends it: external postings beside real ones are normal.
+        add_posting(db_conn, KOCH)
+        assert run_once(cfg, pg_url) == 0
+        assert not {c.key: c for c in daemon.alert_conditions(db_conn)}["no_summaries"].active
+    finally:
+        daemon.close()
