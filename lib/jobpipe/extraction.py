@@ -297,6 +297,7 @@ class Facts:
     numbers: set[float] = field(default_factory=set)
     stems: set[str] = field(default_factory=set)
     quantities: dict[str, set[float]] = field(default_factory=dict)
+    money_spans: dict[float, list[tuple[int, int]]] = field(default_factory=dict)  # where each amount is
 
     def __post_init__(self) -> None:
         self.low = self.text.casefold()
@@ -308,6 +309,7 @@ class Facts:
             if m.group(3):  # "45k", "45 Tsd.": the thousands are meant, and money
                 self.numbers.add(value * 1000)
                 self.quantities["money"].add(value * 1000)
+                self.money_spans.setdefault(value * 1000, []).append((m.start(), m.end()))
             self._classify(value, m.start(), m.end())
         for m in _WORD.finditer(self.low):
             w = m.group()
@@ -322,12 +324,25 @@ class Facts:
         for kind, (after_cue, before_cue) in _CUES.items():
             if after_cue.match(after) or (before_cue is not None and before_cue.search(before)):
                 self.quantities[kind].add(value)
+                if kind == "money":
+                    self.money_spans.setdefault(value, []).append((start, end))
 
     def has_number(self, value: float, kind: str | None = None) -> bool:
         """Whether `value` occurs in the text; with `kind` ("money", "years", "months"), only as
         such a quantity (a cue word beside it), not as any number."""
         pool = self.numbers if kind is None else self.quantities[kind]
         return any(abs(value - n) < 0.005 for n in pool)
+
+    def near_amount(self, amounts: Iterable[float], pattern: re.Pattern[str]) -> bool:
+        """Whether `pattern` occurs within _CUE_WINDOW characters of one of `amounts` as money in the
+        text ("3.400 € brutto im Monat"): the period or currency of that salary, not of another
+        number."""
+        for value, spans in self.money_spans.items():
+            if any(abs(value - a) < 0.005 for a in amounts):
+                for start, end in spans:
+                    if pattern.search(self.low[max(0, start - _CUE_WINDOW) : end + _CUE_WINDOW]):
+                        return True
+        return False
 
     def grounds_phrase(self, phrase: str) -> bool:
         """At least half of the phrase's content words (their first five letters) occur in the text."""
@@ -452,8 +467,18 @@ def validate(answer: dict[str, Any], text: str) -> Validated:
     return Validated(out, dropped)
 
 
+# What grounds a salary's period and currency: these words beside one of its amounts.
+_PERIOD_EVIDENCE = {  # singular or compound forms: "3 Monate", "40 Stunden", "2 Jahre" are no period
+    "hour": re.compile(r"stunde(?!n\b)|stundenlohn|stundensatz|(?:/|pro)\s*(?:std|h)\b"),
+    "month": re.compile(r"monat(?!en?\b)|mtl\b"),
+    "year": re.compile(r"jahr(?!en?\b)|jährl|p\.\s?a\.|\d\s*k\b|tsd|tausend"),
+}
+_CURRENCY_EVIDENCE = {"EUR": re.compile(r"€|\beuro?\b"), "CHF": re.compile(r"\bchf\b|franken")}
+
+
 def _salary(value: Any, facts: Facts, dropped: list[str]) -> dict[str, Any] | None:
-    """Kept only with an amount that occurs in the text; min <= max; the currency as stated."""
+    """Kept only with an amount that occurs in the text as money; min <= max; the period and the
+    currency only when stated beside an amount kept."""
     if value is None:
         return None
     kept: dict[str, Any] = {"min": None, "max": None, "period": value.get("period"), "currency": None}
@@ -469,12 +494,15 @@ def _salary(value: Any, facts: Facts, dropped: list[str]) -> dict[str, Any] | No
         return None
     if kept["min"] is not None and kept["max"] is not None and kept["min"] > kept["max"]:
         kept["min"], kept["max"] = kept["max"], kept["min"]
+    amounts = [float(n) for n in (kept["min"], kept["max"]) if n is not None]
+    period = kept["period"]
+    if period is not None and not facts.near_amount(amounts, _PERIOD_EVIDENCE[period]):
+        dropped.append("salary.period")  # "hour" for "3.400 € im Monat" is worse than no period
+        kept["period"] = None
     currency = value.get("currency")
-    if currency == "EUR" and ("€" in facts.text or "eur" in facts.low):
-        kept["currency"] = "EUR"
-    elif currency == "CHF" and "chf" in facts.low:
-        kept["currency"] = "CHF"
-    elif currency is not None:
+    if currency is not None and facts.near_amount(amounts, _CURRENCY_EVIDENCE[currency]):
+        kept["currency"] = currency
+    elif currency is not None:  # "eur" in "Friseur" or "Europa" is no currency
         dropped.append("salary.currency")
     return kept
 
