@@ -378,6 +378,27 @@ def test_description_budget_and_openai_flavour(fake, pg_url, db_conn):
     assert summary_of(db_conn, pid)[3] == extraction.description_hash(text)
 
 
+def test_a_text_behind_a_giant_run_of_whitespace_is_summarised_not_empty(fake, pg_url, db_conn):
+    """Hostile review of issue 19: the description was cut in SQL to 2 x max_chars + 1,000
+    characters before whitespace was collapsed, so a posting whose text came after 20,000 blanks
+    or newlines was completed as "empty" without a call, and one with a long run of blanks inside
+    lost everything behind it. The text sent is now cut_description(the whole description)."""
+    descriptions = [
+        " " * 20_000 + KOCH,
+        "\n" * 20_000 + KOCH,
+        "Koch gesucht." + " \t" * 10_000 + KOCH,
+        "Koch gesucht.\n \n\n" + " \n" * 10_000 + PFLEGE,  # paragraph breaks as Python keeps them
+    ]
+    ids = [add_posting(db_conn, d) for d in descriptions]
+    assert run_once(make_cfg(fake, extractor__max_chars=1000), pg_url) == 0
+    sent = chat_texts(fake)
+    for pid, d in zip(ids, descriptions, strict=True):
+        assert item(db_conn, pid)["outcome"] in ("extracted", "partial", "reused"), item(db_conn, pid)
+        assert extraction.render_prompt(extraction.cut_description(d, 1000)) in sent
+    assert summary_of(db_conn, ids[0])[0]["salary"]["min"] == 2900
+    assert summary_of(db_conn, ids[2])[0]["salary"]["min"] == 2900
+
+
 @pytest.mark.parametrize(
     ("mode", "kind"),
     [

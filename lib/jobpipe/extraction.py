@@ -537,11 +537,18 @@ def load_jobs(
 ) -> dict[int, Job | str]:
     """{posting id: Job, or "skipped_external" / "empty"} for the postings that exist (one query for
     the texts, one for summaries to reuse). The description is cut in SQL to a bound of the budget,
-    so a giant description never crosses the wire whole."""
+    so a giant description never crosses the wire whole. One longer than the bound has its runs of
+    whitespace collapsed first, as normalise_whitespace would: else a text behind 20,000 blanks was
+    cut to blanks and completed as "empty" without a call. So the text sent is always
+    cut_description(the whole description)."""
     rows = conn.execute(
-        """SELECT p.id, p.description_state, left(p.description, %(chars)s)
+        r"""SELECT p.id, p.description_state,
+                   CASE WHEN length(p.description) <= %(chars)s THEN p.description
+                        ELSE left(regexp_replace(regexp_replace(p.description,
+                                  '[ \t\r\f\v\u00a0]+', ' ', 'g'), ' ?\n[ \n]*\n ?', E'\n\n', 'g'),
+                                  %(chars)s) END
              FROM unnest(%(ids)s::bigint[]) AS u(id) JOIN postings p ON p.id = u.id""",
-        {"ids": list(posting_ids), "chars": max_chars * 2 + 1000},  # room for whitespace to collapse
+        {"ids": list(posting_ids), "chars": max_chars * 2 + 1000},  # room for what normalising removes
     ).fetchall()
     out: dict[int, Job | str] = {}
     texts: dict[int, tuple[str, str]] = {}
