@@ -211,7 +211,8 @@ class ExtractorDaemon(Daemon):
         return 0 if self.sweep.done else 1
 
     def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
-        """Summaries left stale by a model or schema change (the sweep re-queues them)."""
+        """Summaries left stale by a model or schema change (the sweep re-queues them), and a stage
+        that completes postings but never summarises one (see `no_summary_condition`)."""
         stale = extraction.count_stale(conn, self.schema.version, self.model)
         return [
             alerting.count_condition(
@@ -221,11 +222,47 @@ class ExtractorDaemon(Daemon):
                 1,
                 what="stale summaries",
                 hint=f"the extractor's sweep re-queues them for {self.model} / schema {self.schema.version}",
-            )
+            ),
+            no_summary_condition(conn, alerting.Thresholds.from_config(self.ctx.cfg, self.name)),
         ]
 
     def close(self) -> None:
         self.chat.close()
+
+
+# Outcomes that complete a posting without a model call, and those that leave it with a summary.
+WITHOUT_CALL = ("skipped_external", "empty")
+WITH_SUMMARY = ("extracted", "partial", "reused")
+
+
+def no_summary_condition(conn: Any, th: alerting.Thresholds) -> alerting.Condition:
+    """WARN when, in the last 24 h, at least `failure_min_count` postings were completed without
+    a model call (external, empty) and not one got a summary. Such a stage fails nothing, so the
+    failure-ratio rules never see it: this is the predecessor's silent failure in another form
+    (descriptions all stored as external or empty upstream, a cut that leaves nothing), and
+    `jobpipe health` shows it through the alert. From the per-minute counts: one indexed query."""
+    counts = dict(
+        conn.execute(
+            """SELECT outcome, sum(n)::bigint FROM stage_counts
+                WHERE stage = %s AND minute >= now() - interval '24 hours' AND outcome = ANY(%s)
+                GROUP BY outcome""",
+            (extraction.STAGE, [*WITHOUT_CALL, *WITH_SUMMARY]),
+        ).fetchall()
+    )
+    skipped = sum(int(counts.get(o, 0)) for o in WITHOUT_CALL)
+    summarised = sum(int(counts.get(o, 0)) for o in WITH_SUMMARY)
+    detail = ", ".join(f"{o} {int(counts.get(o, 0)):,}" for o in WITHOUT_CALL)
+    return alerting.Condition(
+        "no_summaries",
+        "extractor completes postings but summarises none",
+        skipped >= th.failure_min_count and summarised == 0,
+        f"{skipped:,} postings completed without a model call in 24 h ({detail}), {summarised:,} summarised "
+        f"(threshold {th.failure_min_count:,})",
+        alerting.WARN,
+        hint="check why every description is external or empty (the fetcher's description_state, "
+        "extractor.max_chars)",
+        stage=extraction.STAGE,
+    )
 
 
 DAEMON = ExtractorDaemon

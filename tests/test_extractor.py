@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,10 @@ import pytest
 
 from jobpipe import config, extraction, health, runtime
 from jobpipe.daemons.extractor import ExtractorDaemon
-from jobpipe.errors import ItemError
+from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.models import make_chat_client
+from jobpipe.sim import extraction_llm
 from jobpipe.sim.ollama import FakeOllama
 from jobpipe.sim.signal import DEFAULT_ACCOUNT, FakeSignalGateway
 from tests.waiting import in_thread, wait_until
@@ -190,6 +194,60 @@ def test_ungrounded_values_are_dropped_and_counted():
     assert v4.summary["contract_type"] == "unspecified" and "contract_type" in v4.dropped
 
 
+def test_numbers_and_words_that_only_look_like_facts_ground_nothing():
+    """Hostile review of issue 19: a salary "found" in a phone number, postcode or date, years of
+    experience or a contract length taken from "30 Tage Urlaub", a start date or language that is
+    any substring of the text ("e", "Ung") were all kept as grounded."""
+    text = extraction.cut_description(
+        KOCH + "\nKontakt: Tel. 0761 4500 123, Bewerbung bis 15.03.2026, 79098 Freiburg", 6000
+    )
+    base = dict.fromkeys(extraction.load_schema().doc["required"], None)
+    base.update(summary="Koch in Freiburg.", tasks=[], requirements={"must": [], "nice": []}, languages=[],
+                benefits=[], experience_level="unspecified", education="unspecified",
+                working_time="unspecified", work_location="unspecified",
+                contract_type="unspecified")  # fmt: skip
+
+    def kept(**fields: Any) -> dict[str, Any]:
+        v = extraction.validate(dict(base, **fields), text)
+        return {k: v.summary[k] for k in fields}
+
+    for amount, period in ((4500, "month"), (123, "hour"), (79098, "year"), (15, "hour"), (761, "month")):
+        salary = {"min": amount, "max": None, "period": period, "currency": "EUR"}
+        assert kept(salary=salary) == {"salary": None}, amount
+    # The stated range still grounds, in either field, and "2 Jahre Berufserfahrung" grounds 2.
+    stated = {"min": 2900, "max": 3400, "period": "month", "currency": "EUR"}
+    assert kept(salary=stated, years_experience=2) == {"salary": stated, "years_experience": 2}
+    assert kept(years_experience=30, contract_duration_months=360) == {
+        "years_experience": None, "contract_duration_months": None}  # fmt: skip
+    for start in ("e", "Koch", "rei"):
+        assert kept(start_date=start) == {"start_date": None}, start
+    assert kept(start_date="15.03.2026") == {"start_date": "15.03.2026"}
+    langs = [{"language": x, "level": "C2"} for x in ("Ung", "Deu", "Deutsch", "Englisch", "ung_")]
+    assert kept(languages=langs) == {"languages": [{"language": "Deutsch", "level": "C2"},
+                                                   {"language": "Englisch", "level": "C2"}]}  # fmt: skip
+    # Quantities named in words and with a cue before the number ground as before.
+    words = extraction.cut_description("Lagerhelfer. Drei Jahre Erfahrung. Befristet auf zwei Jahre. "
+                                       "Stundenlohn: 15,50 Euro. Jahresgehalt ab 45k.", 1000)  # fmt: skip
+    v = extraction.validate(dict(base, years_experience=3, contract_duration_months=24,
+                                 salary={"min": 45000, "max": None, "period": "year", "currency": "EUR"}),
+                            words)  # fmt: skip
+    assert (v.summary["years_experience"], v.summary["contract_duration_months"]) == (3, 24)
+    assert v.summary["salary"]["min"] == 45000
+    hourly = {"min": 15.5, "max": None, "period": "hour", "currency": "EUR"}
+    v = extraction.validate(dict(base, salary=hourly), words)
+    assert v.summary["salary"]["min"] == 15.5
+    # The period and currency must stand beside the amount: "Euro" is there, "im Monat" is not;
+    # "eur" in "Friseur" or "Europa" is no currency, "2 Jahre" elsewhere no yearly salary.
+    v = extraction.validate(dict(base, salary=dict(hourly, period="month")), words)
+    assert v.summary["salary"] == hourly | {"period": None} and "salary.period" in v.dropped
+    friseur = extraction.cut_description(
+        "Friseur (m/w/d) in Europa, 2 Jahre Erfahrung. Stundenlohn: 15,50.", 500
+    )
+    v = extraction.validate(dict(base, salary=dict(hourly, period="year")), friseur)
+    assert v.summary["salary"] == {"min": 15.5, "max": None, "period": None, "currency": None}
+    assert {"salary.period", "salary.currency"} <= set(v.dropped)
+
+
 @pytest.mark.parametrize(
     ("content", "reason", "kind"),
     [
@@ -320,6 +378,27 @@ def test_description_budget_and_openai_flavour(fake, pg_url, db_conn):
     assert summary_of(db_conn, pid)[3] == extraction.description_hash(text)
 
 
+def test_a_text_behind_a_giant_run_of_whitespace_is_summarised_not_empty(fake, pg_url, db_conn):
+    """Hostile review of issue 19: the description was cut in SQL to 2 x max_chars + 1,000
+    characters before whitespace was collapsed, so a posting whose text came after 20,000 blanks
+    or newlines was completed as "empty" without a call, and one with a long run of blanks inside
+    lost everything behind it. The text sent is now cut_description(the whole description)."""
+    descriptions = [
+        " " * 20_000 + KOCH,
+        "\n" * 20_000 + KOCH,
+        "Koch gesucht." + " \t" * 10_000 + KOCH,
+        "Koch gesucht.\n \n\n" + " \n" * 10_000 + PFLEGE,  # paragraph breaks as Python keeps them
+    ]
+    ids = [add_posting(db_conn, d) for d in descriptions]
+    assert run_once(make_cfg(fake, extractor__max_chars=1000), pg_url) == 0
+    sent = chat_texts(fake)
+    for pid, d in zip(ids, descriptions, strict=True):
+        assert item(db_conn, pid)["outcome"] in ("extracted", "partial", "reused"), item(db_conn, pid)
+        assert extraction.render_prompt(extraction.cut_description(d, 1000)) in sent
+    assert summary_of(db_conn, ids[0])[0]["salary"]["min"] == 2900
+    assert summary_of(db_conn, ids[2])[0]["salary"]["min"] == 2900
+
+
 @pytest.mark.parametrize(
     ("mode", "kind"),
     [
@@ -347,6 +426,33 @@ def test_bad_answers_fail_with_the_kind_and_the_answer_start(fake, pg_url, db_co
     )
     (stage,) = [s for s in health.collect(db_conn, make_cfg(fake)).stages if s.stage == "extract"]
     assert stage.outcomes == {kind: 1}, stage.outcomes  # what `jobpipe health` shows as the outcomes row
+
+
+def test_nul_and_control_characters_in_an_answer_are_cleaned_and_stored(fake, pg_url, db_conn):
+    """Hostile review of issue 19: a NUL in any string of the answer ("\\u0000" is valid JSON) made
+    the summary's jsonb write fail, so the posting never got a summary; ESC and bidi overrides
+    went into the database and onto the operator's terminal."""
+    plain = fake.extraction.answer
+
+    def dirty(view: dict[str, Any]) -> str:
+        doc = orjson.loads(plain(view))
+        doc["summary"] = "Koch\x00 gesucht \x1b[2J\u202ein Freiburg."
+        doc["tasks"] = [t + "\x00" for t in doc["tasks"]]
+        doc["languages"] = [dict(x, language=x["language"] + "\x00") for x in doc["languages"]]
+        doc["start_date"] = "sofort\x07"
+        return orjson.dumps(doc).decode()
+
+    fake.extraction.answer = dirty
+    pid = add_posting(db_conn, KOCH)
+    assert run_once(make_cfg(fake), pg_url) == 0
+    it = item(db_conn, pid)
+    assert it["status"] == "done" and it["outcome"] == "extracted", it
+    s = summary_of(db_conn, pid)[0]
+    assert s["summary"] == "Koch gesucht [2J in Freiburg."
+    assert s["tasks"] and not any("\x00" in t for t in s["tasks"])
+    assert {"language": "Deutsch", "level": "B2"} in s["languages"] and s["start_date"] == "sofort"
+    stored = db_conn.execute("SELECT summary::text FROM postings WHERE id = %s", (pid,)).fetchone()[0]
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or 0x202A <= ord(c) <= 0x202E for c in stored)
 
 
 def test_ungrounded_answer_is_partial_and_counted(fake, pg_url, db_conn):
@@ -396,6 +502,69 @@ def test_answer_body_cap_stops_reading_and_leaves_the_endpoint_healthy(fake):
         # The same client's next answer is read as usual: an answer too large is not an outage.
         fake.extraction.mode = None
         assert extraction.extract(chat, schema, text).summary["salary"]["min"] == 2900
+
+
+@pytest.fixture
+def trickling_server() -> Any:
+    """A model server that sends its headers at once and then a valid answer one byte every
+    50 ms (some 20 s in all): every socket read is quick, the answer is not."""
+    content = orjson.dumps(extraction_llm.summarise(KOCH)).decode()
+    body = orjson.dumps({"model": MODEL, "message": {"role": "assistant", "content": content},
+                         "done": True, "done_reason": "stop"})  # fmt: skip
+    body = body[:400] + b" " * max(0, 400 - len(body)) + body[400:]
+    stop = threading.Event()
+    sent: list[int] = []
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(1 << 20)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+            try:
+                for i in range(len(body)):
+                    if stop.wait(0.05):
+                        return
+                    conn.sendall(body[i : i + 1])
+                    sent.append(i)
+            except OSError:
+                return  # the client hung up: what the deadline is for
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}", body, sent
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_a_trickling_model_server_is_cut_at_the_total_deadline(trickling_server):
+    """Hostile review of issue 19: `extractor.read_timeout_s` was a per-read timeout only, so a
+    server (or proxy) trickling its answer held one model slot - and, through the lease
+    heartbeat, its posting - forever. Now it is the most one summary may take in all."""
+    url, body, sent = trickling_server
+    cfg = config.load(environ={}).with_overrides(
+        ollama__urls=[url], extractor__model=MODEL, extractor__read_timeout_s=1.0, extractor__workers=1
+    )
+    chat = extraction.chat_client_from_config(cfg)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DependencyDown) as err:
+            extraction.extract(chat, extraction.load_schema(), extraction.cut_description(KOCH, 6000))
+    finally:
+        chat.close()
+    elapsed = time.monotonic() - t0
+    assert err.value.kind == "timeout" and "not complete within 1 s" in str(err.value)
+    assert 1.0 <= elapsed < 10, elapsed  # the whole body would take len(body) * 50 ms
+    assert len(sent) < len(body), "the answer was read to its end"
 
 
 # ------------------------------------------------------------------ every answer is invalid
@@ -487,7 +656,10 @@ def test_extract_eval_scores_fields_and_sees_grounding(fake, tmp_path):
     res = run_eval(fake, str(LABELLED), "--json")
     assert res.returncode == 0, res.stderr
     good = json.loads(res.stdout)
-    assert good["n"] == 48 and good["outcomes"] == {"extracted": 48}
+    # The simulated model reads one monthly salary as yearly ("zwei Jahre" in the same sentence):
+    # validation drops that period (partial), so no period in the scores is a wrong one.
+    assert good["n"] == 48 and good["outcomes"] == {"extracted": 47, "partial": 1}
+    assert good["fields"]["salary.period"]["fp"] == 0 and good["dropped"] == 1
     assert fake.counters()["chat_calls"] == 48
     assert set(good["fields"]) == set(extraction.SCALAR_FIELDS) | set(extraction.LIST_FIELDS)
     for f in ("salary.min", "contract_type", "start_date", "languages"):
@@ -510,3 +682,61 @@ def test_extract_eval_scores_fields_and_sees_grounding(fake, tmp_path):
     res = run_eval(fake, str(bad))
     assert res.returncode == 2 and f"{bad}:2: not a labelled description" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        (b'{"id": "a", "description": null, "expected": {}}', "description must be a non-empty string"),
+        (b'{"id": "a", "description": "Koch", "expected": {"tasks": "Kochen"}}', "list of keywords"),
+        (b'{"id": "a", "description": "Koch", "expected": {"tasks": 5}}', "list of keywords"),
+        (b'{"id": "a", "description": "Koch", "expected": {"task": ["Kochen"]}}', "did you mean 'tasks'"),
+        (b'{"id": "a", "description": "Koch", "expected": {"salary": {"min": 1}}}', "'salary.min'"),
+        (b'{"id": "a", "description": "Koch", "expected": [["tasks", 1]]}', "expected must be an object"),
+        (b'{"id": "a", "description": "Koch", "expected": {"salary.min": [1]}}', "a number or null"),
+        (b'{"id": true, "description": "Koch", "expected": {}}', "id must be"),
+        (b"\xff\xfe not utf-8", "not valid UTF-8"),
+    ],
+)
+def test_extract_eval_rejects_a_malformed_row_before_any_model_call(fake, tmp_path, row, says):
+    """Hostile review of issue 19: a row whose description is null was evaluated as the text
+    "None"; labels under an unknown field ("task") or of the wrong shape ("tasks": "Kochen", scored
+    letter by letter; "tasks": 5, a crash after every model call) were accepted; invalid UTF-8
+    was reported without the file and line."""
+    good = b'{"id": "ok", "description": "Koch in Vollzeit.", "expected": {"working_time": "full_time"}}'
+    path = tmp_path / "labels.jsonl"
+    path.write_bytes(good + b"\n\n" + row + b"\n")
+    res = run_eval(fake, str(path))
+    assert res.returncode == 2, res.stdout + res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"jobpipe: {path}:3: not a labelled description") and says in line, line
+    assert fake.counters()["chat_calls"] == 0, "a bad file is reported before any model call"
+
+
+def test_a_stage_that_completes_postings_but_never_summarises_one_warns(fake, pg_url, db_conn):
+    """Hostile review of issue 19: with every description external or empty (a fetcher bug, a
+    cut that leaves nothing), the stage completed everything as skipped_external / empty, failed
+    nothing, called no model - and every rule and `jobpipe health` stayed green."""
+    import logging
+
+    for i in range(15):
+        add_posting(db_conn, None, state="external")
+        add_posting(db_conn, f" \n\t{' ' * i}")
+    cfg = make_cfg(fake)
+    assert run_once(cfg, pg_url) == 0
+    assert fake.counters()["chat_calls"] == 0
+    ctx = runtime.Context(
+        cfg, DaemonMetrics("extractor"), "test", pg_url, threading.Event(), logging.getLogger()
+    )
+    daemon = ExtractorDaemon(ctx)
+    try:
+        silent = {c.key: c for c in daemon.alert_conditions(db_conn)}["no_summaries"]
+        assert silent.active and silent.severity == "warn" and silent.stage == "extract"
+        assert "30 postings completed without a model call" in silent.numbers
+        assert "skipped_external 15, empty 15" in silent.numbers and "0 summarised" in silent.numbers
+        # One posting that gets a summary ends it: external postings beside real ones are normal.
+        add_posting(db_conn, KOCH)
+        assert run_once(cfg, pg_url) == 0
+        assert not {c.key: c for c in daemon.alert_conditions(db_conn)}["no_summaries"].active
+    finally:
+        daemon.close()

@@ -107,7 +107,7 @@ def test_every_alert_has_a_firing_and_a_quiet_test() -> None:
     alerts = {
         r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r
     }
-    assert len(alerts) == 11
+    assert len(alerts) == 12
     tests = yaml.safe_load((RULES.parent / "jobpipe_test.yml").read_text())["tests"]
     fired, quiet = set(), set()
     for t in tests:

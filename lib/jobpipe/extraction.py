@@ -15,14 +15,20 @@ What counts as an answer (`parse_answer`, then `validate`):
   (an HTTP answer beyond MAX_ANSWER_BYTES is not even read whole);
   (both carry the model's first 200 characters, which end up in the queue's last_error);
 - a valid answer is checked field by field against the text: a value the text does not ground
-  (a salary number that does not occur in it, "remote" with no word about remote work, a language
-  it never names, a task none of whose words occur) is dropped - set to null / "unspecified" /
-  removed from its list - and counted. Nothing dropped: outcome "extracted"; else "partial".
+  (a salary number that does not occur in it as an amount of money - beside a currency or a pay
+  word, not in a phone number, postcode or date -, years or months without "Jahre"/"Monate" beside
+  them, "remote" with no word about remote work, a language it never names at a word start, a
+  task none of whose words occur, a start date that is not a date in it) is dropped - set to
+  null / "unspecified" / removed from its list - and counted. Nothing dropped: outcome
+  "extracted"; else "partial".
+- every string kept is one clean line (no NUL, which jsonb rejects, no control characters or bidi
+  overrides, which act on the operator's terminal).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import difflib
 import hashlib
 import importlib.resources
 import re
@@ -37,7 +43,7 @@ import orjson
 from jobpipe.endpoints import ANSWER_TOO_LARGE
 from jobpipe.errors import ItemError
 from jobpipe.models import ChatClient, schema_problem
-from jobpipe.text import clean_text, normalise_whitespace
+from jobpipe.text import clean_line, clean_text, normalise_whitespace
 
 STAGE = "extract"
 DATA_PACKAGE = "jobpipe.data"
@@ -54,6 +60,7 @@ MAX_LIST_ITEMS = 15  # items beyond are dropped (and counted)
 MAX_ITEM_CHARS = 200  # list items and start_date longer than this are dropped (and counted)
 MAX_SUMMARY_CHARS = 400  # the one-sentence summary is cut to this
 ERROR_SNIPPET = 200  # characters of the model's answer quoted in an item error
+LOAD_SCAN_FACTOR = 20  # a giant description's whitespace is collapsed in its first 20 x cut bound
 
 # The outcomes of the stage: done ones are queue outcomes, the two failures are ItemError kinds.
 OUTCOMES = ("extracted", "partial", "reused", "invalid_json", "schema_violation", "skipped_external", "empty")
@@ -242,6 +249,11 @@ _ENUM_EVIDENCE: dict[str, dict[str, re.Pattern[str]]] = {
         "none": re.compile(r"quereinst|keine (berufs)?erfahrung|ohne (berufs)?erfahrung"),
     },
 }
+# What a free-text start date must contain to read as one: a digit, a month, a season or a phrase.
+_DATE_WORDS = re.compile(
+    r"\d|januar|februar|märz|april|mai\b|juni|juli|august|september|oktober|november|dezember"
+    r"|frühjahr|sommer|herbst|winter|quartal|sofort|möglich|vereinbarung|absprache"
+)
 _SOFORT = re.compile(r"sofort|schnellstmöglich|baldmöglichst|nächstmöglich")
 _UNSET = {
     "experience_level": "unspecified",
@@ -252,30 +264,86 @@ _UNSET = {
 }
 
 
+# What makes a number in the text an amount of money, a number of years or of months: the words
+# right after it ("2.900 € bis", "3 Jahre", "24 Monate") or shortly before it ("Gehalt ab 45.000",
+# "Stundenlohn: 15,50"). Without such a cue a number is a phone number, a postcode, a date, a
+# count of days off... and grounds no salary, experience or duration (a model that "finds" a
+# salary of 4,500 in "Tel. 0761 4500 123" is inventing one).
+_CURRENCY = r"(?:€|eur\b|euro|chf|brutto|netto)"
+_MONEY_AFTER = re.compile(
+    rf"\s*(?:,-+|,\d{{1,2}})?\s*(?:{_CURRENCY}"
+    rf"|(?:€|eur|euro)?\s*(?:-|–|bis)\s*\d[\d.\u202f\u00a0 ]*(?:,\d{{1,2}})?\s*{_CURRENCY})"
+)
+_MONEY_BEFORE = re.compile(
+    r"(?:€|\beur\b|euro|chf|gehalt|lohn|vergütung|entgelt|verdienst|bezahlung|stundensatz|brutto|netto)"
+    r"\W*(?:[^\W\d]+\W+){0,3}$"
+)
+_YEARS_AFTER = re.compile(r"\+?\s*(?:(?:-|–|bis)\s*\d+\s*)?(?:jahr|jähr)")
+_MONTHS_AFTER = re.compile(r"\s*(?:(?:-|–|bis)\s*\d+\s*)?monat")
+_CUE_WINDOW = 40  # characters either side of a number in which its cue is looked for
+_CUES = {
+    "money": (_MONEY_AFTER, _MONEY_BEFORE),
+    "years": (_YEARS_AFTER, None),
+    "months": (_MONTHS_AFTER, None),
+}
+
+
 @dataclass
 class Facts:
-    """What grounding needs of one text, computed once: its casefolded form, numbers, word stems."""
+    """What grounding needs of one text, computed once: its casefolded form, numbers (each with
+    the kinds of quantity its context makes it: money, years, months), word stems."""
 
     text: str
     low: str = ""
     numbers: set[float] = field(default_factory=set)
     stems: set[str] = field(default_factory=set)
+    quantities: dict[str, set[float]] = field(default_factory=dict)
+    money_spans: dict[float, list[tuple[int, int]]] = field(default_factory=dict)  # where each amount is
 
     def __post_init__(self) -> None:
         self.low = self.text.casefold()
+        self.quantities = {kind: set() for kind in _CUES}
         for m in _NUMBER.finditer(self.low):
             whole = re.sub(r"[.\u202f\u00a0 ]", "", m.group(1))
             value = float(whole + ("." + m.group(2) if m.group(2) else ""))
             self.numbers.add(value)
-            if m.group(3):  # "45k", "45 Tsd.": the thousands are meant
+            if m.group(3):  # "45k", "45 Tsd.": the thousands are meant, and money
                 self.numbers.add(value * 1000)
-        for w in _WORD.findall(self.low):
+                self.quantities["money"].add(value * 1000)
+                self.money_spans.setdefault(value * 1000, []).append((m.start(), m.end()))
+            self._classify(value, m.start(), m.end())
+        for m in _WORD.finditer(self.low):
+            w = m.group()
             if w in _NUMBER_WORDS:
                 self.numbers.add(float(_NUMBER_WORDS[w]))
+                self._classify(float(_NUMBER_WORDS[w]), m.start(), m.end())
             self.stems.add(w[:5])
 
-    def has_number(self, value: float) -> bool:
-        return any(abs(value - n) < 0.005 for n in self.numbers)
+    def _classify(self, value: float, start: int, end: int) -> None:
+        after = self.low[end : end + _CUE_WINDOW]
+        before = self.low[max(0, start - _CUE_WINDOW) : start]
+        for kind, (after_cue, before_cue) in _CUES.items():
+            if after_cue.match(after) or (before_cue is not None and before_cue.search(before)):
+                self.quantities[kind].add(value)
+                if kind == "money":
+                    self.money_spans.setdefault(value, []).append((start, end))
+
+    def has_number(self, value: float, kind: str | None = None) -> bool:
+        """Whether `value` occurs in the text; with `kind` ("money", "years", "months"), only as
+        such a quantity (a cue word beside it), not as any number."""
+        pool = self.numbers if kind is None else self.quantities[kind]
+        return any(abs(value - n) < 0.005 for n in pool)
+
+    def near_amount(self, amounts: Iterable[float], pattern: re.Pattern[str]) -> bool:
+        """Whether `pattern` occurs within _CUE_WINDOW characters of one of `amounts` as money in the
+        text ("3.400 € brutto im Monat"): the period or currency of that salary, not of another
+        number."""
+        for value, spans in self.money_spans.items():
+            if any(abs(value - a) < 0.005 for a in amounts):
+                for start, end in spans:
+                    if pattern.search(self.low[max(0, start - _CUE_WINDOW) : end + _CUE_WINDOW]):
+                        return True
+        return False
 
     def grounds_phrase(self, phrase: str) -> bool:
         """At least half of the phrase's content words (their first five letters) occur in the text."""
@@ -285,13 +353,26 @@ class Facts:
         hits = sum(1 for w in words if w[:5] in self.stems)
         return hits * 2 >= len(words)
 
+    def grounds_language(self, name: str) -> bool:
+        """The language is named in the text: its first six letters (at least four: "Deutsch" in
+        "Deutschkenntnisse") begin a word of it. "Ung" or "Deu" ground nothing."""
+        stem = name.casefold()[:6]
+        if len(stem) < 4 or not stem.isalpha():
+            return False
+        return re.search(rf"(?<!\w){re.escape(stem)}", self.low) is not None
+
     def grounds_date(self, value: str) -> bool:
         v = value.strip().casefold()
         if v in ("sofort", "ab sofort"):
             return bool(_SOFORT.search(self.low))
         m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", v)
         if not m:
-            return " ".join(v.split()) in " ".join(self.low.split())
+            # Free text ("nach Vereinbarung", "01.08.2026", "Herbst 2026") must read as a date and
+            # stand in the text as whole words: "e" or "Koch" occur in any text and date nothing.
+            if not _DATE_WORDS.search(v):
+                return False
+            phrase = re.escape(" ".join(v.split()))
+            return re.search(rf"(?<!\w){phrase}(?!\w)", " ".join(self.low.split())) is not None
         y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
         if not (1 <= mo <= 12):
             return False
@@ -318,7 +399,7 @@ class Validated:
 def _str_list(values: Any, facts: Facts, path: str, dropped: list[str]) -> list[str]:
     out: list[str] = []
     for i, v in enumerate(values or []):
-        text = " ".join(str(v).split())
+        text = clean_line(v, MAX_ITEM_CHARS + 1) or ""  # NUL breaks jsonb; controls act on terminals
         if i >= MAX_LIST_ITEMS or not text or len(text) > MAX_ITEM_CHARS or not facts.grounds_phrase(text):
             dropped.append(f"{path}[{i}]")
         elif text not in out:
@@ -331,13 +412,15 @@ def validate(answer: dict[str, Any], text: str) -> Validated:
 
     Guarantees: every value kept is grounded as described in the module docstring; lists hold at
     most MAX_LIST_ITEMS items of at most MAX_ITEM_CHARS characters; a salary is kept only with a
-    min or max that occurs as a number in the text; the result has every schema field.
+    min or max that occurs as an amount of money in the text; every string is a clean line
+    (jobpipe.text.clean_line: storable in jsonb, no control characters); the result has every
+    schema field.
     """
     facts = Facts(text)
     dropped: list[str] = []
     out: dict[str, Any] = {}
-    summary = " ".join(str(answer.get("summary") or "").split())
-    out["summary"] = summary[:MAX_SUMMARY_CHARS]
+    summary = clean_line(answer.get("summary"), MAX_SUMMARY_CHARS) or ""
+    out["summary"] = summary
     if not summary:
         dropped.append("summary")
     out["tasks"] = _str_list(answer.get("tasks"), facts, "tasks", dropped)
@@ -348,9 +431,8 @@ def validate(answer: dict[str, Any], text: str) -> Validated:
     }
     langs: list[dict[str, str]] = []
     for i, entry in enumerate(answer.get("languages") or []):
-        name = " ".join(str(entry.get("language", "")).split())
-        stem = name.casefold()[:6]
-        if i >= MAX_LIST_ITEMS or len(stem) < 3 or stem not in facts.low:
+        name = clean_line(entry.get("language"), MAX_ITEM_CHARS) or ""
+        if i >= MAX_LIST_ITEMS or not facts.grounds_language(name):
             dropped.append(f"languages[{i}]")
         elif all(x["language"] != name for x in langs):
             langs.append({"language": name, "level": entry.get("level") or "unspecified"})
@@ -367,14 +449,16 @@ def validate(answer: dict[str, Any], text: str) -> Validated:
         ok = n is None or (
             0 < n <= 600
             and (
-                facts.has_number(n)
-                or (key == "contract_duration_months" and n % 12 == 0 and facts.has_number(n // 12))
+                facts.has_number(n, "years" if key == "years_experience" else "months")
+                or (key == "contract_duration_months" and n % 12 == 0 and facts.has_number(n // 12, "years"))
             )
         )
         if not ok:
             dropped.append(key)
         out[key] = n if ok else None
     start = answer.get("start_date")
+    if start is not None:
+        start = clean_line(start, MAX_ITEM_CHARS + 1)
     if start is not None and (len(start) > MAX_ITEM_CHARS or not facts.grounds_date(start)):
         dropped.append("start_date")
         start = None
@@ -384,8 +468,18 @@ def validate(answer: dict[str, Any], text: str) -> Validated:
     return Validated(out, dropped)
 
 
+# What grounds a salary's period and currency: these words beside one of its amounts.
+_PERIOD_EVIDENCE = {  # singular or compound forms: "3 Monate", "40 Stunden", "2 Jahre" are no period
+    "hour": re.compile(r"stunde(?!n\b)|stundenlohn|stundensatz|(?:/|pro)\s*(?:std|h)\b"),
+    "month": re.compile(r"monat(?!en?\b)|mtl\b"),
+    "year": re.compile(r"jahr(?!en?\b)|jährl|p\.\s?a\.|\d\s*k\b|tsd|tausend"),
+}
+_CURRENCY_EVIDENCE = {"EUR": re.compile(r"€|\beuro?\b"), "CHF": re.compile(r"\bchf\b|franken")}
+
+
 def _salary(value: Any, facts: Facts, dropped: list[str]) -> dict[str, Any] | None:
-    """Kept only with an amount that occurs in the text; min <= max; the currency as stated."""
+    """Kept only with an amount that occurs in the text as money; min <= max; the period and the
+    currency only when stated beside an amount kept."""
     if value is None:
         return None
     kept: dict[str, Any] = {"min": None, "max": None, "period": value.get("period"), "currency": None}
@@ -393,7 +487,7 @@ def _salary(value: Any, facts: Facts, dropped: list[str]) -> dict[str, Any] | No
         n = value.get(key)
         if n is None:
             continue
-        if n > 0 and facts.has_number(float(n)):
+        if n > 0 and facts.has_number(float(n), "money"):
             kept[key] = n
         else:
             dropped.append(f"salary.{key}")
@@ -401,12 +495,15 @@ def _salary(value: Any, facts: Facts, dropped: list[str]) -> dict[str, Any] | No
         return None
     if kept["min"] is not None and kept["max"] is not None and kept["min"] > kept["max"]:
         kept["min"], kept["max"] = kept["max"], kept["min"]
+    amounts = [float(n) for n in (kept["min"], kept["max"]) if n is not None]
+    period = kept["period"]
+    if period is not None and not facts.near_amount(amounts, _PERIOD_EVIDENCE[period]):
+        dropped.append("salary.period")  # "hour" for "3.400 € im Monat" is worse than no period
+        kept["period"] = None
     currency = value.get("currency")
-    if currency == "EUR" and ("€" in facts.text or "eur" in facts.low):
-        kept["currency"] = "EUR"
-    elif currency == "CHF" and "chf" in facts.low:
-        kept["currency"] = "CHF"
-    elif currency is not None:
+    if currency is not None and facts.near_amount(amounts, _CURRENCY_EVIDENCE[currency]):
+        kept["currency"] = currency
+    elif currency is not None:  # "eur" in "Friseur" or "Europa" is no currency
         dropped.append("salary.currency")
     return kept
 
@@ -441,11 +538,25 @@ def load_jobs(
 ) -> dict[int, Job | str]:
     """{posting id: Job, or "skipped_external" / "empty"} for the postings that exist (one query for
     the texts, one for summaries to reuse). The description is cut in SQL to a bound of the budget,
-    so a giant description never crosses the wire whole."""
+    so a giant description never crosses the wire whole. One longer than the bound has its runs of
+    whitespace collapsed first, as normalise_whitespace would: else a text behind 20,000 blanks was
+    cut to blanks and completed as "empty" without a call. So the text sent is
+    cut_description(the whole description) - for any text whose first LOAD_SCAN_FACTOR x bound
+    characters hold the budget (the regular expressions cost ~0.1 ms per kB: 0.5 s for 5 MB
+    unbounded, so they read at most that much)."""
     rows = conn.execute(
-        """SELECT p.id, p.description_state, left(p.description, %(chars)s)
+        r"""SELECT p.id, p.description_state,
+                   CASE WHEN length(p.description) <= %(chars)s THEN p.description
+                        ELSE left(regexp_replace(regexp_replace(left(p.description, %(scan)s),
+                                  '[ \t\r\f\v\u00a0]+', ' ', 'g'), ' ?\n[ \n]*\n ?', E'\n\n', 'g'),
+                                  %(chars)s) END
              FROM unnest(%(ids)s::bigint[]) AS u(id) JOIN postings p ON p.id = u.id""",
-        {"ids": list(posting_ids), "chars": max_chars * 2 + 1000},  # room for whitespace to collapse
+        # room for what normalising removes; what the expressions may read
+        {
+            "ids": list(posting_ids),
+            "chars": max_chars * 2 + 1000,
+            "scan": LOAD_SCAN_FACTOR * (max_chars * 2 + 1000),
+        },
     ).fetchall()
     out: dict[int, Job | str] = {}
     texts: dict[int, tuple[str, str]] = {}
@@ -518,7 +629,8 @@ def count_stale(conn: Any, version: str, model: str) -> int:
 
 def chat_client_from_config(cfg: Any, *, observer: Any = None) -> ChatClient:
     """The LLM client the `extractor` section describes (its own servers, else ollama.urls), with
-    the extractor's own read timeout (a summary takes longer than an embedding)."""
+    the extractor's own timeout (a summary takes longer than an embedding): `read_timeout_s` is
+    the most one summary may take, including a body that trickles in."""
     from jobpipe.models import make_chat_client
 
     x, o = cfg.extractor, cfg.ollama
@@ -531,8 +643,7 @@ def chat_client_from_config(cfg: Any, *, observer: Any = None) -> ChatClient:
         read_timeout=x.read_timeout_s,
         api_key=o.api_key or None,
         observer=observer,
-        # The whole exchange is bounded too: never shorter than the extractor's own read timeout.
-        deadline_s=max(o.deadline_s, x.read_timeout_s),
+        deadline_s=x.read_timeout_s,  # the whole exchange, however slowly the body trickles in
         max_response_bytes=o.max_response_bytes,
         max_answer_bytes=MAX_ANSWER_BYTES,
     )
@@ -559,23 +670,58 @@ class Labelled:
     split: str = "dev"
 
 
+MAX_LABELLED_LINE = 1 << 20  # bytes of one labelled row (a description is a few kB)
+
+
 def read_labelled(path: str) -> list[Labelled]:
     """A JSON Lines file of {"id", "description", "expected", "split"?}; a bad line is a one-line
-    ValueError naming the line."""
+    ValueError naming the file, the line and what is wrong - before any model call, so a typo in
+    row 40 does not cost 39 calls and a label under an unknown field ("task") or of the wrong
+    shape ("tasks": "Kochen", scored letter by letter) is never silently scored."""
     out: list[Labelled] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                doc = orjson.loads(line)
-                out.append(Labelled(str(doc["id"]), str(doc["description"]), dict(doc["expected"]),
-                                    str(doc.get("split", "dev"))))  # fmt: skip
+                if len(raw) > MAX_LABELLED_LINE:
+                    raise ValueError(f"line longer than {MAX_LABELLED_LINE:,} bytes")
+                out.append(_labelled_row(orjson.loads(raw)))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise ValueError(
                     f"{path}:{n}: not a labelled description ({type(exc).__name__}: {exc})"
                 ) from None
     return out
+
+
+def _labelled_row(doc: Any) -> Labelled:
+    if not isinstance(doc, dict):
+        raise TypeError(f"a row is an object, not {type(doc).__name__}")
+    rid, description, expected = doc["id"], doc["description"], doc["expected"]
+    if not isinstance(rid, str | int) or isinstance(rid, bool) or not str(rid).strip():
+        raise TypeError(f"id must be a non-empty string or integer, not {rid!r}"[:200])
+    if not isinstance(description, str) or not description.strip():
+        raise TypeError("description must be a non-empty string")
+    if not isinstance(expected, dict):
+        raise TypeError(f"expected must be an object, not {type(expected).__name__}")
+    for key, value in expected.items():
+        if key in LIST_FIELDS:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise TypeError(f"expected[{key!r}] must be a list of keywords (strings)")
+        elif key in SCALAR_FIELDS:
+            if not (value is None or isinstance(value, str | int | float)) or isinstance(value, bool):
+                raise TypeError(f"expected[{key!r}] must be a string, a number or null")
+        else:
+            hint = difflib.get_close_matches(str(key), (*SCALAR_FIELDS, *LIST_FIELDS), n=1)
+            raise ValueError(
+                f"expected has unknown field {str(key)[:60]!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; fields: {', '.join((*SCALAR_FIELDS, *LIST_FIELDS))}"
+            )
+    split = doc.get("split", "dev")
+    if not isinstance(split, str):
+        raise TypeError("split must be a string")
+    return Labelled(str(rid), description, expected, split)
 
 
 def _get(doc: dict[str, Any] | None, path: str) -> Any:

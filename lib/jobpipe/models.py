@@ -443,7 +443,9 @@ def make_chat_client(
     max_answer_bytes: int | None = None,
 ) -> ChatClient:
     """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions).
-    `max_answer_bytes`: answers beyond it are not read (ItemError kind "answer_too_large")."""
+    `max_answer_bytes`: answers beyond it are not read (ItemError kind "answer_too_large").
+    `deadline_s`: seconds after which a call is over however its bytes trickle in
+    (DependencyDown kind "timeout"); default twice the read timeout."""
     pool = _pool(
         provider,
         urls,

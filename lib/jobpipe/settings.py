@@ -621,7 +621,8 @@ SECTIONS: tuple[Section, ...] = (
                 "extractor",
                 "read_timeout_s",
                 300.0,
-                "seconds to wait for one summary (a long answer of a 7b model on a CPU takes minutes)",
+                "seconds one summary may take in all, however slowly it arrives (a long answer of "
+                "a 7b model on a CPU takes minutes)",
                 min=0.05,
                 max=3600,
             ),
