@@ -549,7 +549,8 @@ def trickling_server() -> Any:
 def test_a_trickling_model_server_is_cut_at_the_total_deadline(trickling_server):
     """Hostile review of issue 19: `extractor.read_timeout_s` was a per-read timeout only, so a
     server (or proxy) trickling its answer held one model slot - and, through the lease
-    heartbeat, its posting - forever. Now it is the most one summary may take in all."""
+    heartbeat, its posting - forever. Now it is the most one summary may take in all (the bounded
+    reader, jobpipe.httpio, checks the deadline between the pieces a trickle delivers)."""
     url, body, sent = trickling_server
     cfg = config.load(environ={}).with_overrides(
         ollama__urls=[url], extractor__model=MODEL, extractor__read_timeout_s=1.0, extractor__workers=1
@@ -562,7 +563,7 @@ def test_a_trickling_model_server_is_cut_at_the_total_deadline(trickling_server)
     finally:
         chat.close()
     elapsed = time.monotonic() - t0
-    assert err.value.kind == "timeout" and "not complete within 1 s" in str(err.value)
+    assert err.value.kind == "timeout" and "not complete in time" in str(err.value)
     assert 1.0 <= elapsed < 10, elapsed  # the whole body would take len(body) * 50 ms
     assert len(sent) < len(body), "the answer was read to its end"
 
