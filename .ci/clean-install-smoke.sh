@@ -20,6 +20,9 @@ if [ $# -ge 1 ]; then
     keep=1
 else
     work=$(mktemp -d "${TMPDIR:-/tmp}/jobpipe-smoke.XXXXXX")
+    # mktemp makes it 0700; run as root, the embedded server's own user must pass through it to
+    # reach $work/pgdata (jobpipe never widens a directory it did not create, so we do it here).
+    chmod 0711 "$work"
     keep=0
 fi
 venv="$work/venv"
