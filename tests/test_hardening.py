@@ -471,6 +471,11 @@ def test_search_prints_titles_terminal_safe(pg_url, db_conn, tmp_path) -> None:
         ("queue", "requeue", "x" * 100),
         ("queue", "requeue", "embedd"),
         ("queue", "requeue", "emb\x1bed"),
+        # The review (issue 15's hostile reviewer): `similar` and `verify` were fixed, `search
+        # --occupation` still took isdigit() and int(), and passed invalid UTF-8 on to psycopg.
+        ("search", "Koch", "--occupation", "²"),
+        ("search", "Koch", "--occupation", "9" * 5000),
+        ("search", "Koch", "--occupation", "\udcff"),  # argv byte 0xff, as Python decodes it
     ],
 )
 def test_cli_arguments_give_one_line_errors(pg_url, db_conn, args: tuple[str, ...]) -> None:
@@ -487,6 +492,21 @@ def test_cli_arguments_give_one_line_errors(pg_url, db_conn, args: tuple[str, ..
         assert "unknown stage 'embedd'" in err and "embed, verify" in err, err
     if args[0] == "verify" and args[1] == "²":
         assert "no posting '²'" in err, err
+    if args[:3] == ("search", "Koch", "--occupation"):
+        assert "no occupation is called" in err and "Koch/Köchin" in err, err
+        assert len(err) < 1000, len(err)  # the 5,000 digits are not echoed whole
+
+
+def test_search_filters_take_any_argument_text() -> None:
+    """`--region` with invalid UTF-8 (a lone surrogate from argv) or 100 kB is text SQL takes."""
+    from jobpipe.search import region_code
+
+    code = region_code("\udcffBayern\x00")
+    assert code is not None
+    code.encode("utf-8")  # raised UnicodeEncodeError in psycopg on the landed code
+    assert "\x00" not in code and "BAYERN" in code
+    assert len(region_code("x" * 100_000) or "") <= 300
+    assert region_code(" \t ") is None
 
 
 def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> None:
