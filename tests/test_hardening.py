@@ -224,6 +224,50 @@ def test_config_show_redacts_credentials_in_list_settings_and_query_passwords(tm
         assert "127.0.0.1:11434" in r.stdout and "db.example/jobs" in r.stdout  # hosts stay visible
 
 
+# A password is any text a client accepts: the review found the tail after a "'" (a valid
+# userinfo character, RFC 3986 sub-delims) or after ",", ";" or a libpq backslash escape in a
+# query/keyword value left in the clear, and environment assignments (PGPASSWORD=...,
+# JOBPIPE_..._API_KEY=...) not redacted at all.
+HEAD, TAIL = "alpha1", "omega9"
+
+
+@pytest.mark.parametrize("ch", ["'", ",", ";", "\\'", "#", "!$&()*+="])
+def test_redact_takes_every_character_a_password_may_hold(ch: str) -> None:
+    pw = f"{HEAD}{ch}{TAIL}"
+    texts = [
+        f"http://u:{pw}@127.0.0.1:11434/api/embed".replace("#", "%23"),  # '#' ends a URL authority
+        # '&' separates query parameters: a password has it percent-encoded there
+        f"postgresql://app@db/jobs?sslmode=require&password={pw.replace('&', '%26')}",
+        f"host=db password={pw} user=bob",
+        f'{{"error":"connect host=db password={pw}","n":1}}',  # a compact JSON log line
+    ]
+    if ch in ("'", ",", ";"):
+        texts += [f"PGPASSWORD={pw}", f"JOBPIPE_OLLAMA_API_KEY={pw}"]
+    for text in texts:
+        out = redact(text)
+        assert HEAD not in out and TAIL not in out, (text, out)
+    # What stays around a secret stays readable: JSON stays JSON, hosts and other keys stay.
+    line = redact(f'{{"error":"connect host=db password=a{ch}b","n":1}}')
+    assert json.loads(line)["n"] == 1 and "host=db" in line
+    assert redact("max_tokens=300 keep_alive=5m") == "max_tokens=300 keep_alive=5m"
+
+
+def test_config_show_redacts_a_password_with_a_quote(tmp_path: Path) -> None:
+    cfg = tmp_path / "jobpipe.yaml"
+    cfg.write_text(f"ollama:\n  urls: [\"http://u:{HEAD}'{TAIL}@127.0.0.1:11434\"]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "jobpipe.cli", "-c", str(cfg), "config", "show"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert HEAD not in r.stdout and TAIL not in r.stdout, r.stdout
+    assert "127.0.0.1:11434" in r.stdout
+
+
 @pytest.mark.parametrize(
     "url",
     [
