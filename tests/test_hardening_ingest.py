@@ -335,3 +335,70 @@ def test_a_write_whose_lease_was_lost_is_dropped(pg_url, db_conn):
     assert status == ("running", "someone-else")
     text = runner.metrics.exposition().decode()
     assert 'outcome="lease_lost",stage="sample"} 1.0' in text
+
+
+# ------------------------------------------ review: errors that are not an outage, outside writes
+
+
+def failing_tick_daemon(kind: str) -> type[SampleDaemon]:
+    class FailingTick(SampleDaemon):
+        def tick(self, conn: Any) -> None:  # e.g. a sweep or repair statement that always fails
+            with conn.transaction():
+                for statement in _FAILING_WRITES[kind].split("; "):
+                    conn.execute(statement)
+
+    return FailingTick
+
+
+@pytest.mark.parametrize("kind", ["statement_timeout", "disk_full"])
+def test_a_tick_whose_statement_fails_never_stops_the_queue_work(pg_url, db_conn, kind, caplog):
+    """The writer told connection loss from other errors, the loop did not: a periodic statement
+    (tick) that timed out was "database_lost" - the database reported down, a reconnect, the same
+    tick again - and no item was ever claimed (--once never ended). Now the tick is logged and
+    backed off, and the queue work goes on."""
+    with FakeOllama() as ollama:
+        queue.enqueue(db_conn, "sample", range(1, 17))
+        cfg = config.load(environ={}).with_overrides(
+            ollama__urls=[ollama.url], queue__poll_interval_s=0.1, runtime__dependency_backoff_s=0.2
+        )
+        runner = runtime.Runner(failing_tick_daemon(kind), cfg, db_url=pg_url, once=True, serve=False)
+        with caplog.at_level(logging.INFO):
+            t, box = in_thread(runner.run)
+            t.join(45)
+            assert not t.is_alive(), "--once did not end: the tick's error stops every claim"
+    assert box.get("result") == 0, box
+    assert db_conn.execute("SELECT count(*) FROM sample_results").fetchone()[0] == 16
+    events = [getattr(r, "event", None) or r.getMessage() for r in caplog.records]
+    assert "tick_failed" in events and "database_lost" not in events, events
+    assert "tick failed" in runner.last_error
+
+
+def test_a_claim_refused_by_the_server_is_no_database_outage(pg_url, db_conn, caplog, monkeypatch):
+    """A claim statement the server refuses on a live connection (here a statement timeout) backs
+    the loop off; it does not set the database down or reconnect, and the work resumes."""
+    real_claim = queue.claim
+    failures = [2]
+
+    def claim(conn: Any, *args: Any, **kw: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            with conn.transaction():
+                conn.execute("SET LOCAL statement_timeout = '50ms'")
+                conn.execute("SELECT pg_sleep(2)")
+        return real_claim(conn, *args, **kw)
+
+    monkeypatch.setattr(queue, "claim", claim)
+    with FakeOllama() as ollama:
+        queue.enqueue(db_conn, "sample", range(1, 9))
+        cfg = config.load(environ={}).with_overrides(
+            ollama__urls=[ollama.url], queue__poll_interval_s=0.1, runtime__dependency_backoff_s=0.2
+        )
+        runner = runtime.Runner(SampleDaemon, cfg, db_url=pg_url, once=True, serve=False)
+        with caplog.at_level(logging.INFO):
+            t, box = in_thread(runner.run)
+            t.join(45)
+            assert not t.is_alive()
+    assert box.get("result") == 0, box
+    assert db_conn.execute("SELECT count(*) FROM sample_results").fetchone()[0] == 8
+    events = [getattr(r, "event", None) or r.getMessage() for r in caplog.records]
+    assert events.count("turn_failed") == 2 and "database_lost" not in events, events
