@@ -154,7 +154,9 @@ def nested(depth: int, leaf: Any = "x") -> Any:
 
 def test_nesting_is_bounded_without_recursion():
     """No depth raises RecursionError: orjson's 1,024 levels are parsed and the raw item is cut to
-    MAX_RAW_DEPTH; beyond orjson's limit the stdlib fallback's RecursionError is a SchemaError."""
+    MAX_RAW_DEPTH; beyond orjson's limit (the review: a SchemaError that lost the whole page, and so
+    the partition's every run, for one posting) the deep value is cut before parsing, also in a
+    body with invalid UTF-8, and the page's postings are kept."""
     deep = b"[" * 1000 + b'"x"' + b"]" * 1000  # orjson parses 1,000 levels (it cannot write them)
     page = parse_search_page(
         b'{"maxErgebnisse":1,"ergebnisliste":[{"referenznummer":"a-1","stellenangebotsTitel":"Koch","x":'
@@ -163,11 +165,16 @@ def test_nesting_is_bounded_without_recursion():
     )
     (rec,) = page.items
     assert "nested deeper than" in json.dumps(rec.raw) and any("raw item cut" in p for p in page.problems)
-    body = (
-        b'{"maxErgebnisse":1,"ergebnisliste":[{"referenznummer":"a","x":' + b"[" * 5000 + b"]" * 5000 + b"}]}"
-    )
-    with pytest.raises(ba_wire.SchemaError, match="nested too deeply"):
-        parse_search_page(body)
+    for bad_byte in (b"", b"\xff"):
+        body = (
+            b'{"maxErgebnisse":2,"ergebnisliste":[{"referenznummer":"a","x":' + b"[" * 5000 + b'"]\\\\{\\""'
+            + b"]" * 5000 + b'},{"referenznummer":"b","stellenangebotsTitel":"Koch' + bad_byte + b'"}]}'
+        )
+        got = parse_search_page(body)
+        assert [r.external_id for r in got.items] == ["a", "b"], got.problems
+        assert "nested deeper than" in json.dumps(got.items[0].raw)
+    with pytest.raises(ba_wire.SchemaError, match=r"malformed JSON|nested too deeply"):  # unbalanced
+        parse_search_page(b'{"maxErgebnisse":1,"ergebnisliste":[' + b"[" * 5000 + b"]}")
     # postings' own cleaner (raw built elsewhere) is iterative too
     cleaned = postings._deep_clean({"a": nested(50_000, "\x00")})
     assert json.dumps(cleaned).count("[") <= ba_wire.MAX_RAW_DEPTH + 1
