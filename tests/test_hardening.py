@@ -571,6 +571,29 @@ def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> No
     assert name == clean_text("Koch\ud800") and name.startswith("Koch") and len(name) == 5, name
 
 
+@pytest.mark.parametrize(
+    ("command", "content", "says"),
+    [
+        ("classifier", None, "bytes accepted"),  # /dev/zero: was read until memory ran out
+        ("extract", None, "bytes accepted"),
+        ("classifier", b"title,occupation\n" + b"x" * 200_000 + b",5\n", "line 2: not a CSV row"),
+        ("classifier", b'title,occupation\n"Koch,5\n' + b"y" * 200_000, "not a CSV row"),  # open quote
+        ("extract", b'{"id":1,"description":"x","expected":{}}\n\xff\n', ":2: not UTF-8"),
+        ("extract", b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: not a labelled description"),
+    ],
+)
+def test_eval_commands_refuse_hostile_files(tmp_path, command: str, content: bytes | None, says: str) -> None:
+    """The review: `occupations load` and the config reader were bounded, the two `eval` commands
+    were not (/dev/zero read forever), and a CSV field over csv's limit was a traceback."""
+    path = "/dev/zero"
+    if content is not None:
+        path = str(tmp_path / "labelled.txt")
+        Path(path).write_bytes(content)
+    r = run_cli(command, "eval", path, url="postgresql://127.0.0.1:1/none", timeout=60)
+    err = assert_one_line_error(r)
+    assert says in err, err
+
+
 def test_run_once_exits_when_the_database_is_unreachable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -37,7 +37,7 @@ import orjson
 from jobpipe.endpoints import ANSWER_TOO_LARGE
 from jobpipe.errors import ItemError
 from jobpipe.models import ChatClient, schema_problem
-from jobpipe.text import clean_text, normalise_whitespace
+from jobpipe.text import clean_text, normalise_whitespace, read_capped
 
 STAGE = "extract"
 DATA_PACKAGE = "jobpipe.data"
@@ -561,20 +561,25 @@ class Labelled:
 
 def read_labelled(path: str) -> list[Labelled]:
     """A JSON Lines file of {"id", "description", "expected", "split"?}; a bad line is a one-line
-    ValueError naming the line."""
+    ValueError naming the line, and so is a file that is not UTF-8 or larger than read_capped takes
+    (InputTooLarge is a ValueError)."""
+    body = read_capped(path)  # bounded: `extract eval /dev/zero` read until memory ran out
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = body[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line_no}: not UTF-8 (byte {exc.start})") from None
     out: list[Labelled] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = orjson.loads(line)
-                out.append(Labelled(str(doc["id"]), str(doc["description"]), dict(doc["expected"]),
-                                    str(doc.get("split", "dev"))))  # fmt: skip
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(
-                    f"{path}:{n}: not a labelled description ({type(exc).__name__}: {exc})"
-                ) from None
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = orjson.loads(line)
+            out.append(Labelled(str(doc["id"]), str(doc["description"]), dict(doc["expected"]),
+                                str(doc.get("split", "dev"))))  # fmt: skip
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise ValueError(f"{path}:{n}: not a labelled description ({why})") from None
     return out
 
 
