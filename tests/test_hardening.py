@@ -520,6 +520,7 @@ def test_search_prints_titles_terminal_safe(pg_url, db_conn, tmp_path) -> None:
         ("search", "Koch", "--occupation", "²"),
         ("search", "Koch", "--occupation", "9" * 5000),
         ("search", "Koch", "--occupation", "\udcff"),  # argv byte 0xff, as Python decodes it
+        ("extract", "eval", "bench/data/labelled_descriptions.jsonl", "--limit", "-5"),  # was rows[:-5]
     ],
 )
 def test_cli_arguments_give_one_line_errors(pg_url, db_conn, args: tuple[str, ...]) -> None:
