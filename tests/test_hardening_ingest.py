@@ -24,7 +24,7 @@ from jobpipe.sim.ba_data import HOSTILE_KINDS
 from jobpipe.sim.ollama import FakeOllama
 from tests.sample_daemon import SampleDaemon
 from tests.test_fetcher import client_for, daemon_cfg, live_refnrs, population, run_fetcher, stored
-from tests.waiting import in_thread
+from tests.waiting import in_thread, wait_until
 
 # ---------------------------------------------------------------- item 1: hostile postings
 
@@ -409,3 +409,56 @@ def test_a_claim_refused_by_the_server_is_no_database_outage(pg_url, db_conn, ca
     assert db_conn.execute("SELECT count(*) FROM sample_results").fetchone()[0] == 8
     events = [getattr(r, "event", None) or r.getMessage() for r in caplog.records]
     assert events.count("turn_failed") == 2 and "database_lost" not in events, events
+
+
+class _BlockingSearch:
+    """A BA search client whose first call takes as long as the test says (a slow BA: retries of
+    a call that times out), then answers an empty result."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def search(self, params: Any, page: int, size: int) -> Any:
+        self.calls += 1
+        self.release.wait(60)
+        return parse_search_page(b'{"maxErgebnisse": 0, "ergebnisliste": [], "page": 1, "size": 100}')
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_a_crawl_page_slower_than_the_lease_keeps_the_source_lease(pg_url, db_conn):
+    """The review: the crawl extended its source's lease only between pages, and one page may take
+    (max_retries + 1) x deadline_s plus backoff (14 min by default) against a 5 min lease; another
+    fetcher then crawled the same source alongside. The loop now heartbeats the running crawl's
+    lease like queue items'."""
+    client = _BlockingSearch()
+
+    class Fetcher(FetcherDaemon):
+        def __init__(self, ctx: Context) -> None:
+            super().__init__(ctx, client=client)  # type: ignore[arg-type]
+
+    cfg = config.load(environ={}).with_overrides(
+        fetcher__sources=[{"name": "de"}], queue__lease_s=1.0, queue__poll_interval_s=0.05
+    )
+    runner = runtime.Runner(Fetcher, cfg, db_url=pg_url, serve=False)
+    t, box = in_thread(runner.run)
+    lease = "SELECT lease_owner, lease_expires, lease_expires > now() FROM fetch_sources WHERE name = 'de'"
+    try:
+        owner, _, _ = wait_until(
+            lambda: (r := db_conn.execute(lease).fetchone()) and r[0] and r, timeout=30, what="the claim"
+        )
+        assert client.calls == 1 or wait_until(lambda: client.calls == 1, timeout=10)
+        # Three lease lengths later the call still runs and the lease has moved on, never lapsed.
+        for _ in range(3):
+            before = db_conn.execute(lease).fetchone()[1]
+            wait_until(lambda b=before: db_conn.execute(lease).fetchone()[1] > b, timeout=10, what="extended")
+            held_by, _, alive = db_conn.execute(lease).fetchone()
+            assert held_by == owner and alive
+        assert client.calls == 1  # still the first, slow call
+    finally:
+        client.release.set()
+        runner.stop.set()
+        t.join(30)
+    assert "error" not in box, box.get("error")
