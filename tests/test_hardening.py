@@ -176,6 +176,58 @@ def test_signal_gateway_uses_the_same_bounded_reader() -> None:
     assert elapsed < 5.0, elapsed
 
 
+class _DeepJsonGateway:
+    """An HTTP server answering every request with `status` and a JSON body nested 200,000 deep
+    (well under the 1 MB cap): a broken or hostile Signal gateway."""
+
+    def __init__(self, status: int) -> None:
+        import http.server
+
+        deep = b"[" * 200_000 + b"]" * 200_000
+        body = b'{"error": ' + deep + b"}" if status in (400, 429) else deep
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [200, 400, 429])
+def test_a_gateway_answering_deeply_nested_json_is_a_classified_failure(status: int) -> None:
+    """The review: the Signal clients parsed answers with the recursive stdlib parser and caught
+    only ValueError, so a deep answer raised RecursionError out of send() and check()."""
+    from jobpipe.signal import JsonRpcGateway
+
+    srv = _DeepJsonGateway(status)
+    try:
+        for gw in (
+            RestGateway(srv.url, "+4915112345678", ["+4917612345678"], timeout=2.0),
+            JsonRpcGateway(srv.url, "+4915112345678", ["+4917612345678"], timeout=2.0),
+        ):
+            sent = gw.send("hi")
+            assert sent.status != "delivered" and sent.detail and len(sent.detail) < 1000, sent
+            checked = gw.check()  # signal-cli's check is its HTTP status alone: 200 may be "ok"
+            assert checked.detail and (checked.status != "ok" or status == 200), checked
+    finally:
+        srv.close()
+
+
 # ------------------------------------------------------------------------------ item 5: secrets
 
 
