@@ -499,11 +499,12 @@ class Runner:
                 try:
                     if self._turn():
                         break
-                except psycopg.Error as exc:
+                except db.CONNECTION_ERRORS as exc:
                     # Only real connection loss is "database down" (reconnect); a statement the
                     # server refused (timeout, deadlock, disk full) on a healthy connection is a
                     # failed turn with backoff: reported as the database being away, it set the
-                    # dependency down and reconnected forever while the database was fine.
+                    # dependency down and reconnected forever while the database was fine. Other
+                    # psycopg errors (a bug in a statement) still end the process, as before.
                     if db.connection_lost(exc) or self.conn is None or self.conn.closed:
                         self._database_lost(exc)
                     else:
@@ -576,7 +577,7 @@ class Runner:
             if what == "tick":
                 self._tick_backoff_s = self.cfg.runtime.dependency_backoff_s
 
-    def _turn_failed(self, where: str, exc: psycopg.Error) -> None:
+    def _turn_failed(self, where: str, exc: psycopg.Error) -> None:  # an OperationalError
         """A statement of the loop (claim, stats, load) refused on a live connection: one log line,
         STATUS, and a backoff like a dependency's, without calling the database down."""
         msg = first_line(exc)
