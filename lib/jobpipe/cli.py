@@ -38,7 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the six daemons offline against simulated services until drained, then show the results",
     ),
     "sim": ("jobpipe.cli_sim", "run one simulated external service (BA API, Ollama, Signal gateway)"),
-    "search": ("jobpipe.cli_embed", "postings most similar to a text (semantic search over the embeddings)"),
+    "search": (
+        "jobpipe.cli_embed",
+        "postings that match a text: vector and lexical candidates fused by reciprocal rank",
+    ),
     "embeddings": ("jobpipe.cli_embed", "check and inspect the posting embeddings"),
     "fetch": ("jobpipe.cli_fetch", "BA crawl partitions: their state, and one-off crawls"),
     "install": (
