@@ -720,6 +720,10 @@ def test_cli_snapshot_day_since_and_bad_input(
     assert "in the future" in capsys.readouterr().err
     assert cli.main(["-c", cfg_file, "snapshot", "--since", str(today)]) == 2
     assert "nothing to do" in capsys.readouterr().err
+    # The review: a typo'd year ran one snapshot per day since then (740,000 from 0001-01-01).
+    assert cli.main(["-c", cfg_file, "snapshot", "--since", "0224-01-01"]) == 2
+    assert "days to compute, at most 3,660" in capsys.readouterr().err
+    assert conn.execute("SELECT count(*) FROM snapshot_runs").fetchone()[0] == 6  # nothing new
     with pytest.raises(SystemExit) as exc:
         cli.main(["-c", cfg_file, "snapshot", "--day", "2026-02-30"])
     assert exc.value.code == 2 and "not a date" in capsys.readouterr().err
