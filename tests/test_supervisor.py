@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,8 +101,11 @@ def _up_until_ctrl_c(env: dict[str, str]) -> str:
             proc.kill()
 
 
-def test_jobpipe_up_stops_the_embedded_database_only_when_it_started_it(tmp_path):
-    data_dir = tmp_path / "pgdata"
+def test_jobpipe_up_stops_the_embedded_database_only_when_it_started_it():
+    # Not under pytest's tmp_path: as root that is a 0700 parent the server's user cannot pass,
+    # and jobpipe (rightly, issue 15 item 6) no longer widens it; temporary_parent is jobpipe's own.
+    base = embedded.temporary_parent("jobpipe-test-up-")
+    data_dir = base / "pgdata"
     with FakeOllama() as fake:
         env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
         env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
@@ -118,3 +122,4 @@ def test_jobpipe_up_stops_the_embedded_database_only_when_it_started_it(tmp_path
             assert embedded.url_if_running(data_dir) == url  # left alone
         finally:
             embedded.stop(data_dir)
+            shutil.rmtree(base, ignore_errors=True)
