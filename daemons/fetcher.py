@@ -61,6 +61,8 @@ class FetcherDaemon(runtime.Daemon):
         self._outcome: BaseException | crawl.CrawlResult | None = None
         self._next_due_check = 0.0
         self._listen_channel = "jobpipe_description"  # wakes the loop when a crawl ends
+        self._running: str | None = None  # the source the crawl thread holds the lease of
+        self._lease_extended = 0.0
 
     # ------------------------------------------------------------ runtime hooks
 
@@ -84,6 +86,7 @@ class FetcherDaemon(runtime.Daemon):
 
     def tick(self, conn: Any) -> None:
         self._collect()
+        self._keep_crawl_lease(conn)
         if self._thread is not None or self.ctx.stop.is_set():
             return
         now = time.monotonic()
@@ -152,8 +155,25 @@ class FetcherDaemon(runtime.Daemon):
 
     # ------------------------------------------------------------ crawls
 
+    def _keep_crawl_lease(self, conn: Any) -> None:
+        """Extend the running crawl's source lease from the loop, every lease_s / 3.
+
+        Why here and not only in the crawl: the crawl extends it after each page, but one page can
+        take longer than the lease while the BA is slow (up to fetcher.max_retries + 1 attempts of
+        fetcher.deadline_s each, plus backoff: 14 minutes with the defaults against a 5-minute
+        lease), and another fetcher then takes the source and crawls it a second time alongside.
+        The loop stays responsive during a crawl, so it heartbeats as it does for queue items."""
+        if self._running is None or self._thread is None or not self._thread.is_alive():
+            return
+        lease_s = self.ctx.cfg.queue.lease_s
+        now = time.monotonic()
+        if now - self._lease_extended >= lease_s / 3:
+            self._lease_extended = now
+            crawl.extend_lease(conn, self._running, self.ctx.owner, lease_s)
+
     def _start(self, run: crawl.DueRun) -> None:
         self._outcome = None
+        self._running, self._lease_extended = run.name, time.monotonic()
         self._thread = threading.Thread(
             target=self._crawl, args=(run,), name=f"crawl-{run.name}", daemon=True
         )
@@ -204,7 +224,7 @@ class FetcherDaemon(runtime.Daemon):
         thread = self._thread
         if thread is None or thread.is_alive():
             return
-        self._thread = None
+        self._thread, self._running = None, None
         self._next_due_check = 0.0  # another source may be due right away
         outcome, self._outcome = self._outcome, None
         if isinstance(outcome, crawl.CrawlResult):

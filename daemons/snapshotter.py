@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from jobpipe import alerting, db, demand, similarity
+from jobpipe import alerting, db, demand, queue, similarity
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 from jobpipe.runtime import Context, Daemon
@@ -51,6 +51,7 @@ class SnapshotterDaemon(Daemon):
         self.pool = cf.ThreadPoolExecutor(1, thread_name_prefix="snapshotter-job")
         self.job: cf.Future[_JobResult] | None = None
         self.job_conn: Any = None
+        self._job_stage = SNAPSHOT
         self.next_check = 0.0
         self.retry_at = 0.0
         self.failure_backoff = FAILURE_BACKOFF_S[0]
@@ -102,7 +103,7 @@ class SnapshotterDaemon(Daemon):
         if self.job is not None:
             if not self.job.done():
                 return
-            self._collect()
+            self._collect(conn)
         now = self.clock()
         if now < self.next_check:
             return
@@ -155,6 +156,7 @@ class SnapshotterDaemon(Daemon):
             self.job_conn = self.ctx.connect()
         conn = self.job_conn
         out = _JobResult()
+        self._job_stage = SNAPSHOT  # what a failure is counted against (read after the job is done)
         try:
             for day in days:
                 if self.ctx.stop.is_set():
@@ -174,6 +176,7 @@ class SnapshotterDaemon(Daemon):
                     seconds=round(r.seconds, 3),
                 )
             if sim_due and not self.ctx.stop.is_set():
+                self._job_stage = SIMILARITY
                 with self.ctx.metrics.batch_timer(SIMILARITY):
                     out.similarity = similarity.compute_configured(
                         conn, self.ctx.cfg, only_if_due_h=sec.similarity_interval_h
@@ -196,14 +199,18 @@ class SnapshotterDaemon(Daemon):
                 pass
         return out
 
-    def _collect(self) -> None:
+    def _collect(self, conn: Any) -> None:
+        """Pick up a finished job. Its outcomes also go to stage_counts (as the crawl's do): a job
+        that fails run after run is then a failure streak that `jobpipe health` shows as FAIL and
+        alerts on within minutes, not only `snapshot_overdue` a day later."""
         job, self.job = self.job, None
         d = self.ctx.metrics.daemon
         try:
             res = job.result()
         except Exception as exc:  # a failed run is retried later, the daemon lives
             self.m_runs.labels(d, "job", "failed").inc()
-            self.ctx.metrics.item_outcomes(SNAPSHOT, {"failed": 1})
+            self.ctx.metrics.item_outcomes(self._job_stage, {"failed": 1})
+            queue.count_outcomes(conn, self._job_stage, {queue.FAILED: 1})
             msg = first_line(exc)
             log_event(
                 self.ctx.log,
@@ -226,8 +233,11 @@ class SnapshotterDaemon(Daemon):
             if r.status == demand.DONE:
                 self.ctx.metrics.success(SNAPSHOT)
             locked |= r.status == demand.SKIPPED_LOCKED
+        done = sum(r.status == demand.DONE for r in res.snapshots)
+        queue.count_outcomes(conn, SNAPSHOT, {demand.DONE: done})
         if res.similarity is not None:
             s = res.similarity
+            queue.count_outcomes(conn, SIMILARITY, {similarity.DONE: int(s.status == similarity.DONE)})
             self.m_runs.labels(d, SIMILARITY, s.status).inc()
             self.ctx.metrics.item_outcomes(SIMILARITY, {s.status: 1})
             if s.status == similarity.DONE:

@@ -166,10 +166,19 @@ def test_shape_drift_raises_schema_error_with_a_sample(body: bytes, reason: str)
         assert caught.value.sample in str(caught.value)
 
 
-def test_one_item_without_referenznummer_fails_the_page() -> None:
-    body = page([item("a"), {"stellenangebotsTitel": "Koch"}])
-    with pytest.raises(SchemaError, match="item 1 has no 'referenznummer'"):
-        parse_search_page(body)
+def test_one_item_without_referenznummer_is_dropped_not_the_page() -> None:
+    """Issue 15's review: one posting without the key failed the whole page (and so the partition's
+    every run, the posting being there next time), while one whose referenznummer is null was
+    dropped as a problem. A missing key is drift only with v4 keys or on every item of a page."""
+    body = page([item("a"), {"stellenangebotsTitel": "Koch", "deep": "DEEP"}, item("b")])
+    body = body.replace(b'"DEEP"', b"[" * 2000 + b'"x"' + b"]" * 2000)  # beyond any recursion limit
+    got = parse_search_page(body)
+    assert [r.external_id for r in got.items] == ["a", "b"]
+    assert any("item 1: no 'referenznummer'" in p for p in got.problems), got.problems
+    with pytest.raises(SchemaError, match="item 0 has no 'referenznummer'"):  # renamed on every item
+        parse_search_page(page([{"stellenangebotsTitel": "Koch"}, {"stellenangebotsTitel": "Kellner"}]))
+    with pytest.raises(SchemaError, match="v4 keys"):  # a v4 item among v6 ones is still drift
+        parse_search_page(page([item("a"), {"refnr": "1", "titel": "Koch"}]))
 
 
 def test_schema_error_sample_is_short_and_clean() -> None:

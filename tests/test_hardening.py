@@ -176,6 +176,58 @@ def test_signal_gateway_uses_the_same_bounded_reader() -> None:
     assert elapsed < 5.0, elapsed
 
 
+class _DeepJsonGateway:
+    """An HTTP server answering every request with `status` and a JSON body nested 200,000 deep
+    (well under the 1 MB cap): a broken or hostile Signal gateway."""
+
+    def __init__(self, status: int) -> None:
+        import http.server
+
+        deep = b"[" * 200_000 + b"]" * 200_000
+        body = b'{"error": ' + deep + b"}" if status in (400, 429) else deep
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [200, 400, 429])
+def test_a_gateway_answering_deeply_nested_json_is_a_classified_failure(status: int) -> None:
+    """The review: the Signal clients parsed answers with the recursive stdlib parser and caught
+    only ValueError, so a deep answer raised RecursionError out of send() and check()."""
+    from jobpipe.signal import JsonRpcGateway
+
+    srv = _DeepJsonGateway(status)
+    try:
+        for gw in (
+            RestGateway(srv.url, "+4915112345678", ["+4917612345678"], timeout=2.0),
+            JsonRpcGateway(srv.url, "+4915112345678", ["+4917612345678"], timeout=2.0),
+        ):
+            sent = gw.send("hi")
+            assert sent.status != "delivered" and sent.detail and len(sent.detail) < 1000, sent
+            checked = gw.check()  # signal-cli's check is its HTTP status alone: 200 may be "ok"
+            assert checked.detail and (checked.status != "ok" or status == 200), checked
+    finally:
+        srv.close()
+
+
 # ------------------------------------------------------------------------------ item 5: secrets
 
 
@@ -222,6 +274,50 @@ def test_config_show_redacts_credentials_in_list_settings_and_query_passwords(tm
         assert r.returncode == 0, r.stderr
         assert SECRET not in r.stdout + r.stderr
         assert "127.0.0.1:11434" in r.stdout and "db.example/jobs" in r.stdout  # hosts stay visible
+
+
+# A password is any text a client accepts: the review found the tail after a "'" (a valid
+# userinfo character, RFC 3986 sub-delims) or after ",", ";" or a libpq backslash escape in a
+# query/keyword value left in the clear, and environment assignments (PGPASSWORD=...,
+# JOBPIPE_..._API_KEY=...) not redacted at all.
+HEAD, TAIL = "alpha1", "omega9"
+
+
+@pytest.mark.parametrize("ch", ["'", ",", ";", "\\'", "#", "!$&()*+="])
+def test_redact_takes_every_character_a_password_may_hold(ch: str) -> None:
+    pw = f"{HEAD}{ch}{TAIL}"
+    texts = [
+        f"http://u:{pw}@127.0.0.1:11434/api/embed".replace("#", "%23"),  # '#' ends a URL authority
+        # '&' separates query parameters: a password has it percent-encoded there
+        f"postgresql://app@db/jobs?sslmode=require&password={pw.replace('&', '%26')}",
+        f"host=db password={pw} user=bob",
+        f'{{"error":"connect host=db password={pw}","n":1}}',  # a compact JSON log line
+    ]
+    if ch in ("'", ",", ";"):
+        texts += [f"PGPASSWORD={pw}", f"JOBPIPE_OLLAMA_API_KEY={pw}"]
+    for text in texts:
+        out = redact(text)
+        assert HEAD not in out and TAIL not in out, (text, out)
+    # What stays around a secret stays readable: JSON stays JSON, hosts and other keys stay.
+    line = redact(f'{{"error":"connect host=db password=a{ch}b","n":1}}')
+    assert json.loads(line)["n"] == 1 and "host=db" in line
+    assert redact("max_tokens=300 keep_alive=5m") == "max_tokens=300 keep_alive=5m"
+
+
+def test_config_show_redacts_a_password_with_a_quote(tmp_path: Path) -> None:
+    cfg = tmp_path / "jobpipe.yaml"
+    cfg.write_text(f"ollama:\n  urls: [\"http://u:{HEAD}'{TAIL}@127.0.0.1:11434\"]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "jobpipe.cli", "-c", str(cfg), "config", "show"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert HEAD not in r.stdout and TAIL not in r.stdout, r.stdout
+    assert "127.0.0.1:11434" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -471,6 +567,12 @@ def test_search_prints_titles_terminal_safe(pg_url, db_conn, tmp_path) -> None:
         ("queue", "requeue", "x" * 100),
         ("queue", "requeue", "embedd"),
         ("queue", "requeue", "emb\x1bed"),
+        # The review (issue 15's hostile reviewer): `similar` and `verify` were fixed, `search
+        # --occupation` still took isdigit() and int(), and passed invalid UTF-8 on to psycopg.
+        ("search", "Koch", "--occupation", "²"),
+        ("search", "Koch", "--occupation", "9" * 5000),
+        ("search", "Koch", "--occupation", "\udcff"),  # argv byte 0xff, as Python decodes it
+        ("extract", "eval", "bench/data/labelled_descriptions.jsonl", "--limit", "-5"),  # was rows[:-5]
     ],
 )
 def test_cli_arguments_give_one_line_errors(pg_url, db_conn, args: tuple[str, ...]) -> None:
@@ -487,6 +589,21 @@ def test_cli_arguments_give_one_line_errors(pg_url, db_conn, args: tuple[str, ..
         assert "unknown stage 'embedd'" in err and "embed, verify" in err, err
     if args[0] == "verify" and args[1] == "²":
         assert "no posting '²'" in err, err
+    if args[:3] == ("search", "Koch", "--occupation"):
+        assert "no occupation is called" in err and "Koch/Köchin" in err, err
+        assert len(err) < 1000, len(err)  # the 5,000 digits are not echoed whole
+
+
+def test_search_filters_take_any_argument_text() -> None:
+    """`--region` with invalid UTF-8 (a lone surrogate from argv) or 100 kB is text SQL takes."""
+    from jobpipe.search import region_code
+
+    code = region_code("\udcffBayern\x00")
+    assert code is not None
+    code.encode("utf-8")  # raised UnicodeEncodeError in psycopg on the landed code
+    assert "\x00" not in code and "BAYERN" in code
+    assert len(region_code("x" * 100_000) or "") <= 300
+    assert region_code(" \t ") is None
 
 
 def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> None:
@@ -505,6 +622,29 @@ def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> No
     assert r.returncode == 0, r.stderr
     name = db_conn.execute("SELECT name FROM occupations WHERE id = 5").fetchone()[0]
     assert name == clean_text("Koch\ud800") and name.startswith("Koch") and len(name) == 5, name
+
+
+@pytest.mark.parametrize(
+    ("command", "content", "says"),
+    [
+        ("classifier", None, "bytes accepted"),  # /dev/zero: was read until memory ran out
+        ("extract", None, "bytes accepted"),
+        ("classifier", b"title,occupation\n" + b"x" * 200_000 + b",5\n", "line 2: not a CSV row"),
+        ("classifier", b'title,occupation\n"Koch,5\n' + b"y" * 200_000, "not a CSV row"),  # open quote
+        ("extract", b'{"id":1,"description":"x","expected":{}}\n\xff\n', ":2: not UTF-8"),
+        ("extract", b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: not a labelled description"),
+    ],
+)
+def test_eval_commands_refuse_hostile_files(tmp_path, command: str, content: bytes | None, says: str) -> None:
+    """The review: `occupations load` and the config reader were bounded, the two `eval` commands
+    were not (/dev/zero read forever), and a CSV field over csv's limit was a traceback."""
+    path = "/dev/zero"
+    if content is not None:
+        path = str(tmp_path / "labelled.txt")
+        Path(path).write_bytes(content)
+    r = run_cli(command, "eval", path, url="postgresql://127.0.0.1:1/none", timeout=60)
+    err = assert_one_line_error(r)
+    assert says in err, err
 
 
 def test_run_once_exits_when_the_database_is_unreachable() -> None:

@@ -24,7 +24,7 @@ from jobpipe.sim.ba_data import HOSTILE_KINDS
 from jobpipe.sim.ollama import FakeOllama
 from tests.sample_daemon import SampleDaemon
 from tests.test_fetcher import client_for, daemon_cfg, live_refnrs, population, run_fetcher, stored
-from tests.waiting import in_thread
+from tests.waiting import in_thread, wait_until
 
 # ---------------------------------------------------------------- item 1: hostile postings
 
@@ -154,7 +154,9 @@ def nested(depth: int, leaf: Any = "x") -> Any:
 
 def test_nesting_is_bounded_without_recursion():
     """No depth raises RecursionError: orjson's 1,024 levels are parsed and the raw item is cut to
-    MAX_RAW_DEPTH; beyond orjson's limit the stdlib fallback's RecursionError is a SchemaError."""
+    MAX_RAW_DEPTH; beyond orjson's limit (the review: a SchemaError that lost the whole page, and so
+    the partition's every run, for one posting) the deep value is cut before parsing, also in a
+    body with invalid UTF-8, and the page's postings are kept."""
     deep = b"[" * 1000 + b'"x"' + b"]" * 1000  # orjson parses 1,000 levels (it cannot write them)
     page = parse_search_page(
         b'{"maxErgebnisse":1,"ergebnisliste":[{"referenznummer":"a-1","stellenangebotsTitel":"Koch","x":'
@@ -163,11 +165,16 @@ def test_nesting_is_bounded_without_recursion():
     )
     (rec,) = page.items
     assert "nested deeper than" in json.dumps(rec.raw) and any("raw item cut" in p for p in page.problems)
-    body = (
-        b'{"maxErgebnisse":1,"ergebnisliste":[{"referenznummer":"a","x":' + b"[" * 5000 + b"]" * 5000 + b"}]}"
-    )
-    with pytest.raises(ba_wire.SchemaError, match="nested too deeply"):
-        parse_search_page(body)
+    for bad_byte in (b"", b"\xff"):
+        body = (
+            b'{"maxErgebnisse":2,"ergebnisliste":[{"referenznummer":"a","x":' + b"[" * 5000 + b'"]\\\\{\\""'
+            + b"]" * 5000 + b'},{"referenznummer":"b","stellenangebotsTitel":"Koch' + bad_byte + b'"}]}'
+        )
+        got = parse_search_page(body)
+        assert [r.external_id for r in got.items] == ["a", "b"], got.problems
+        assert "nested deeper than" in json.dumps(got.items[0].raw)
+    with pytest.raises(ba_wire.SchemaError, match=r"malformed JSON|nested too deeply"):  # unbalanced
+        parse_search_page(b'{"maxErgebnisse":1,"ergebnisliste":[' + b"[" * 5000 + b"]}")
     # postings' own cleaner (raw built elsewhere) is iterative too
     cleaned = postings._deep_clean({"a": nested(50_000, "\x00")})
     assert json.dumps(cleaned).count("[") <= ba_wire.MAX_RAW_DEPTH + 1
@@ -335,3 +342,123 @@ def test_a_write_whose_lease_was_lost_is_dropped(pg_url, db_conn):
     assert status == ("running", "someone-else")
     text = runner.metrics.exposition().decode()
     assert 'outcome="lease_lost",stage="sample"} 1.0' in text
+
+
+# ------------------------------------------ review: errors that are not an outage, outside writes
+
+
+def failing_tick_daemon(kind: str) -> type[SampleDaemon]:
+    class FailingTick(SampleDaemon):
+        def tick(self, conn: Any) -> None:  # e.g. a sweep or repair statement that always fails
+            with conn.transaction():
+                for statement in _FAILING_WRITES[kind].split("; "):
+                    conn.execute(statement)
+
+    return FailingTick
+
+
+@pytest.mark.parametrize("kind", ["statement_timeout", "disk_full"])
+def test_a_tick_whose_statement_fails_never_stops_the_queue_work(pg_url, db_conn, kind, caplog):
+    """The writer told connection loss from other errors, the loop did not: a periodic statement
+    (tick) that timed out was "database_lost" - the database reported down, a reconnect, the same
+    tick again - and no item was ever claimed (--once never ended). Now the tick is logged and
+    backed off, and the queue work goes on."""
+    with FakeOllama() as ollama:
+        queue.enqueue(db_conn, "sample", range(1, 17))
+        cfg = config.load(environ={}).with_overrides(
+            ollama__urls=[ollama.url], queue__poll_interval_s=0.1, runtime__dependency_backoff_s=0.2
+        )
+        runner = runtime.Runner(failing_tick_daemon(kind), cfg, db_url=pg_url, once=True, serve=False)
+        with caplog.at_level(logging.INFO):
+            t, box = in_thread(runner.run)
+            t.join(45)
+            assert not t.is_alive(), "--once did not end: the tick's error stops every claim"
+    assert box.get("result") == 0, box
+    assert db_conn.execute("SELECT count(*) FROM sample_results").fetchone()[0] == 16
+    events = [getattr(r, "event", None) or r.getMessage() for r in caplog.records]
+    assert "tick_failed" in events and "database_lost" not in events, events
+    assert "tick failed" in runner.last_error
+
+
+def test_a_claim_refused_by_the_server_is_no_database_outage(pg_url, db_conn, caplog, monkeypatch):
+    """A claim statement the server refuses on a live connection (here a statement timeout) backs
+    the loop off; it does not set the database down or reconnect, and the work resumes."""
+    real_claim = queue.claim
+    failures = [2]
+
+    def claim(conn: Any, *args: Any, **kw: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            with conn.transaction():
+                conn.execute("SET LOCAL statement_timeout = '50ms'")
+                conn.execute("SELECT pg_sleep(2)")
+        return real_claim(conn, *args, **kw)
+
+    monkeypatch.setattr(queue, "claim", claim)
+    with FakeOllama() as ollama:
+        queue.enqueue(db_conn, "sample", range(1, 9))
+        cfg = config.load(environ={}).with_overrides(
+            ollama__urls=[ollama.url], queue__poll_interval_s=0.1, runtime__dependency_backoff_s=0.2
+        )
+        runner = runtime.Runner(SampleDaemon, cfg, db_url=pg_url, once=True, serve=False)
+        with caplog.at_level(logging.INFO):
+            t, box = in_thread(runner.run)
+            t.join(45)
+            assert not t.is_alive()
+    assert box.get("result") == 0, box
+    assert db_conn.execute("SELECT count(*) FROM sample_results").fetchone()[0] == 8
+    events = [getattr(r, "event", None) or r.getMessage() for r in caplog.records]
+    assert events.count("turn_failed") == 2 and "database_lost" not in events, events
+
+
+class _BlockingSearch:
+    """A BA search client whose first call takes as long as the test says (a slow BA: retries of
+    a call that times out), then answers an empty result."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def search(self, params: Any, page: int, size: int) -> Any:
+        self.calls += 1
+        self.release.wait(60)
+        return parse_search_page(b'{"maxErgebnisse": 0, "ergebnisliste": [], "page": 1, "size": 100}')
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_a_crawl_page_slower_than_the_lease_keeps_the_source_lease(pg_url, db_conn):
+    """The review: the crawl extended its source's lease only between pages, and one page may take
+    (max_retries + 1) x deadline_s plus backoff (14 min by default) against a 5 min lease; another
+    fetcher then crawled the same source alongside. The loop now heartbeats the running crawl's
+    lease like queue items'."""
+    client = _BlockingSearch()
+
+    class Fetcher(FetcherDaemon):
+        def __init__(self, ctx: Context) -> None:
+            super().__init__(ctx, client=client)  # type: ignore[arg-type]
+
+    cfg = config.load(environ={}).with_overrides(
+        fetcher__sources=[{"name": "de"}], queue__lease_s=1.0, queue__poll_interval_s=0.05
+    )
+    runner = runtime.Runner(Fetcher, cfg, db_url=pg_url, serve=False)
+    t, box = in_thread(runner.run)
+    lease = "SELECT lease_owner, lease_expires, lease_expires > now() FROM fetch_sources WHERE name = 'de'"
+    try:
+        owner, _, _ = wait_until(
+            lambda: (r := db_conn.execute(lease).fetchone()) and r[0] and r, timeout=30, what="the claim"
+        )
+        assert client.calls == 1 or wait_until(lambda: client.calls == 1, timeout=10)
+        # Three lease lengths later the call still runs and the lease has moved on, never lapsed.
+        for _ in range(3):
+            before = db_conn.execute(lease).fetchone()[1]
+            wait_until(lambda b=before: db_conn.execute(lease).fetchone()[1] > b, timeout=10, what="extended")
+            held_by, _, alive = db_conn.execute(lease).fetchone()
+            assert held_by == owner and alive
+        assert client.calls == 1  # still the first, slow call
+    finally:
+        client.release.set()
+        runner.stop.set()
+        t.join(30)
+    assert "error" not in box, box.get("error")

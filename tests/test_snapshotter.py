@@ -720,6 +720,10 @@ def test_cli_snapshot_day_since_and_bad_input(
     assert "in the future" in capsys.readouterr().err
     assert cli.main(["-c", cfg_file, "snapshot", "--since", str(today)]) == 2
     assert "nothing to do" in capsys.readouterr().err
+    # The review: a typo'd year ran one snapshot per day since then (740,000 from 0001-01-01).
+    assert cli.main(["-c", cfg_file, "snapshot", "--since", "0224-01-01"]) == 2
+    assert "days to compute, at most 3,660" in capsys.readouterr().err
+    assert conn.execute("SELECT count(*) FROM snapshot_runs").fetchone()[0] == 6  # nothing new
     with pytest.raises(SystemExit) as exc:
         cli.main(["-c", cfg_file, "snapshot", "--day", "2026-02-30"])
     assert exc.value.code == 2 and "not a date" in capsys.readouterr().err
@@ -767,3 +771,34 @@ def test_benchmark_quick_mode(pg_server: dict[str, Any]) -> None:
     assert res["similarity_from_names"] > 0 and res["similarity_from_postings"] > 0
     assert res["similarity_pairs"] == res["occupations"] * res["top_k"]
     assert res["snapshot_ok"] and res["similarity_ok"]
+
+
+def test_snapshot_jobs_failing_run_after_run_are_a_failure_streak_in_health(
+    conn: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15's review: the snapshotter's failures went to Prometheus only, so `jobpipe health`
+    and the failure-streak rule never saw a snapshot that failed every run (only
+    `snapshot_overdue`, a day later). Its outcomes now go to stage_counts like the crawl's."""
+    from jobpipe import health
+    from jobpipe.daemons import snapshotter
+
+    def failing_snapshot(job_conn: Any, day: date, **kw: Any) -> Any:  # the server refuses the write
+        job_conn.execute("DO $$ BEGIN RAISE EXCEPTION 'no space' USING ERRCODE = 'disk_full'; END $$")
+
+    monkeypatch.setattr(demand, "snapshot_day", failing_snapshot)
+    monkeypatch.setattr(snapshotter, "FAILURE_BACKOFF_S", (0.01, 0.02))
+    cfg = make_cfg(snapshotter__run_at="00:00", snapshotter__catch_up_days=3, alerts__failure_min_count=3)
+    runner = runtime.Runner(SnapshotterDaemon, cfg, db_url=pg_url, serve=False)
+    t, box = in_thread(runner.run)
+    try:
+
+        def snapshot_stage() -> Any:
+            return next((s for s in health.collect(conn, cfg).stages if s.stage == "snapshot"), None)
+
+        st = wait_until(lambda: (s := snapshot_stage()) and s.verdict == health.FAIL_ and s, timeout=30,
+                        what="the snapshot stage FAIL in health")  # fmt: skip
+    finally:
+        runner.stop.set()
+        t.join(30)
+    assert "error" not in box, box.get("error")
+    assert st.facts.failed_24h >= 3 and st.facts.done_24h == 0, st

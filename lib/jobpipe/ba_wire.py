@@ -22,6 +22,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -168,17 +169,63 @@ def sample_of(body: bytes | str, limit: int = _SAMPLE_CHARS) -> str:
     return (clean_text(body[: limit * 4], max_chars=limit) or "").replace("\n", " ")
 
 
+MAX_PARSE_DEPTH = 256  # containers nested deeper are replaced by _DEEP_MARK before parsing
+_DEEP_MARK = f'"[cut: nested deeper than {MAX_PARSE_DEPTH} levels]"'.encode()
+_JSON_STRUCTURE = re.compile(rb'["\\\[\]{}]')
+
+
+def _cut_deep(body: bytes, max_depth: int = MAX_PARSE_DEPTH) -> bytes | None:
+    """`body` with every container deeper than `max_depth` replaced by a marker string, scanned
+    without recursion (only quotes, backslashes and brackets are visited); None when nothing is
+    that deep or the brackets do not balance (then the parser's own error stands).
+
+    Why: orjson refuses more than 1,024 levels and the stdlib parser recurses; either way the
+    whole page was lost for one posting with a field nested 1,500 deep."""
+    out = bytearray()
+    depth, pos, in_string, escaped_at, cut_from = 0, 0, False, -1, -1
+    for m in _JSON_STRUCTURE.finditer(body):
+        i, c = m.start(), body[m.start()]
+        if i == escaped_at:
+            continue
+        if c == 0x5C:  # backslash: escapes the next byte (inside a string; invalid JSON outside)
+            escaped_at = i + 1
+        elif c == 0x22:  # quote
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth == max_depth + 1 and cut_from < 0:
+                cut_from = i
+        else:  # ] }
+            if depth == max_depth + 1 and cut_from >= 0:
+                out += body[pos:cut_from] + _DEEP_MARK
+                pos, cut_from = i + 1, -1
+            depth -= 1
+            if depth < 0:
+                return None
+    if pos == 0 or depth != 0 or cut_from >= 0:
+        return None
+    out += body[pos:]
+    return bytes(out)
+
+
 def _load_json(body: bytes) -> tuple[Any, bool]:
     """Parse a body; returns (value, needs_deep_clean).
 
     orjson is strict (invalid UTF-8, lone surrogates and raw control characters fail), so a
     body with a few bad bytes is decoded with replacement and parsed leniently instead of
     losing the whole page. A `\\u0000` escape parses fine but yields NUL: clean those too.
+    Containers nested deeper than MAX_PARSE_DEPTH are cut to a marker first (`_cut_deep`), so
+    one deep value costs its item's field, not the page.
     """
     try:
         return orjson.loads(body), b"\\u0000" in body
     except orjson.JSONDecodeError:
-        pass
+        # Also for a body that failed for its bytes: the lenient parser below recurses.
+        cut = _cut_deep(body)
+        if cut is not None:
+            return _load_json(cut)
     text = bytes(body).decode("utf-8", errors="replace")
     try:
         return json.loads(text, strict=False), True
@@ -524,6 +571,17 @@ def parse_search_page(body: bytes) -> SearchPage:
         raise SchemaError("'ergebnisliste' is not a list", sample_of(body))
     if total is None:
         raise SchemaError("'maxErgebnisse' is missing or not an integer", sample_of(body))
+    # An item without the key is shape drift when it carries v4 keys, or when no item of the page
+    # (two or more) has it: the API renamed it. One such item among good ones is a bad *item*,
+    # dropped with a problem like one whose referenznummer is null: failing the page for it would
+    # fail the partition's every run (the item is still there next time).
+    objects = [item for item in raw_items if isinstance(item, dict)]
+    keyless = [n for n, it in enumerate(raw_items) if isinstance(it, dict) and "referenznummer" not in it]
+    for n in keyless:
+        drift = [k for k in _V4_ITEM_KEYS if k in raw_items[n]]
+        if drift or (len(keyless) >= 2 and len(keyless) == len(objects)):
+            hint = f" (v4 keys {drift})" if drift else f" (nor has any of the page's {len(objects)} items)"
+            raise SchemaError(f"item {n} has no 'referenznummer'{hint}", sample_of(body))
     items: list[PostingRecord] = []
     seen: set[str] = set()
     for n, item in enumerate(raw_items):
@@ -532,9 +590,9 @@ def parse_search_page(body: bytes) -> SearchPage:
             problems.append(f"{where}: {'null' if item is None else type(item).__name__} item skipped")
             continue
         if "referenznummer" not in item:
-            drift = [k for k in _V4_ITEM_KEYS if k in item]
-            hint = f" (v4 keys {drift})" if drift else ""
-            raise SchemaError(f"{where} has no 'referenznummer'{hint}", sample_of(body))
+            keys = sample_of(", ".join(str(k) for k in list(item)[:10]), 80)  # not the value: any depth
+            problems.append(f"{where}: no 'referenznummer' (keys: {keys}), skipped")
+            continue
         if dirty:
             item = _deep_clean(item)
         record = _record(item, problems, where)

@@ -766,7 +766,12 @@ def parse_labelled_csv(body: bytes, source: str) -> list[Labelled]:
     naming the line.
     """
     text = clean_text(body) or ""
-    rows = list(csv.reader(io.StringIO(text)))
+    reader = csv.reader(io.StringIO(text))
+    rows: list[list[str]] = []
+    try:
+        rows.extend(reader)
+    except csv.Error as exc:  # a field over csv's 128 kB limit (e.g. an unclosed quote), ...
+        raise UserError(f"{source}: line {reader.line_num}: not a CSV row ({exc})") from None
     out: list[Labelled] = []
     for n, row in enumerate(rows, 1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):

@@ -18,6 +18,7 @@ from typing import Any
 from jobpipe import catalogue, classify, db
 from jobpipe.cli_core import connect, int_arg, load_config
 from jobpipe.errors import UserError
+from jobpipe.text import InputTooLarge, read_capped
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -153,10 +154,12 @@ def cmd_classifier_eval(args: argparse.Namespace) -> int:
     if args.model:
         cfg = cfg.with_overrides(classifier__model=args.model)
     try:
-        with open(args.file, "rb") as fh:
-            rows = classify.parse_labelled_csv(fh.read(), args.file)
+        body = read_capped(args.file)  # bounded: `classifier eval /dev/zero` read until memory ran out
     except OSError as exc:
         raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except InputTooLarge as exc:
+        raise UserError(str(exc)) from None
+    rows = classify.parse_labelled_csv(body, args.file)
     if args.limit is not None:
         rows = rows[: args.limit]
     with _connect_checked(args) as conn:

@@ -12,7 +12,7 @@ import argparse
 import json
 
 from jobpipe import extraction
-from jobpipe.cli_core import load_config
+from jobpipe.cli_core import int_arg, load_config
 from jobpipe.errors import UserError
 
 
@@ -26,7 +26,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("file", metavar="FILE.jsonl")
     ev.add_argument("--model", default=None, help="LLM to evaluate (default: extractor.model)")
     ev.add_argument("--split", default=None, help="only rows of this split (dev, test; default: all)")
-    ev.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows only")
+    ev.add_argument(  # int_arg like classifier eval's: a plain int took -5 as rows[:-5]
+        "--limit", type=int_arg(1, 10_000_000), default=None, metavar="N", help="first N rows only"
+    )
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_extract_eval)
 

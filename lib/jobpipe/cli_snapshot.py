@@ -12,6 +12,8 @@ from jobpipe.cli_core import connect, int_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.text import cell, clean_text, parse_int
 
+MAX_BACKFILL_DAYS = 3660  # ten years of days per `snapshot --since`: one transaction per day
+
 
 def _day(value: str) -> date:
     try:
@@ -86,6 +88,12 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
                 raise UserError(
                     f"--since {args.since}: nothing to do, the last complete day is {yesterday} "
                     "(use --day for today so far)"
+                )
+            span = (yesterday - args.since).days + 1
+            if span > MAX_BACKFILL_DAYS:  # a typo (0224 for 2024) started 650,000 snapshot runs
+                raise UserError(
+                    f"--since {args.since}: {span:,} days to compute, at most {MAX_BACKFILL_DAYS:,} "
+                    "in one run (start later, or run it in parts)"
                 )
             days = demand.days_between(args.since, yesterday)
         else:

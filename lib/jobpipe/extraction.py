@@ -43,7 +43,7 @@ import orjson
 from jobpipe.endpoints import ANSWER_TOO_LARGE
 from jobpipe.errors import ItemError
 from jobpipe.models import ChatClient, schema_problem
-from jobpipe.text import clean_line, clean_text, normalise_whitespace
+from jobpipe.text import clean_line, clean_text, normalise_whitespace, read_capped
 
 STAGE = "extract"
 DATA_PACKAGE = "jobpipe.data"
@@ -677,20 +677,27 @@ def read_labelled(path: str) -> list[Labelled]:
     """A JSON Lines file of {"id", "description", "expected", "split"?}; a bad line is a one-line
     ValueError naming the file, the line and what is wrong - before any model call, so a typo in
     row 40 does not cost 39 calls and a label under an unknown field ("task") or of the wrong
-    shape ("tasks": "Kochen", scored letter by letter) is never silently scored."""
+    shape ("tasks": "Kochen", scored letter by letter) is never silently scored. The file is read
+    bounded (read_capped: `extract eval /dev/zero` read until memory ran out; InputTooLarge is a
+    ValueError), and one that is not UTF-8 names its line."""
+    body = read_capped(path)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = body[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line_no}: not UTF-8 (byte {exc.start})") from None
     out: list[Labelled] = []
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                if len(raw) > MAX_LABELLED_LINE:
-                    raise ValueError(f"line longer than {MAX_LABELLED_LINE:,} bytes")
-                out.append(_labelled_row(orjson.loads(raw)))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(
-                    f"{path}:{n}: not a labelled description ({type(exc).__name__}: {exc})"
-                ) from None
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            if len(line) > MAX_LABELLED_LINE:
+                raise ValueError(f"line longer than {MAX_LABELLED_LINE:,} characters")
+            out.append(_labelled_row(orjson.loads(line)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{path}:{n}: not a labelled description ({type(exc).__name__}: {exc})"
+            ) from None
     return out
 
 

@@ -82,13 +82,20 @@ def _utf8(text: str) -> str:
 
 
 # user:password@ (or token@) after a scheme: the userinfo part of any URL.
-# Greedy up to the last "@" before the path: a password may contain a raw "@".
-_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://)([^/?#\s'\"]*)@")
-# A credential-looking parameter in a URL query or a libpq key=value string; the value may be
-# quoted the libpq way ('it''s' or 'a\'b').
+# Greedy up to the last "@" before the path: a password may contain a raw "@", and any of
+# RFC 3986's sub-delims, "'" included (urllib3 sends "http://u:pa'ss@h" as user "u", password
+# "pa'ss"). Only the authority's own ends (/ ? #), whitespace and '"' (a JSON string's end) stop it.
+_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://)([^/?#\s\"]*)@")
+# A credential-looking parameter in a URL query, a libpq key=value string or an environment
+# assignment (JOBPIPE_OLLAMA_API_KEY=..., PGPASSWORD=...); the value may be quoted the libpq way
+# ('it''s' or 'a\'b'). An unquoted value runs to whitespace, "&name=" (the next query parameter)
+# or '"' (the end of a JSON string): ",", ";", "#" and "'" are valid inside a password and libpq's
+# backslash escapes are kept whole, so no tail of it stays; a "'" followed by a closer (', ) ] })
+# ends the value (the closing quote of a repr). Redacting a little too much is harmless.
 _CREDENTIAL_PARAM = re.compile(
-    r"(?i)(?<![a-z0-9_])((?:ssl)?password|passwd|pwd|pass|passphrase|secret|token|access_token|"
-    r"api[_\-]?key|apikey|auth|signature|sig)(\s*=\s*)('(?:[^'\\]|\\.|'')*'?|[^&\s;,'\"]*)"
+    r"(?i)(?<![a-z0-9])((?:ssl|pg)?password|passwd|pwd|pass|passphrase|secret|token|access_token|"
+    r"api[_\-]?key|apikey|auth|signature|sig)(\s*=\s*)"
+    r"('(?:[^'\\]|\\.|'')*'?|(?:\\.|'(?=[^\s&\"',;)\]}])|&(?![a-z0-9_.\-]+=)|[^&\s\\\"'])*)"
 )
 
 

@@ -288,6 +288,9 @@ class Runner:
         self._last_reclaim: dict[str, float] = {}
         self._last_heartbeat = time.monotonic()
         self.alerter: Any = None
+        # A failing tick or periodic task backs off on its own; the queue work goes on meanwhile.
+        self._tick_retry_at = 0.0
+        self._tick_backoff_s = cfg.runtime.dependency_backoff_s
 
     # ------------------------------------------------------------------ signals
     def install_signals(self) -> None:
@@ -497,7 +500,15 @@ class Runner:
                     if self._turn():
                         break
                 except db.CONNECTION_ERRORS as exc:
-                    self._database_lost(exc)
+                    # Only real connection loss is "database down" (reconnect); a statement the
+                    # server refused (timeout, deadlock, disk full) on a healthy connection is a
+                    # failed turn with backoff: reported as the database being away, it set the
+                    # dependency down and reconnected forever while the database was fine. Other
+                    # psycopg errors (a bug in a statement) still end the process, as before.
+                    if db.connection_lost(exc) or self.conn is None or self.conn.closed:
+                        self._database_lost(exc)
+                    else:
+                        self._turn_failed("loop", exc)
         finally:
             self._shutdown()
         return 0
@@ -543,6 +554,38 @@ class Runner:
         if self.conn is not None:
             self.daemon.setup(self.conn)
 
+    def _isolated(self, what: str, fn: Callable[[Any], None]) -> None:
+        """Run the daemon's periodic work (`tick`, history pruning) so that its failure never stops
+        the queue work: a sweep or repair statement that always times out, or a bug in one, is
+        logged and retried (a tick after a backoff, dependency_backoff_s doubling up to its max;
+        a periodic task at its next interval) while claims go on. Connection loss and
+        DependencyDown still go to the loop's handlers."""
+        try:
+            fn(self.conn)
+        except Exception as exc:
+            if isinstance(exc, DependencyDown) or db.connection_lost(exc) or self.conn.closed:
+                raise
+            log.error(
+                "%s failed", what, exc_info=exc, extra={"event": f"{what}_failed", "error": first_line(exc)}
+            )
+            self._error(f"{what} failed: {first_line(exc)}")
+            if what == "tick":  # a periodic task waits for its own interval
+                self._tick_retry_at = time.monotonic() + self._tick_backoff_s
+                cap = self.cfg.runtime.dependency_backoff_max_s
+                self._tick_backoff_s = min(2 * self._tick_backoff_s, cap)
+        else:
+            if what == "tick":
+                self._tick_backoff_s = self.cfg.runtime.dependency_backoff_s
+
+    def _turn_failed(self, where: str, exc: psycopg.Error) -> None:  # an OperationalError
+        """A statement of the loop (claim, stats, load) refused on a live connection: one log line,
+        STATUS, and a backoff like a dependency's, without calling the database down."""
+        msg = first_line(exc)
+        log_event(log, "turn_failed", level="warning", where=where, sqlstate=exc.sqlstate, error=msg)
+        self._error(f"database statement failed: {msg}")
+        self.backoff_until = time.monotonic() + self.backoff_s
+        self.backoff_s = min(self.backoff_s * 2, self.cfg.runtime.dependency_backoff_max_s)
+
     def _heartbeat_s(self) -> float:
         return self.cfg.queue.lease_s / 3
 
@@ -571,12 +614,13 @@ class Runner:
             interval, fn, last = entry
             if now - last >= interval:
                 entry[2] = now
-                fn(self.conn)
+                self._isolated("periodic", fn)
         backing_off = now < self.backoff_until
         claimed = 0
         if not backing_off:
             try:
-                self.daemon.tick(self.conn)
+                if now >= self._tick_retry_at:
+                    self._isolated("tick", self.daemon.tick)
                 claimed = self._claim_more()
             except DependencyDown as exc:
                 self._dependency_failed(exc)

@@ -37,7 +37,7 @@ from psycopg import sql
 from jobpipe import classify
 from jobpipe.errors import ItemError, UserError
 from jobpipe.models import EmbeddingClient
-from jobpipe.text import clean_text, normalise_whitespace
+from jobpipe.text import clean_line, clean_text, normalise_whitespace, parse_int
 from jobpipe.titles import normalise
 
 Conn = psycopg.Connection[Any]
@@ -188,11 +188,14 @@ def _occupation_list(conn: Conn, occupations: list[int], text: str, where: sql.C
 def resolve_occupations(conn: Conn, wanted: str | None) -> list[int] | None:
     """`--occupation`: an id, or a name that identifies occupations exactly (as written, normalised,
     or one of its aliases). None for no filter; UserError naming close names when nothing fits."""
-    if wanted is None or not wanted.strip():
+    # A command-line argument is any text: invalid UTF-8 (a lone surrogate after Python's
+    # surrogateescape), "²" (str.isdigit() but not int()), 5,000 digits, 100 kB. clean_line makes it
+    # text PostgreSQL takes and caps it; parse_int takes ASCII digits within bigint only.
+    wanted = clean_line(wanted, MAX_QUERY_CHARS)
+    if wanted is None:
         return None
-    wanted = wanted.strip()
-    if wanted.isdigit():
-        ids = [int(r[0]) for r in conn.execute("SELECT id FROM occupations WHERE id = %s", (int(wanted),))]
+    if (ident := parse_int(wanted)) is not None:
+        ids = [int(r[0]) for r in conn.execute("SELECT id FROM occupations WHERE id = %s", (ident,))]
     else:
         norm = normalise(wanted)
         ids = [
@@ -221,9 +224,10 @@ def resolve_occupations(conn: Conn, wanted: str | None) -> list[int] | None:
 
 def region_code(region: str | None) -> str | None:
     """`--region` as the BA's federal-state enum: 'Baden-Württemberg' -> 'BADEN_WUERTTEMBERG'."""
-    if region is None or not region.strip():
+    region = clean_line(region, MAX_QUERY_CHARS)  # any argv text: no lone surrogate reaches SQL
+    if region is None:
         return None
-    r = region.strip().upper()
+    r = region.upper()
     for a, b in (("Ä", "AE"), ("Ö", "OE"), ("Ü", "UE"), ("ß", "SS"), ("-", "_"), (" ", "_")):
         r = r.replace(a, b)
     return r

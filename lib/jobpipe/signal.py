@@ -855,9 +855,13 @@ class JsonRpcGateway(_GatewayBase):
 
 
 def _parse_json(body: bytes) -> Any:
+    """The gateway's JSON answer, None when it is not JSON we can read. Never raises: a body nested
+    deeper than the parser's recursion limit (the stdlib parser recurses) is "not JSON" too, or a
+    hostile or broken gateway took `send`/`check` (and `jobpipe alert test`) down with a
+    RecursionError, against the contract that failures are classified, never raised."""
     try:
         return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
 
 

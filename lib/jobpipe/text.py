@@ -7,6 +7,7 @@ lost to an encoding error: bad bytes become U+FFFD, NULs are dropped.
 
 from __future__ import annotations
 
+import os
 import re
 
 _WS = re.compile(r"[ \t\r\f\v\u00a0]+")
@@ -128,3 +129,25 @@ def cell(value: object, max_chars: int = 200) -> str:
     terminal-safe stdout, which escapes them."""
     text = " ".join(str(value if value is not None else "").split())
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+# -- input files -----------------------------------------------------------------------------------
+
+MAX_INPUT_FILE_BYTES = 64 << 20  # a labelled evaluation file; the shipped ones are below 1 MB
+
+
+class InputTooLarge(ValueError):
+    """A file given on the command line is larger than its reader accepts."""
+
+
+def read_capped(path: str | os.PathLike[str], max_bytes: int = MAX_INPUT_FILE_BYTES) -> bytes:
+    """The bytes of `path`, at most `max_bytes`; InputTooLarge beyond, OSError as open() raises it.
+
+    A bounded read, not read_bytes(): a device or pipe (/dev/zero, /dev/urandom) has no size to
+    check first and is read until memory runs out otherwise. Never reads more than max_bytes + 1.
+    """
+    with open(path, "rb") as fh:
+        body = fh.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise InputTooLarge(f"{os.fsdecode(path)}: more than the {max_bytes:,} bytes accepted")
+    return body
