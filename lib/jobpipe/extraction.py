@@ -685,7 +685,7 @@ def read_labelled(path: str) -> list[Labelled]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         line_no = body[: exc.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line_no}: not UTF-8 (byte {exc.start})") from None
+        raise ValueError(f"{path}:{line_no}: not valid UTF-8 (byte {exc.start})") from None
     out: list[Labelled] = []
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
