@@ -631,7 +631,7 @@ def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> No
         ("extract", None, "bytes accepted"),
         ("classifier", b"title,occupation\n" + b"x" * 200_000 + b",5\n", "line 2: not a CSV row"),
         ("classifier", b'title,occupation\n"Koch,5\n' + b"y" * 200_000, "not a CSV row"),  # open quote
-        ("extract", b'{"id":1,"description":"x","expected":{}}\n\xff\n', ":2: not valid UTF-8"),
+        ("extract", b'{"id":1,"description":"x","expected":{}}\n\xff\n', ":2: not a labelled description"),
         ("extract", b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: not a labelled description"),
     ],
 )

@@ -685,7 +685,8 @@ def read_labelled(path: str) -> list[Labelled]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         line_no = body[: exc.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line_no}: not valid UTF-8 (byte {exc.start})") from None
+        why = f"not valid UTF-8 at byte {exc.start}"
+        raise ValueError(f"{path}:{line_no}: not a labelled description ({why})") from None
     out: list[Labelled] = []
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
