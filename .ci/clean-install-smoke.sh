@@ -185,7 +185,7 @@ import json, sys
 stages = {s["stage"]: s for s in json.load(open(sys.argv[1]))["stages"]}
 for name, s in sorted(stages.items()):
     print(f"  {name:<12} done {s['done_24h']:>4}  given up {s['given_up']}  {s['verdict']}")
-needed = ("crawl", "description", "classify", "embed", "verify")
+needed = ("crawl", "description", "classify", "embed", "verify", "extract", "snapshot", "similarity")
 idle = [n for n in needed if stages.get(n, {}).get("done_24h", 0) < 1]
 given_up = [n for n, s in stages.items() if s["given_up"]]
 if idle or given_up:
