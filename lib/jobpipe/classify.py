@@ -957,21 +957,9 @@ def evaluate(
 
 def chat_client_from_config(cfg: Any, *, observer: Any = None) -> Any:
     """The LLM client the `classifier` section describes (its own servers, else ollama.urls)."""
-    from jobpipe.models import make_chat_client
+    from jobpipe.models import chat_client_for_role
 
-    c, o = cfg.classifier, cfg.ollama
-    return make_chat_client(
-        c.provider or o.provider,
-        c.urls or o.urls,
-        c.model.strip(),
-        concurrency=c.workers,
-        connect_timeout=o.connect_timeout_s,
-        read_timeout=o.read_timeout_s,
-        deadline_s=o.deadline_s,
-        max_response_bytes=o.max_response_bytes,
-        api_key=o.api_key or None,
-        observer=observer,
-    )
+    return chat_client_for_role(cfg.classifier, cfg.ollama, observer=observer)
 
 
 def evaluate_from_config(conn: Any, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:

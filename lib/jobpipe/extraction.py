@@ -42,7 +42,7 @@ import orjson
 
 from jobpipe.endpoints import ANSWER_TOO_LARGE
 from jobpipe.errors import ItemError
-from jobpipe.models import ChatClient, schema_problem
+from jobpipe.models import ChatClient, chat_client_for_role, schema_problem
 from jobpipe.text import clean_line, clean_text, normalise_whitespace, read_capped
 
 STAGE = "extract"
@@ -631,20 +631,13 @@ def chat_client_from_config(cfg: Any, *, observer: Any = None) -> ChatClient:
     """The LLM client the `extractor` section describes (its own servers, else ollama.urls), with
     the extractor's own timeout (a summary takes longer than an embedding): `read_timeout_s` is
     the most one summary may take, including a body that trickles in."""
-    from jobpipe.models import make_chat_client
-
-    x, o = cfg.extractor, cfg.ollama
-    return make_chat_client(
-        x.provider or o.provider,
-        x.urls or o.urls,
-        x.model.strip(),
-        concurrency=x.workers,
-        connect_timeout=o.connect_timeout_s,
-        read_timeout=x.read_timeout_s,
-        api_key=o.api_key or None,
+    x = cfg.extractor
+    return chat_client_for_role(
+        x,
+        cfg.ollama,
         observer=observer,
+        read_timeout=x.read_timeout_s,
         deadline_s=x.read_timeout_s,  # the whole exchange, however slowly the body trickles in
-        max_response_bytes=o.max_response_bytes,
         max_answer_bytes=MAX_ANSWER_BYTES,
     )
 

@@ -467,3 +467,30 @@ def make_chat_client(
     from jobpipe.openai_compat import OpenAIChatClient
 
     return OpenAIChatClient(pool, model, seed=seed)
+
+
+def chat_client_for_role(
+    role: Any,
+    ollama: Any,
+    *,
+    observer: Observer | None = None,
+    read_timeout: float | None = None,
+    deadline_s: float | None = None,
+    max_answer_bytes: int | None = None,
+) -> ChatClient:
+    """The LLM client a role's config section (`classifier`, `extractor`) describes: its own
+    provider and servers, else those of [ollama]; its model and workers; [ollama]'s connect
+    timeout, answer cap and API key. `read_timeout` and `deadline_s` default to [ollama]'s."""
+    return make_chat_client(
+        role.provider or ollama.provider,
+        role.urls or ollama.urls,
+        role.model.strip(),
+        concurrency=role.workers,
+        connect_timeout=ollama.connect_timeout_s,
+        read_timeout=ollama.read_timeout_s if read_timeout is None else read_timeout,
+        api_key=ollama.api_key or None,
+        observer=observer,
+        deadline_s=ollama.deadline_s if deadline_s is None else deadline_s,
+        max_response_bytes=ollama.max_response_bytes,
+        max_answer_bytes=max_answer_bytes,
+    )
