@@ -53,10 +53,20 @@ def load_config(args: argparse.Namespace) -> config_mod.Config:
     return config_mod.load(getattr(args, "config", None))
 
 
-def connect(args: argparse.Namespace, start_embedded: bool = True) -> Any:
+def connect(args: argparse.Namespace, start_embedded: bool = True, *, check_schema: bool = True) -> Any:
+    """The configured database (the one connection helper of the commands). With `check_schema` a
+    schema that is behind is a UserError naming `jobpipe migrate`, never an SQL error later; the
+    commands that must work whatever the schema (health, the OnFailure alert) pass False."""
     cfg = load_config(args)
     url = db.resolve_url(cfg, start_embedded=start_embedded)
-    return db.connect(url, connect_timeout=cfg.database.connect_timeout_s)
+    conn = db.connect(url, connect_timeout=cfg.database.connect_timeout_s)
+    if check_schema:
+        try:
+            db.check_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
