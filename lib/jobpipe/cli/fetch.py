@@ -15,6 +15,7 @@ from jobpipe import crawl
 from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.postings import description_counts
+from jobpipe.text import fmt_duration
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -33,14 +34,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _age(ts: datetime | None, now: datetime) -> str:
     if ts is None:
         return "never"
-    s = (now - ts).total_seconds()
-    if s < 120:
-        return f"{s:.0f}s ago"
-    if s < 7200:
-        return f"{s / 60:.0f}m ago"
-    if s < 172800:
-        return f"{s / 3600:.0f}h ago"
-    return f"{s / 86400:.0f}d ago"
+    return f"{fmt_duration((now - ts).total_seconds())} ago"
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
