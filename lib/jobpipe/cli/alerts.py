@@ -21,7 +21,8 @@ from jobpipe.alerts.delivery import (
     safe_send,
 )
 from jobpipe.alerts.message import fmt_time, render_message
-from jobpipe.cli.core import connect, float_arg, load_config
+from jobpipe.cli.args import float_arg, load_config
+from jobpipe.cli.core import connect
 from jobpipe.errors import DependencyDown, UserError
 
 # What systemd's $MONITOR_SERVICE_RESULT values mean (systemd.exec(5), "$SERVICE_RESULT").

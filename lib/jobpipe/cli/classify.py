@@ -16,7 +16,8 @@ import sys
 from typing import Any
 
 from jobpipe import catalogue, classify, crawl
-from jobpipe.cli.core import connect, int_arg, load_config
+from jobpipe.cli.args import int_arg, load_config
+from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.text import InputTooLarge, read_capped
 
