@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from jobpipe import alerting, db, demand, queue, similarity
+from jobpipe.backoff import Backoff, Streak
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 from jobpipe.runtime import Context, Daemon
@@ -30,7 +31,7 @@ SNAPSHOT = "snapshot"
 SIMILARITY = "similarity"
 # Wake-up channel of the loop (the runtime LISTENs on jobpipe_<name> for a daemon without stages).
 CHANNEL = "jobpipe_snapshotter"
-FAILURE_BACKOFF_S = (30.0, 3600.0)  # first and longest pause after a failed job (doubles)
+FAILURE_BACKOFF = Backoff(30.0, 3600.0)  # pause after a failed job, doubling while they fail
 
 
 @dataclass
@@ -54,7 +55,7 @@ class SnapshotterDaemon(Daemon):
         self._job_stage = SNAPSHOT
         self.next_check = 0.0
         self.retry_at = 0.0
-        self.failure_backoff = FAILURE_BACKOFF_S[0]
+        self.failures = Streak(FAILURE_BACKOFF)
         reg, p, d = ctx.metrics.registry, ctx.metrics.prefix, ctx.metrics.daemon
         self.m_runs = Counter(
             f"{p}runs",
@@ -212,19 +213,19 @@ class SnapshotterDaemon(Daemon):
             self.ctx.metrics.item_outcomes(self._job_stage, {"failed": 1})
             queue.count_outcomes(conn, self._job_stage, {queue.FAILED: 1})
             msg = first_line(exc)
+            delay = self.failures.failed()
             log_event(
                 self.ctx.log,
                 "snapshot_job_failed",
                 level="warning",
                 error=msg[:300],
-                retry_in_s=self.failure_backoff,
+                retry_in_s=delay,
             )
             self.ctx.set_status_extra(f"last run failed: {msg[:80]}")
-            self.retry_at = self.clock() + self.failure_backoff
-            self.failure_backoff = min(self.failure_backoff * 2, FAILURE_BACKOFF_S[1])
+            self.retry_at = self.clock() + delay
             self._drop_job_conn()
             return
-        self.failure_backoff = FAILURE_BACKOFF_S[0]
+        self.failures.reset()
         self.retry_at = 0.0
         locked = False
         for r in res.snapshots:

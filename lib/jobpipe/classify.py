@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from psycopg import sql
 
+from jobpipe.backoff import Backoff
 from jobpipe.catalogue import DATA_PACKAGE, embedding_text
 from jobpipe.embeddings import as_vector, text_hash
 from jobpipe.errors import DependencyDown, ItemError, UserError
@@ -48,6 +49,7 @@ ALL_OUTCOMES = (*EXACT_OUTCOMES, "no_match", *LLM_OUTCOMES, "empty", "error")
 CANDIDATES = "candidates"  # queue outcome of a title handed on to the LLM stage
 MAX_TITLE_CHARS = 300  # what the LLM and the embedding model see of a title
 INDEX_PREFIX = "occ_emb_hnsw_"
+READY_RETRY = Backoff(2.0, 30.0)  # run_until_ready: pause after a model server error (2 s, 4 s .. 30 s)
 
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -351,7 +353,7 @@ class CatalogueSync:
                 failures += 1
                 if failures > retries:
                     raise
-                wait.wait(min(30.0, exc.retry_after or 2.0**failures))
+                wait.wait(min(READY_RETRY.max_s, exc.retry_after or READY_RETRY.delay(failures)))
 
 
 # ------------------------------------------------------------------ the vector stage

@@ -13,6 +13,7 @@ from typing import Any
 
 from jobpipe import alert_delivery, health
 from jobpipe.alerting import fmt_time, render_message
+from jobpipe.backoff import Backoff, Streak
 from jobpipe.cli_core import connect, float_arg, load_config
 from jobpipe.errors import DependencyDown, UserError
 from jobpipe.signal import DELIVERED, UNREACHABLE, explain
@@ -207,15 +208,14 @@ def cmd_unit_failed(args: argparse.Namespace, env: Mapping[str, str] | None = No
         "since": datetime.now().astimezone(),
     }
     text = render_message([row])
-    delay = min(cfg.alerts.retry_base_s, 10.0)
+    retry = Streak(Backoff(min(cfg.alerts.retry_base_s, 10.0), float("inf")))
     try:
         for attempt in range(3):
             result = alert_delivery.safe_send(gw, text)
             print(f"send: {explain(result)}")
             if result.status != UNREACHABLE or attempt == 2:
                 break
-            time.sleep(delay)  # backoff between attempts of this one-shot command
-            delay *= 2
+            time.sleep(retry.failed())  # backoff between attempts of this one-shot command
     finally:
         gw.close()
     return 0 if result.ok else 1

@@ -47,6 +47,7 @@ from psycopg.types.json import Jsonb
 from jobpipe import db, postings, queue
 from jobpipe.ba import BAClient
 from jobpipe.ba_wire import PostingRecord, SchemaError, SearchPage
+from jobpipe.backoff import Backoff
 from jobpipe.config import Config
 from jobpipe.errors import ConfigError, DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
@@ -328,7 +329,7 @@ def record_failure(
     """A failed run: last_error, and the next attempt after an exponential backoff. Returns the delay."""
     row = conn.execute("SELECT failures FROM fetch_sources WHERE name = %s", (name,)).fetchone()
     failures = (row[0] if row else 0) + 1
-    delay = min(retry_max_s, retry_s * 2 ** (failures - 1))
+    delay = Backoff(retry_s, retry_max_s).delay(failures)
     conn.execute(
         """UPDATE fetch_sources SET last_error = left(%s, 2000), failures = %s,
                   next_attempt_at = now() + make_interval(secs => %s),
