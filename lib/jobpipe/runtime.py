@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import psycopg
 
 from jobpipe import backoff, db, queue
+from jobpipe.background import BackgroundJob
 from jobpipe.backoff import Backoff, Streak
 from jobpipe.config import Config
 from jobpipe.errors import DependencyDown, ItemError, UserError, first_line
@@ -94,6 +95,23 @@ class Context:
     # Dependencies a daemon's own background thread found down (name -> error); the loop shows
     # them like its own (STATUS, jobpipe_dependency_up, daemon_status -> dependency alert).
     background_down: dict[str, str] = field(default_factory=dict)
+    jobs: list[BackgroundJob[Any]] = field(default_factory=list)
+
+    def job(self, name: str, work: Callable[..., Any], **kw: Any) -> BackgroundJob[Any]:
+        """A BackgroundJob of this daemon (jobpipe.background: own thread and connection,
+        reconnect, cancel on stop, outcome and STATUS); stopped when the runtime stops."""
+        job: BackgroundJob[Any] = BackgroundJob(self, name, work, **kw)
+        self.jobs.append(job)
+        return job
+
+    def stop_jobs(self) -> None:
+        """Tell every job to stop and cancel their statements, without waiting (the daemon's
+        `close` waits for them)."""
+        for job in self.jobs:
+            job.stop(wait=False)
+
+    def jobs_status(self) -> list[str]:
+        return [f"{j.name}: {j.status}" for j in self.jobs if j.status]
 
     def connect(self, purpose: str = "") -> Any:
         return db.connect(
@@ -425,6 +443,7 @@ class Runner:
             parts.append("DOWN " + ",".join(sorted(self.dep_down)))
         if self.ctx.status_extra:
             parts.append(self.ctx.status_extra)
+        parts += self.ctx.jobs_status()
         if self.last_error:
             parts.append(f"last error: {self.last_error[:120]}")
         self.notifier.status("; ".join(parts))
@@ -878,6 +897,8 @@ class Runner:
         self.metrics.item_outcomes("dependency", {})
 
     def _shutdown(self) -> None:
+        if self.stop.is_set():  # not at the end of a --once run: that waits for the jobs' work
+            self.ctx.stop_jobs()
         deadline = time.monotonic() + (self.cfg.runtime.drain_timeout_s if self.stop.is_set() else 0)
         while self.inflight and time.monotonic() < deadline:
             self._ping()
