@@ -30,6 +30,7 @@ thread it would stall claims, lease heartbeats and watchdog pings. `BackgroundJo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -129,19 +130,30 @@ class BackgroundJob(Generic[T]):
         """Stop: `stopping` set, the running statement cancelled (unless cancel_on_stop is False),
         then (with `wait`) the thread joined and the connection closed."""
         self.stopping.set()
-        if self.cancel_on_stop and self.running:
-            with self._lock:
-                conn = self.conn
-            if conn is not None and not conn.closed:
-                try:
-                    conn.cancel_safe(timeout=CANCEL_TIMEOUT_S)
-                except Exception:  # best effort: the server ends the statement with the connection
-                    pass
+        self._cancel()
         if not wait:
             return
-        self.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread is not None and self._thread.is_alive():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            # A statement the work started just after the cancel went out is cancelled too.
+            self._thread.join(CANCEL_TIMEOUT_S if left is None else min(left, CANCEL_TIMEOUT_S))
+            self._cancel()
         if self._thread is None or not self._thread.is_alive():
             self._set_conn(None)
+
+    def _cancel(self) -> None:
+        if not (self.cancel_on_stop and self.running):
+            return
+        with self._lock:
+            conn = self.conn
+        if conn is not None and not conn.closed:
+            try:
+                conn.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+            except Exception:  # best effort: the server ends the statement with the connection
+                pass
 
     def report(self, text: str) -> None:
         """From `work`: the job's part of STATUS (e.g. progress)."""
