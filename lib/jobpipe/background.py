@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 OK, FAILED, STOPPED, CONNECTION_LOST = "ok", "failed", "stopped", "connection_lost"
 CANCEL_TIMEOUT_S = 5.0  # how long stop() waits for the server to take a cancel request
+RECANCEL_S = 0.5  # stop() sends the cancel again this often while the thread runs on
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class BackgroundJob(Generic[T]):
             if left is not None and left <= 0:
                 break
             # A statement the work started just after the cancel went out is cancelled too.
-            self._thread.join(CANCEL_TIMEOUT_S if left is None else min(left, CANCEL_TIMEOUT_S))
+            self._thread.join(RECANCEL_S if left is None else min(left, RECANCEL_S))
             self._cancel()
         if self._thread is None or not self._thread.is_alive():
             self._set_conn(None)
