@@ -24,20 +24,103 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from jobpipe import alerting, crawl, runtime
+from prometheus_client import Counter, Gauge
+
+from jobpipe import alerting, crawl, crawl_sources, runtime
 from jobpipe.ba import BAClient, Gone
 from jobpipe.ba_wire import SchemaError
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
-from jobpipe.postings import EXTERNAL, FETCHED, GONE, PENDING, DescriptionResult, store_descriptions
+from jobpipe.metrics import DaemonMetrics
+from jobpipe.postings import (
+    EXTERNAL,
+    FETCHED,
+    GONE,
+    PENDING,
+    DescriptionResult,
+    UpsertStats,
+    store_descriptions,
+)
 from jobpipe.queue import Item
 
 log = logging.getLogger("jobpipe.fetcher")
 
 EMPTY = "empty"  # outcome of a posting whose details have no text and no partner link (terminal)
 _DUE_CHECK_S = 5.0  # how often the loop asks the database whether a source is due
+
+
+class FetcherMetrics:
+    """The fetcher's own metrics, on the daemon's registry (names jobpipe_fetcher_*)."""
+
+    def __init__(self, metrics: DaemonMetrics) -> None:
+        self.daemon = metrics.daemon
+        reg, prefix = metrics.registry, metrics.prefix
+        self.schema_errors = Counter(
+            f"{prefix}schema_errors",
+            "Answers whose shape is not the BA v6 format (nothing stored from them)",
+            ["daemon", "operation"],
+            registry=reg,
+        )
+        self.truncated_partitions = Gauge(
+            f"{prefix}truncated_partitions",
+            "Query parts still above the 10,000-result cap (or not covered by their split) per source",
+            ["daemon", "source"],
+            registry=reg,
+        )
+        self.postings = Counter(
+            f"{prefix}postings",
+            "Postings seen by crawls: inserted, updated (changed) or unchanged",
+            ["daemon", "result"],
+            registry=reg,
+        )
+        self.pages = Counter(f"{prefix}pages", "Search pages stored", ["daemon", "kind"], registry=reg)
+        self.item_problems = Counter(
+            f"{prefix}item_problems",
+            "Search items skipped or with fields dropped (null items, bad dates...)",
+            ["daemon"],
+            registry=reg,
+        )
+        self.crawls = Counter(
+            f"{prefix}crawls",
+            "Finished crawl runs by kind and outcome (ok, truncated, failed, "
+            "schema_error, dependency_down, crashed, stopped)",
+            ["daemon", "kind", "outcome"],
+            registry=reg,
+        )
+        self.last_crawl_success = Gauge(
+            f"{prefix}last_crawl_success_timestamp_seconds",
+            "Unix time of the last completed run per source",
+            ["daemon", "source"],
+            registry=reg,
+        )
+        for op in ("search", "details"):
+            self.schema_errors.labels(self.daemon, op)
+        self.item_problems.labels(self.daemon)
+
+    def schema_error(self, operation: str) -> None:
+        self.schema_errors.labels(self.daemon, operation).inc()
+
+    def page(self, kind: str, stats: UpsertStats, problems: int) -> None:
+        self.pages.labels(self.daemon, kind).inc()
+        for name in ("inserted", "updated", "unchanged"):
+            n = getattr(stats, name)
+            if n:
+                self.postings.labels(self.daemon, name).inc(n)
+        if problems:
+            self.item_problems.labels(self.daemon).inc(problems)
+
+    def crawl(self, kind: str, outcome: str) -> None:
+        self.crawls.labels(self.daemon, kind, outcome).inc()
+
+    def crawl_success(self, source: str) -> None:
+        self.last_crawl_success.labels(self.daemon, source).set(time.time())
+
+    def set_truncated(self, counts: Mapping[str, int]) -> None:
+        for source, n in counts.items():
+            self.truncated_partitions.labels(self.daemon, source).set(n)
 
 
 class FetcherDaemon(runtime.Daemon):
@@ -48,13 +131,13 @@ class FetcherDaemon(runtime.Daemon):
         super().__init__(ctx)
         cfg = ctx.cfg.fetcher
         self.cfg = cfg
-        self.sources = crawl.parse_sources(cfg.sources)  # ConfigError before READY
+        self.sources = crawl_sources.parse_sources(cfg.sources)  # ConfigError before READY
 
         def observe(op: str, seconds: float, outcome: str) -> None:
             ctx.metrics.observe_model_call(f"ba_{op}", cfg.base_url, seconds, outcome)
 
         self.client = client or crawl.make_client(ctx.cfg, observe)
-        self.metrics = crawl.FetcherMetrics(ctx.metrics)
+        self.metrics = FetcherMetrics(ctx.metrics)
         self._next_due_check = 0.0
         # A crawl stops by itself between pages (its statements are short): no cancel, so a
         # stopped crawl releases its source instead of recording a failure. The loop listens on
@@ -82,8 +165,8 @@ class FetcherDaemon(runtime.Daemon):
         ]
 
     def setup(self, conn: Any) -> None:
-        crawl.sync_sources(conn, self.sources)
-        self.metrics.set_truncated(crawl.truncated_counts(conn))
+        crawl_sources.sync_sources(conn, self.sources)
+        self.metrics.set_truncated(crawl_sources.truncated_counts(conn))
 
     def tick(self, conn: Any) -> None:
         self._collect()
@@ -94,7 +177,7 @@ class FetcherDaemon(runtime.Daemon):
         if now < self._next_due_check:
             return
         self._next_due_check = now + _DUE_CHECK_S
-        runs = crawl.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
+        runs = crawl_sources.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
         if runs:
             self._start(runs[0])
 
@@ -102,7 +185,7 @@ class FetcherDaemon(runtime.Daemon):
         # A finished crawl not yet collected still counts: the next tick collects it (and may
         # raise its DependencyDown there, where the runtime handles it).
         running = 1 if self.crawl_job.busy else 0
-        due = crawl.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
+        due = crawl_sources.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
         return running + len(due)
 
     def close(self) -> None:
@@ -167,14 +250,14 @@ class FetcherDaemon(runtime.Daemon):
         now = time.monotonic()
         if now - self._lease_extended >= lease_s / 3:
             self._lease_extended = now
-            crawl.extend_lease(conn, self._running, self.ctx.owner, lease_s)
+            crawl_sources.extend_lease(conn, self._running, self.ctx.owner, lease_s)
 
-    def _start(self, run: crawl.DueRun) -> None:
+    def _start(self, run: crawl_sources.DueRun) -> None:
         self._running, self._lease_extended = run.name, time.monotonic()
         self.crawl_job.report(f"{run.name} ({run.kind}) starting")
         self.crawl_job.start(run)
 
-    def _crawl(self, conn: Any, run: crawl.DueRun) -> crawl.CrawlResult | None:
+    def _crawl(self, conn: Any, run: crawl_sources.DueRun) -> crawl.CrawlResult | None:
         """The crawl job (its own connection); the outcome is picked up by `_collect`."""
         job = self.crawl_job
 
