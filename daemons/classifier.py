@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from jobpipe import alerting, classify, embeddings
+from jobpipe import alerting, catalogue_sync, classify, embeddings
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -62,7 +62,7 @@ class ClassifierDaemon(Daemon):
         self.chat = classify.chat_client_from_config(ctx.cfg, observer=observer)
         self.prompt = classify.load_prompt()
         self.versions = classify.Versions(self.llm_model, self.prompt.version, self.embed_model)
-        self.sync = classify.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
+        self.sync = catalogue_sync.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
         # The runtime's pool is shared by both stages; this keeps LLM calls at classifier.workers.
         self._llm_slots = threading.BoundedSemaphore(c.workers)
         # Repeats the sync while it has work, checks for a change every second otherwise; a model

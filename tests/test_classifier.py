@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobpipe import catalogue, classify, config, queue, runtime
+from jobpipe import catalogue, catalogue_sync, classify, config, queue, runtime
 from jobpipe.cli import main
 from jobpipe.daemons.classifier import ClassifierDaemon
 from jobpipe.metrics import DaemonMetrics
@@ -496,7 +496,7 @@ def test_occupations_are_embedded_once_per_model_and_text(loaded: Any, pg_url: s
         run_once(make_cfg(fake, embedder__model="all-minilm", embedder__dimensions=384), pg_url)
         assert len(occupation_vectors(conn, "all-minilm")) == len(SHIPPED)
         assert len(occupation_vectors(conn, EMBED)) == len(SHIPPED)
-    index = classify.occupation_index_name("all-minilm", 384)
+    index = catalogue_sync.occupation_index_name("all-minilm", 384)
     assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone()[0]
 
 
@@ -651,7 +651,7 @@ def test_catalogue_sync_finishes_after_a_finish_cut_short(pg_url, db_conn):
     catalogue.upsert(db_conn, catalogue.shipped_catalogue()[:5])
     with FakeOllama() as fake:
         client = make_embedding_client("ollama", [fake.url], "nomic-embed-text", 2, 1.0, 5.0)
-        sync = classify.CatalogueSync(client, "nomic-embed-text", 768, chunk=64)
+        sync = catalogue_sync.CatalogueSync(client, "nomic-embed-text", 768, chunk=64)
         real_finish = sync._finish
         calls = []
 
@@ -696,8 +696,8 @@ def _unit_vectors(conn: Any, toward: int, away: set[int]) -> Any:
         u = rng.normal(size=UNIT_DIM)
         u[0] = 0.0
         v = (c * q + np.sqrt(1 - c * c) * u / np.linalg.norm(u)).astype(np.float32)
-        rows.append((classify.OccupationText(ident, str(ident), str(ident)), v))
-    classify.store_occupation_embeddings(conn, UNIT_MODEL, rows)
+        rows.append((catalogue_sync.OccupationText(ident, str(ident), str(ident)), v))
+    catalogue_sync.store_occupation_embeddings(conn, UNIT_MODEL, rows)
     return q
 
 

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from jobpipe import catalogue, classify, db
+from jobpipe import catalogue, classify, classify_eval, db
 from jobpipe.cli_core import connect, int_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.text import InputTooLarge, read_capped
@@ -159,11 +159,11 @@ def cmd_classifier_eval(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     except InputTooLarge as exc:
         raise UserError(str(exc)) from None
-    rows = classify.parse_labelled_csv(body, args.file)
+    rows = classify_eval.parse_labelled_csv(body, args.file)
     if args.limit is not None:
         rows = rows[: args.limit]
     with _connect_checked(args) as conn:
-        report = classify.evaluate_from_config(conn, cfg, rows)
+        report = classify_eval.evaluate_from_config(conn, cfg, rows)
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
