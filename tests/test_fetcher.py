@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from jobpipe import config, crawl, crawl_sources, queue
-from jobpipe.ba import BAClient
-from jobpipe.ba_wire import SearchPage
+from jobpipe import config, crawl, fetch_sources, queue
+from jobpipe.ba.client import BAClient
+from jobpipe.ba.wire import SearchPage
 from jobpipe.cli import main as cli_main
 from jobpipe.daemons.fetcher import FetcherDaemon, FetcherMetrics
 from jobpipe.errors import ConfigError, DependencyDown
@@ -222,16 +222,16 @@ def test_incremental_run_fetches_only_the_recent_window(db_conn, fake):
 def test_plan_full_incremental_and_window():
     now = datetime(2026, 9, 14, 12, tzinfo=UTC)
     h = timedelta(hours=1)
-    assert crawl_sources.plan(now, None, None, None, 3600, 86400 * 7) == ("full", None)
-    assert crawl_sources.plan(now, now - 8 * 24 * h, now - h, now - h, 3600, 86400 * 7) == ("full", None)
-    assert crawl_sources.plan(now, now - 2 * h, None, now - 2 * h, 3600, 86400 * 7) == ("incremental", 2)
-    assert crawl_sources.plan(now, now - 30 * h, now - 1.5 * h, now - 30 * h, 3600, 86400 * 7) == (
+    assert fetch_sources.plan(now, None, None, None, 3600, 86400 * 7) == ("full", None)
+    assert fetch_sources.plan(now, now - 8 * 24 * h, now - h, now - h, 3600, 86400 * 7) == ("full", None)
+    assert fetch_sources.plan(now, now - 2 * h, None, now - 2 * h, 3600, 86400 * 7) == ("incremental", 2)
+    assert fetch_sources.plan(now, now - 30 * h, now - 1.5 * h, now - 30 * h, 3600, 86400 * 7) == (
         "incremental",
         3,
     )
-    assert crawl_sources.plan(now, now - 30 * h, now - 0.5 * h, now - 30 * h, 3600, 86400 * 7) is None
+    assert fetch_sources.plan(now, now - 30 * h, now - 0.5 * h, now - 30 * h, 3600, 86400 * 7) is None
     # the last success is older than any incremental window can reach: full
-    assert crawl_sources.plan(
+    assert fetch_sources.plan(
         now, now - 200 * 24 * h, now - 2 * h, now - 120 * 24 * h, 3600, 86400 * 365
     ) == (
         "full",
@@ -240,34 +240,34 @@ def test_plan_full_incremental_and_window():
 
 
 def test_sources_schedule_and_lease(db_conn):
-    sources = crawl_sources.parse_sources([{"name": "a", "angebotsart": 1}, {"name": "b", "wo": "Berlin"}])
-    crawl_sources.sync_sources(db_conn, sources)
-    due = crawl_sources.due_runs(db_conn, 3600, 86400)
+    sources = fetch_sources.parse_sources([{"name": "a", "angebotsart": 1}, {"name": "b", "wo": "Berlin"}])
+    fetch_sources.sync_sources(db_conn, sources)
+    due = fetch_sources.due_runs(db_conn, 3600, 86400)
     assert [(r.name, r.kind) for r in due] == [("a", "full"), ("b", "full")]
-    started = crawl_sources.claim_source(db_conn, "a", "me", 60)
+    started = fetch_sources.claim_source(db_conn, "a", "me", 60)
     assert started is not None
-    assert crawl_sources.claim_source(db_conn, "a", "other", 60) is None  # one crawler per source
-    assert [r.name for r in crawl_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
-    crawl_sources.record_success(db_conn, crawl.CrawlResult("a", "full", started), "me")
-    assert [r.name for r in crawl_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
+    assert fetch_sources.claim_source(db_conn, "a", "other", 60) is None  # one crawler per source
+    assert [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
+    crawl.record_success(db_conn, crawl.CrawlResult("a", "full", started), "me")
+    assert [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
     db_conn.execute(
         "UPDATE fetch_sources SET last_full_at = last_full_at - interval '2 hours', "
         "last_success_at = last_success_at - interval '2 hours' WHERE name = 'a'"
     )
-    due = {r.name: r for r in crawl_sources.due_runs(db_conn, 3600, 86400)}
+    due = {r.name: r for r in fetch_sources.due_runs(db_conn, 3600, 86400)}
     assert (due["a"].kind, due["a"].since_days) == ("incremental", 2)
     # removed from the config: disabled, never due
-    crawl_sources.sync_sources(db_conn, sources[1:])
-    assert [r.name for r in crawl_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
+    fetch_sources.sync_sources(db_conn, sources[1:])
+    assert [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
     # back with other parameters: a full crawl of the new query
-    crawl_sources.sync_sources(db_conn, [crawl_sources.Source("a", {"angebotsart": 4}), sources[1]])
-    due = {r.name: r for r in crawl_sources.due_runs(db_conn, 3600, 86400)}
+    fetch_sources.sync_sources(db_conn, [fetch_sources.Source("a", {"angebotsart": 4}), sources[1]])
+    due = {r.name: r for r in fetch_sources.due_runs(db_conn, 3600, 86400)}
     assert (due["a"].kind, due["a"].params) == ("full", {"angebotsart": 4})
-    delay = crawl_sources.record_failure(db_conn, "b", "me", "boom", 10, 100)
-    assert delay == 10 and [r.name for r in crawl_sources.due_runs(db_conn, 3600, 86400)] == [
+    delay = crawl.record_failure(db_conn, "b", "me", "boom", 10, 100)
+    assert delay == 10 and [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == [
         "a"
     ]  # b backs off
-    assert crawl_sources.record_failure(db_conn, "b", "me", "boom", 10, 100) == 20
+    assert crawl.record_failure(db_conn, "b", "me", "boom", 10, 100) == 20
 
 
 @pytest.mark.parametrize(
@@ -282,7 +282,7 @@ def test_sources_schedule_and_lease(db_conn):
 )
 def test_bad_sources_config(entries, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        crawl_sources.parse_sources(entries)
+        fetch_sources.parse_sources(entries)
 
 
 # ---------------------------------------------------------------- shape drift and bad input
@@ -336,8 +336,8 @@ def test_wrong_key_is_dependency_down_and_backs_off(db_conn, fake):
     client = BAClient(
         fake.url, "wrong-key", rate_limit_per_s=None, max_retries=2, backoff_base_s=0.0, sleep=lambda s: None
     )
-    crawl_sources.sync_sources(db_conn, crawl_sources.parse_sources([{"name": "de"}]))
-    run = crawl_sources.due_runs(db_conn, 3600, 86400)[0]
+    fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
+    run = fetch_sources.due_runs(db_conn, 3600, 86400)[0]
     with pytest.raises(DependencyDown):
         settings = crawl.CrawlSettings(page_size=50, lease_s=60, retry_s=30, retry_max_s=60)
         crawl.run_source(client, db_conn, run, "me", settings)
@@ -346,12 +346,12 @@ def test_wrong_key_is_dependency_down_and_backs_off(db_conn, fake):
         "SELECT last_error, next_attempt_at > now(), lease_owner, failures FROM fetch_sources"
     ).fetchone()
     assert "dependency down" in err and nxt and lease is None and failures == 1
-    assert crawl_sources.due_runs(db_conn, 3600, 86400) == []  # no crash loop: the next try waits
+    assert fetch_sources.due_runs(db_conn, 3600, 86400) == []  # no crash loop: the next try waits
 
 
 def test_outage_mid_crawl_keeps_stored_pages_and_backs_off(db_conn, fake):
-    crawl_sources.sync_sources(db_conn, crawl_sources.parse_sources([{"name": "de"}]))
-    run = crawl_sources.due_runs(db_conn, 3600, 86400)[0]
+    fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
+    run = fetch_sources.due_runs(db_conn, 3600, 86400)[0]
 
     def break_after_first_page(ev: crawl.PageEvent) -> None:
         if ev.page == 1:
@@ -368,15 +368,15 @@ def test_outage_mid_crawl_keeps_stored_pages_and_backs_off(db_conn, fake):
     fake.faults.clear()
     db_conn.execute("UPDATE fetch_sources SET next_attempt_at = NULL")
     result = crawl.run_source(
-        client_for(fake), db_conn, crawl_sources.due_runs(db_conn, 3600, 86400)[0], "me", settings
+        client_for(fake), db_conn, fetch_sources.due_runs(db_conn, 3600, 86400)[0], "me", settings
     )
     assert result.error is None and result.stats.inserted == len(live_refnrs(fake)) - n
     assert stored(db_conn) == live_refnrs(fake)
 
 
 def test_stop_ends_the_crawl_between_pages_and_releases_the_lease(db_conn, fake):
-    crawl_sources.sync_sources(db_conn, crawl_sources.parse_sources([{"name": "de"}]))
-    run = crawl_sources.due_runs(db_conn, 3600, 86400)[0]
+    fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
+    run = fetch_sources.due_runs(db_conn, 3600, 86400)[0]
     stop = threading.Event()
     settings = crawl.CrawlSettings(page_size=50)
     result = crawl.run_source(
@@ -386,7 +386,7 @@ def test_stop_ends_the_crawl_between_pages_and_releases_the_lease(db_conn, fake)
     assert 50 <= len(stored(db_conn)) <= 100
     row = db_conn.execute("SELECT lease_owner, last_success_at, last_error FROM fetch_sources").fetchone()
     assert row == (None, None, None)  # released, not a success, not a failure
-    assert [r.name for r in crawl_sources.due_runs(db_conn, 3600, 86400)] == ["de"]
+    assert [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == ["de"]
 
 
 # ---------------------------------------------------------------- the daemon on the runtime

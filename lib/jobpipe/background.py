@@ -29,21 +29,32 @@ thread it would stall claims, lease heartbeats and watchdog pings. `BackgroundJo
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from jobpipe import backoff, db
 from jobpipe.backoff import Backoff, Streak
+from jobpipe.config import Config
 from jobpipe.errors import DependencyDown, first_line
 from jobpipe.logs import log_event
-
-if TYPE_CHECKING:
-    from jobpipe.runtime import Context
+from jobpipe.metrics import DaemonMetrics
 
 T = TypeVar("T")
+
+
+class Context(Protocol):
+    """What a job needs of the daemon's context (jobpipe.runtime.Context, which makes the jobs)."""
+
+    cfg: Config
+    metrics: DaemonMetrics
+    log: logging.Logger
+
+    def connect(self, purpose: str = "") -> Any: ...
+    def dependency_state(self, name: str, up: bool, error: str = "") -> None: ...
 
 OK, FAILED, STOPPED, CONNECTION_LOST = "ok", "failed", "stopped", "connection_lost"
 CANCEL_TIMEOUT_S = 5.0  # how long stop() waits for the server to take a cancel request

@@ -30,6 +30,7 @@ from psycopg import sql
 
 from jobpipe.catalogue import DATA_PACKAGE
 from jobpipe.errors import ItemError
+from jobpipe.models import chat_client_for_role
 from jobpipe.text import clean_text, normalise_whitespace, parse_int
 from jobpipe.titles import normalise
 
@@ -537,6 +538,4 @@ def outcome_counts(conn: Any) -> dict[str, int]:
 
 def chat_client_from_config(cfg: Any, *, observer: Any = None) -> Any:
     """The LLM client the `classifier` section describes (its own servers, else ollama.urls)."""
-    from jobpipe.models import chat_client_for_role
-
     return chat_client_for_role(cfg.classifier, cfg.ollama, observer=observer)

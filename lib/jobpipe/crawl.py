@@ -1,6 +1,6 @@
 """Crawling BA Jobsuche search partitions under the 10,000-result cap.
 
-The sources' rows (schedule, lease, recorded outcome) are jobpipe.crawl_sources; the crawl's
+The sources' rows (schedule, lease, recorded outcome) are jobpipe.fetch_sources; the crawl's
 metrics are the fetcher daemon's (jobpipe.daemons.fetcher.FetcherMetrics).
 
 A *source* is one configured query partition (`fetcher.sources`: a name plus search parameters,
@@ -23,7 +23,7 @@ of the crawl. A page whose shape is not the v6 format (SchemaError) is retried a
 truncated body is transient), then the run stops: nothing from that page is stored, the error
 is counted and logged with a sample, and the source is retried later with backoff.
 
-One bad posting never costs its page: ba_wire drops or cuts what cannot be stored (counted as a
+One bad posting never costs its page: jobpipe.ba.wire drops or cuts what cannot be stored (counted as a
 problem), and a page whose write still fails is written again in halves down to single postings,
 so only the postings that fail on their own are left out (counted, logged with a sample). More
 than MAX_DROPPED_PER_PAGE of them means the database, not the postings, is the problem: the run
@@ -41,13 +41,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
+
+from psycopg.types.json import Jsonb
 
 from jobpipe import db, postings, queue
-from jobpipe.ba import BAClient
-from jobpipe.ba_wire import PostingRecord, SchemaError, SearchPage
+from jobpipe.ba.client import BAClient
+from jobpipe.ba.wire import PostingRecord, SchemaError, SearchPage
+from jobpipe.backoff import Backoff
 from jobpipe.config import Config
-from jobpipe.crawl_sources import (
+from jobpipe.errors import DependencyDown, ItemError, first_line
+from jobpipe.fetch_sources import (
     FULL,
     INCREMENTAL,
     MAX_SINCE_DAYS,
@@ -55,17 +59,11 @@ from jobpipe.crawl_sources import (
     DueRun,
     claim_source,
     extend_lease,
-    record_failure,
-    record_success,
     release_source,
     truncated_counts,
 )
-from jobpipe.errors import DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
 from jobpipe.postings import UpsertStats
-
-if TYPE_CHECKING:  # the fetcher daemon defines its metrics, as every daemon does
-    from jobpipe.daemons.fetcher import FetcherMetrics
 
 log = logging.getLogger("jobpipe.crawl")
 
@@ -139,11 +137,68 @@ def make_client(cfg: Config, observer: Any = None, **extra: Any) -> BAClient:
     )
 
 
+def record_success(conn: Conn, result: CrawlResult, owner: str) -> None:
+    """A finished run: schedule timestamps, truncation, stats; the lease is released."""
+    full = result.kind == FULL
+    truncated = [t.as_json() for t in result.truncated]
+    conn.execute(
+        """UPDATE fetch_sources SET
+               last_full_at = CASE WHEN %(full)s THEN %(started)s ELSE last_full_at END,
+               last_incremental_at = CASE WHEN %(full)s THEN last_incremental_at ELSE %(started)s END,
+               last_success_at = %(started)s,
+               last_run_kind = %(kind)s, last_run_at = %(started)s, last_run_stats = %(stats)s,
+               -- A full run states the truth; an incremental one can only add truncation (a small
+               -- window fitting under the cap says nothing about the whole partition).
+               truncated = CASE WHEN %(full)s THEN %(is_trunc)s ELSE truncated OR %(is_trunc)s END,
+               truncated_parts = CASE WHEN %(full)s OR %(is_trunc)s THEN %(parts)s ELSE truncated_parts END,
+               last_error = NULL, failures = 0, next_attempt_at = NULL,
+               lease_owner = NULL, lease_expires = NULL, updated_at = now()
+         WHERE name = %(name)s AND (lease_owner = %(owner)s OR lease_owner IS NULL)""",
+        {
+            "full": full,
+            "started": result.started_at,
+            "kind": result.kind,
+            "stats": Jsonb(result.stats_json()),
+            "is_trunc": bool(truncated),
+            "parts": Jsonb(truncated),
+            "name": result.source,
+            "owner": owner,
+        },
+    )
+
+
+def record_failure(
+    conn: Conn, name: str, owner: str, error: str, retry_s: float, retry_max_s: float
+) -> float:
+    """A failed run: last_error, and the next attempt after an exponential backoff. Returns the delay."""
+    row = conn.execute("SELECT failures FROM fetch_sources WHERE name = %s", (name,)).fetchone()
+    failures = (row[0] if row else 0) + 1
+    delay = Backoff(retry_s, retry_max_s).delay(failures)
+    conn.execute(
+        """UPDATE fetch_sources SET last_error = left(%s, 2000), failures = %s,
+                  next_attempt_at = now() + make_interval(secs => %s),
+                  lease_owner = NULL, lease_expires = NULL, updated_at = now()
+            WHERE name = %s AND (lease_owner = %s OR lease_owner IS NULL)""",
+        (error, failures, delay, name, owner),
+    )
+    return delay
+
+
 # ---------------------------------------------------------------- the crawl
 
 
 class SearchClient(Protocol):
     def search(self, params: Mapping[str, Any], page: int, size: int) -> SearchPage: ...
+
+
+class CrawlMetrics(Protocol):
+    """What a crawl counts (jobpipe.daemons.fetcher.FetcherMetrics: the fetcher's own metrics)."""
+
+    def schema_error(self, operation: str) -> None: ...
+    def page(self, kind: str, stats: UpsertStats, problems: int) -> None: ...
+    def crawl(self, kind: str, outcome: str) -> None: ...
+    def crawl_success(self, source: str) -> None: ...
+    def set_truncated(self, counts: Mapping[str, int]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +264,9 @@ class CrawlAborted(Exception):
 class Crawler:
     """Crawls one source at a time: split under the cap, fetch, upsert page by page.
 
-    `client` is a jobpipe.ba.BAClient (anything with `search(params, page, size)`); `conn` an
+    `client` is a jobpipe.ba.client.BAClient (anything with `search(params, page, size)`); `conn` an
     autocommit connection this crawler owns while it runs (it turns synchronous_commit off).
-    `metrics` (FetcherMetrics), `on_page`, `stop` and `keep_lease` are optional hooks; `logger`
+    `metrics` (CrawlMetrics), `on_page`, `stop` and `keep_lease` are optional hooks; `logger`
     defaults to this module's logger.
     """
 
@@ -225,7 +280,7 @@ class Crawler:
         schema_retries: int = 2,
         seen_resolution_s: float = 0.0,
         dimensions: Sequence[Dimension] = SPLIT_DIMENSIONS,
-        metrics: FetcherMetrics | None = None,
+        metrics: CrawlMetrics | None = None,
         on_page: Callable[[PageEvent], None] | None = None,
         stop: threading.Event | None = None,
         keep_lease: Callable[[], None] | None = None,
@@ -493,7 +548,7 @@ def run_source(
     owner: str,
     settings: CrawlSettings,
     *,
-    metrics: FetcherMetrics | None = None,
+    metrics: CrawlMetrics | None = None,
     on_page: Callable[[PageEvent], None] | None = None,
     stop: threading.Event | None = None,
     logger: logging.Logger | None = None,
@@ -594,7 +649,7 @@ def _crashed(
     started: datetime,
     exc: Exception,
     settings: CrawlSettings,
-    metrics: FetcherMetrics | None,
+    metrics: CrawlMetrics | None,
     logger: logging.Logger,
 ) -> CrawlResult:
     """Record a run that raised: last_error, failures + 1, next attempt after the backoff. When the

@@ -29,9 +29,10 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from jobpipe import alerting, crawl, crawl_sources, runtime
-from jobpipe.ba import BAClient, Gone
-from jobpipe.ba_wire import SchemaError
+from jobpipe import crawl, fetch_sources, runtime
+from jobpipe.alerts.conditions import FAIL, Condition, count_condition
+from jobpipe.ba.client import BAClient, Gone
+from jobpipe.ba.wire import SchemaError
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics
@@ -131,7 +132,7 @@ class FetcherDaemon(runtime.Daemon):
         super().__init__(ctx)
         cfg = ctx.cfg.fetcher
         self.cfg = cfg
-        self.sources = crawl_sources.parse_sources(cfg.sources)  # ConfigError before READY
+        self.sources = fetch_sources.parse_sources(cfg.sources)  # ConfigError before READY
 
         def observe(op: str, seconds: float, outcome: str) -> None:
             ctx.metrics.observe_model_call(f"ba_{op}", cfg.base_url, seconds, outcome)
@@ -165,8 +166,8 @@ class FetcherDaemon(runtime.Daemon):
         ]
 
     def setup(self, conn: Any) -> None:
-        crawl_sources.sync_sources(conn, self.sources)
-        self.metrics.set_truncated(crawl_sources.truncated_counts(conn))
+        fetch_sources.sync_sources(conn, self.sources)
+        self.metrics.set_truncated(fetch_sources.truncated_counts(conn))
 
     def tick(self, conn: Any) -> None:
         self._collect()
@@ -177,7 +178,7 @@ class FetcherDaemon(runtime.Daemon):
         if now < self._next_due_check:
             return
         self._next_due_check = now + _DUE_CHECK_S
-        runs = crawl_sources.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
+        runs = fetch_sources.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
         if runs:
             self._start(runs[0])
 
@@ -185,14 +186,14 @@ class FetcherDaemon(runtime.Daemon):
         # A finished crawl not yet collected still counts: the next tick collects it (and may
         # raise its DependencyDown there, where the runtime handles it).
         running = 1 if self.crawl_job.busy else 0
-        due = crawl_sources.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
+        due = fetch_sources.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
         return running + len(due)
 
     def close(self) -> None:
         self.crawl_job.stop(self.ctx.cfg.runtime.drain_timeout_s + self.cfg.timeout_s)
         self.client.close()
 
-    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+    def alert_conditions(self, conn: Any) -> list[Condition]:
         """Alert-worthy, from fetch_sources (shared by every instance): partitions still truncated
         at the result cap, a source whose last run hit schema drift, a source failing repeatedly."""
         rows = conn.execute(
@@ -203,7 +204,7 @@ class FetcherDaemon(runtime.Daemon):
         drift = [name for name, _, _, err, _ in rows if err and err.startswith("schema error")]
         failing = {name: f for name, _, _, err, f in rows if f >= 3 and not (err or "").startswith("schema")}
         return [
-            alerting.count_condition(
+            count_condition(
                 "truncated_partitions",
                 "crawl partitions above the 10,000-result cap",
                 sum(truncated.values()),
@@ -213,23 +214,23 @@ class FetcherDaemon(runtime.Daemon):
                 hint="`jobpipe fetch sources` lists them; narrow those sources (e.g. add `was` or "
                 "`umkreis`) or split them into several sources",
             ),
-            alerting.Condition(
+            Condition(
                 "schema_drift",
                 "BA answers no longer match the v6 format",
                 bool(drift),
                 f"last run failed on the answer's shape: {', '.join(drift)}" if drift else "no source",
-                alerting.FAIL,
+                FAIL,
                 hint="the BA changed its API: see the schema_error log lines (with a sample of the "
-                "body) and update jobpipe/ba_wire.py; nothing was stored from those pages",
+                "body) and update jobpipe/ba/wire.py; nothing was stored from those pages",
             ),
-            alerting.count_condition(
+            count_condition(
                 "crawl_failing",
                 "crawls failing again and again",
                 len(failing),
                 1,
                 what="source(s) with 3+ failed runs in a row"
                 + (f" ({', '.join(f'{n}: {f}' for n, f in sorted(failing.items()))})" if failing else ""),
-                severity=alerting.FAIL,
+                severity=FAIL,
                 hint="`jobpipe fetch sources` shows the last error of each source",
             ),
         ]
@@ -250,14 +251,14 @@ class FetcherDaemon(runtime.Daemon):
         now = time.monotonic()
         if now - self._lease_extended >= lease_s / 3:
             self._lease_extended = now
-            crawl_sources.extend_lease(conn, self._running, self.ctx.owner, lease_s)
+            fetch_sources.extend_lease(conn, self._running, self.ctx.owner, lease_s)
 
-    def _start(self, run: crawl_sources.DueRun) -> None:
+    def _start(self, run: fetch_sources.DueRun) -> None:
         self._running, self._lease_extended = run.name, time.monotonic()
         self.crawl_job.report(f"{run.name} ({run.kind}) starting")
         self.crawl_job.start(run)
 
-    def _crawl(self, conn: Any, run: crawl_sources.DueRun) -> crawl.CrawlResult | None:
+    def _crawl(self, conn: Any, run: fetch_sources.DueRun) -> crawl.CrawlResult | None:
         """The crawl job (its own connection); the outcome is picked up by `_collect`."""
         job = self.crawl_job
 

@@ -3,8 +3,9 @@
 A *source* is one configured query partition (`fetcher.sources`: a name plus search parameters).
 Its fetch_sources row holds its schedule (last full / incremental / successful run), its lease
 (one crawler per source across all fetcher instances: claim, extend, release), and the outcome
-of its last runs (last_error, failures and next_attempt_at after a capped exponential backoff,
-which the `crawl_failing` alert reads; truncated parts). The crawl itself is jobpipe.crawl.
+of its last runs (written by jobpipe.crawl, which records what a run found: last_error, failures
+and next_attempt_at after a capped exponential backoff, which the `crawl_failing` alert reads;
+truncated parts).
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from jobpipe.backoff import Backoff
 from jobpipe.errors import ConfigError
-
-if TYPE_CHECKING:
-    from jobpipe.crawl import CrawlResult
 
 Conn = psycopg.Connection[Any]
 
@@ -190,53 +187,6 @@ def release_source(conn: Conn, name: str, owner: str) -> None:
         "WHERE name = %s AND lease_owner = %s",
         (name, owner),
     )
-
-
-def record_success(conn: Conn, result: CrawlResult, owner: str) -> None:
-    """A finished run: schedule timestamps, truncation, stats; the lease is released."""
-    full = result.kind == FULL
-    truncated = [t.as_json() for t in result.truncated]
-    conn.execute(
-        """UPDATE fetch_sources SET
-               last_full_at = CASE WHEN %(full)s THEN %(started)s ELSE last_full_at END,
-               last_incremental_at = CASE WHEN %(full)s THEN last_incremental_at ELSE %(started)s END,
-               last_success_at = %(started)s,
-               last_run_kind = %(kind)s, last_run_at = %(started)s, last_run_stats = %(stats)s,
-               -- A full run states the truth; an incremental one can only add truncation (a small
-               -- window fitting under the cap says nothing about the whole partition).
-               truncated = CASE WHEN %(full)s THEN %(is_trunc)s ELSE truncated OR %(is_trunc)s END,
-               truncated_parts = CASE WHEN %(full)s OR %(is_trunc)s THEN %(parts)s ELSE truncated_parts END,
-               last_error = NULL, failures = 0, next_attempt_at = NULL,
-               lease_owner = NULL, lease_expires = NULL, updated_at = now()
-         WHERE name = %(name)s AND (lease_owner = %(owner)s OR lease_owner IS NULL)""",
-        {
-            "full": full,
-            "started": result.started_at,
-            "kind": result.kind,
-            "stats": Jsonb(result.stats_json()),
-            "is_trunc": bool(truncated),
-            "parts": Jsonb(truncated),
-            "name": result.source,
-            "owner": owner,
-        },
-    )
-
-
-def record_failure(
-    conn: Conn, name: str, owner: str, error: str, retry_s: float, retry_max_s: float
-) -> float:
-    """A failed run: last_error, and the next attempt after an exponential backoff. Returns the delay."""
-    row = conn.execute("SELECT failures FROM fetch_sources WHERE name = %s", (name,)).fetchone()
-    failures = (row[0] if row else 0) + 1
-    delay = Backoff(retry_s, retry_max_s).delay(failures)
-    conn.execute(
-        """UPDATE fetch_sources SET last_error = left(%s, 2000), failures = %s,
-                  next_attempt_at = now() + make_interval(secs => %s),
-                  lease_owner = NULL, lease_expires = NULL, updated_at = now()
-            WHERE name = %s AND (lease_owner = %s OR lease_owner IS NULL)""",
-        (error, failures, delay, name, owner),
-    )
-    return delay
 
 
 def truncated_counts(conn: Conn) -> dict[str, int]:

@@ -34,8 +34,9 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from jobpipe import alerting, catalogue_sync, classify, embeddings
-from jobpipe.errors import DependencyDown, ItemError
+from jobpipe import occupation_vectors, classify, db, embeddings
+from jobpipe.alerts.conditions import FAIL, Condition, count_condition
+from jobpipe.errors import DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
 from jobpipe.runtime import Context, Daemon, Skip, Stage
@@ -62,7 +63,7 @@ class ClassifierDaemon(Daemon):
         self.chat = classify.chat_client_from_config(ctx.cfg, observer=observer)
         self.prompt = classify.load_prompt()
         self.versions = classify.Versions(self.llm_model, self.prompt.version, self.embed_model)
-        self.sync = catalogue_sync.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
+        self.sync = occupation_vectors.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
         # The runtime's pool is shared by both stages; this keeps LLM calls at classifier.workers.
         self._llm_slots = threading.BoundedSemaphore(c.workers)
         # Repeats the sync while it has work, checks for a change every second otherwise; a model
@@ -243,23 +244,23 @@ class ClassifierDaemon(Daemon):
         )
         return {item.id: outcomes.get(job.title_id, "missing") for item, job, _ in done}
 
-    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+    def alert_conditions(self, conn: Any) -> list[Condition]:
         """Titles waiting on an empty catalogue; results left stale by a model or prompt change."""
         waiting, occupations = conn.execute(
             "SELECT (SELECT count(*) FROM titles WHERE outcome IS NULL), (SELECT count(*) FROM occupations)"
         ).fetchone()
         stale = classify.count_stale(conn, self.versions)
         return [
-            alerting.Condition(
+            Condition(
                 "catalogue_empty",
                 "titles wait for an occupation catalogue",
                 occupations == 0 and waiting > 0,
                 f"{occupations} occupations, {waiting:,} titles waiting",
-                alerting.FAIL,
+                FAIL,
                 hint="load one: `jobpipe occupations fetch` (live BERUFENET) or "
                 "`jobpipe occupations load FILE...` (saved answers)",
             ),
-            alerting.count_condition(
+            count_condition(
                 "stale_results",
                 "classifications made with another LLM, prompt or embedding model",
                 stale,

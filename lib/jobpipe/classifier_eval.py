@@ -11,10 +11,10 @@ import csv
 import io
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobpipe.catalogue_sync import CatalogueSync
 from jobpipe.classify import (
     Candidate,
     Decision,
@@ -25,8 +25,9 @@ from jobpipe.classify import (
     load_prompt,
     search_candidates,
 )
-from jobpipe.embeddings import as_vector
+from jobpipe.embeddings import as_vector, client_from_config
 from jobpipe.errors import ItemError, UserError
+from jobpipe.occupation_vectors import CatalogueSync
 from jobpipe.text import clean_text, parse_int
 from jobpipe.titles import normalise
 
@@ -148,8 +149,6 @@ def evaluate(
     deduplicated by normalised form like postings are. chat None: no LLM stage (outcome
     "needs_llm"), for measuring the candidate stage alone.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     sync = CatalogueSync(embed_client, embedding_model, dimensions)
     sync.run_until_ready(conn)
     if sync.total == 0:
@@ -237,8 +236,6 @@ def evaluate(
 
 def evaluate_from_config(conn: Any, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:
     """`jobpipe classifier eval`: the configured embedding model, LLM, prompt and thresholds."""
-    from jobpipe.embeddings import client_from_config
-
     c = cfg.classifier
     with client_from_config(cfg, concurrency=2) as embed_client, chat_client_from_config(cfg) as chat:
         return evaluate(

@@ -15,8 +15,8 @@ import json
 import sys
 from typing import Any
 
-from jobpipe import catalogue, classify, classify_eval, db
-from jobpipe.cli_core import connect, int_arg, load_config
+from jobpipe import catalogue, classifier_eval, classify, crawl, db
+from jobpipe.cli.core import connect, int_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.text import InputTooLarge, read_capped
 
@@ -103,8 +103,6 @@ def cmd_occupations_load(args: argparse.Namespace) -> int:
 
 def make_ba_client(cfg: Any) -> Any:
     """The BA client with the fetcher's politeness settings and the BERUFENET endpoint of the classifier."""
-    from jobpipe import crawl  # imported on use: the other commands do not need the crawler
-
     c = cfg.classifier
     return crawl.make_client(cfg, berufenet_url=c.berufenet_url, berufenet_api_key=c.berufenet_api_key)
 
@@ -159,11 +157,11 @@ def cmd_classifier_eval(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     except InputTooLarge as exc:
         raise UserError(str(exc)) from None
-    rows = classify_eval.parse_labelled_csv(body, args.file)
+    rows = classifier_eval.parse_labelled_csv(body, args.file)
     if args.limit is not None:
         rows = rows[: args.limit]
     with _connect_checked(args) as conn:
-        report = classify_eval.evaluate_from_config(conn, cfg, rows)
+        report = classifier_eval.evaluate_from_config(conn, cfg, rows)
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
