@@ -41,6 +41,21 @@ def _activity(conn: Any, app: str) -> list[tuple[int, str, str]]:
     ).fetchall()
 
 
+def _sleeping(pg_url: str, db_conn: Any) -> tuple[runtime.Context, Any]:
+    """A started job whose statement (pg_sleep(60)) is running, as pg_stat_activity shows."""
+    ctx = _ctx(pg_url)
+    job = ctx.job("sleeper", lambda conn: conn.execute("SELECT pg_sleep(60)").fetchone())
+    job.start()
+    wait_until(
+        lambda: any(
+            "pg_sleep" in q and s == "active" for _, s, q in _activity(db_conn, "jobpipe-sample-sleeper")
+        ),
+        timeout=15,
+        what="pg_sleep running on the job's connection",
+    )
+    return ctx, job
+
+
 def test_a_killed_connection_is_replaced_and_the_job_goes_on(pg_url: str, db_conn: Any) -> None:
     ctx = _ctx(pg_url)
     pids: list[int] = []
@@ -89,16 +104,7 @@ def test_a_one_shot_run_is_redone_on_a_new_connection_after_it_was_killed(pg_url
 
 
 def test_stop_cancels_the_running_statement_and_returns_promptly(pg_url: str, db_conn: Any) -> None:
-    ctx = _ctx(pg_url)
-    job = ctx.job("sleeper", lambda conn: conn.execute("SELECT pg_sleep(60)").fetchone())
-    job.start()
-    wait_until(
-        lambda: any(
-            "pg_sleep" in q and s == "active" for _, s, q in _activity(db_conn, "jobpipe-sample-sleeper")
-        ),
-        timeout=15,
-        what="pg_sleep running on the job's connection",
-    )
+    ctx, job = _sleeping(pg_url, db_conn)
     t0 = time.monotonic()
     job.stop(10)
     assert time.monotonic() - t0 < 5, "stop waited for the statement instead of cancelling it"
@@ -112,16 +118,7 @@ def test_stop_cancels_the_running_statement_and_returns_promptly(pg_url: str, db
 
 
 def test_context_stop_jobs_signals_every_job_without_waiting(pg_url: str, db_conn: Any) -> None:
-    ctx = _ctx(pg_url)
-    job = ctx.job("sleeper", lambda conn: conn.execute("SELECT pg_sleep(60)").fetchone())
-    job.start()
-    wait_until(
-        lambda: any(
-            "pg_sleep" in q and s == "active" for _, s, q in _activity(db_conn, "jobpipe-sample-sleeper")
-        ),
-        timeout=15,
-        what="pg_sleep running on the job's connection",
-    )
+    ctx, job = _sleeping(pg_url, db_conn)
     ctx.stop_jobs()
     assert job.stopping.is_set()
     job.join(10)  # the statement was cancelled by stop_jobs itself: no stop() needed to end it

@@ -138,11 +138,13 @@ class BackgroundJob(Generic[T]):
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def stop(self, timeout: float | None = None, *, wait: bool = True) -> None:
-        """Stop: `stopping` set, the running statement cancelled (unless cancel_on_stop is False),
-        then (with `wait`) the thread joined and the connection closed."""
+    def stop(self, timeout: float | None = None, *, wait: bool = True, cancel: bool | None = None) -> None:
+        """Stop: `stopping` set, the running statement cancelled (`cancel`, by default the job's
+        cancel_on_stop), then (with `wait`) the thread joined and the connection closed."""
         self.stopping.set()
-        self._cancel()
+        cancel = self.cancel_on_stop if cancel is None else cancel
+        if cancel:
+            self._cancel()
         if not wait:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -152,12 +154,13 @@ class BackgroundJob(Generic[T]):
                 break
             # A statement the work started just after the cancel went out is cancelled too.
             self._thread.join(RECANCEL_S if left is None else min(left, RECANCEL_S))
-            self._cancel()
+            if cancel:
+                self._cancel()
         if self._thread is None or not self._thread.is_alive():
             self._set_conn(None)
 
     def _cancel(self) -> None:
-        if not (self.cancel_on_stop and self.running):
+        if not self.running:
             return
         with self._lock:
             conn = self.conn

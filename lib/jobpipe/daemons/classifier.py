@@ -272,7 +272,9 @@ class ClassifierDaemon(Daemon):
         ]
 
     def close(self) -> None:
-        self.sync_job.stop(timeout=5.0)
+        # Stopping: the step in flight is cancelled (redone at the next start). At the end of a
+        # --once run it finishes instead: it may be the one building the occupation index.
+        self.sync_job.stop(timeout=5.0, cancel=self.ctx.stop.is_set())
         self.embed_client.close()
         self.chat.close()
 
