@@ -49,16 +49,16 @@ def _proc_cpu_s(pid: int) -> float | None:
 
 def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
     """One crawl, in this (fresh) process; prints one JSON line with its figures."""
-    from jobpipe import crawl, db
+    from jobpipe import crawl, db, fetch_sources
     from jobpipe.ba.client import BAClient
 
     t0 = time.perf_counter()
     with db.connect(db_url) as conn, BAClient(url, rate_limit_per_s=None, max_retries=2) as client:
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         db_cpu0 = _proc_cpu_s(backend)
-        crawl.sync_sources(conn, [crawl.Source("bench", {})])
+        fetch_sources.sync_sources(conn, [fetch_sources.Source("bench", {})])
         conn.execute("UPDATE fetch_sources SET lease_owner = NULL, lease_expires = NULL")
-        run = crawl.DueRun("bench", {}, crawl.FULL, None)
+        run = fetch_sources.DueRun("bench", {}, crawl.FULL, None)
         settings = crawl.CrawlSettings(page_size=page_size, lease_s=600, seen_resolution_s=resolution)
         result = crawl.run_source(client, conn, run, f"bench:{os.getpid()}", settings)
         assert result is not None

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
-from jobpipe import catalogue, classify, db, embedded  # noqa: E402
+from jobpipe import catalogue, classify, db, embedded, occupation_vectors  # noqa: E402
 from jobpipe.embeddings import as_vector  # noqa: E402
 from jobpipe.errors import DependencyDown  # noqa: E402
 from jobpipe.models import make_embedding_client  # noqa: E402
@@ -195,7 +195,7 @@ def measure(conn: Any, client: Any, which: str, splits: dict[str, list[dict[str,
     occs = catalogue_occupations(which)
     catalogue.upsert(conn, occs)
     name_to_id = {o.name: o.id for o in occs}
-    sync = classify.CatalogueSync(client, MODEL, DIM, chunk=64)
+    sync = occupation_vectors.CatalogueSync(client, MODEL, DIM, chunk=64)
     t0 = time.perf_counter()
     sync.run_until_ready(conn)
     result: dict[str, Any] = {

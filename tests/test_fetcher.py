@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from jobpipe import config, crawl, queue
+from jobpipe import config, crawl, fetch_sources, queue
 from jobpipe.ba.client import BAClient
 from jobpipe.ba.wire import SearchPage
 from jobpipe.cli import main as cli_main
-from jobpipe.daemons.fetcher import FetcherDaemon
+from jobpipe.daemons.fetcher import FetcherDaemon, FetcherMetrics
 from jobpipe.errors import ConfigError, DependencyDown
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.runtime import run_daemon
@@ -222,44 +222,51 @@ def test_incremental_run_fetches_only_the_recent_window(db_conn, fake):
 def test_plan_full_incremental_and_window():
     now = datetime(2026, 9, 14, 12, tzinfo=UTC)
     h = timedelta(hours=1)
-    assert crawl.plan(now, None, None, None, 3600, 86400 * 7) == ("full", None)
-    assert crawl.plan(now, now - 8 * 24 * h, now - h, now - h, 3600, 86400 * 7) == ("full", None)
-    assert crawl.plan(now, now - 2 * h, None, now - 2 * h, 3600, 86400 * 7) == ("incremental", 2)
-    assert crawl.plan(now, now - 30 * h, now - 1.5 * h, now - 30 * h, 3600, 86400 * 7) == ("incremental", 3)
-    assert crawl.plan(now, now - 30 * h, now - 0.5 * h, now - 30 * h, 3600, 86400 * 7) is None
+    assert fetch_sources.plan(now, None, None, None, 3600, 86400 * 7) == ("full", None)
+    assert fetch_sources.plan(now, now - 8 * 24 * h, now - h, now - h, 3600, 86400 * 7) == ("full", None)
+    assert fetch_sources.plan(now, now - 2 * h, None, now - 2 * h, 3600, 86400 * 7) == ("incremental", 2)
+    assert fetch_sources.plan(now, now - 30 * h, now - 1.5 * h, now - 30 * h, 3600, 86400 * 7) == (
+        "incremental",
+        3,
+    )
+    assert fetch_sources.plan(now, now - 30 * h, now - 0.5 * h, now - 30 * h, 3600, 86400 * 7) is None
     # the last success is older than any incremental window can reach: full
-    assert crawl.plan(now, now - 200 * 24 * h, now - 2 * h, now - 120 * 24 * h, 3600, 86400 * 365) == (
+    assert fetch_sources.plan(
+        now, now - 200 * 24 * h, now - 2 * h, now - 120 * 24 * h, 3600, 86400 * 365
+    ) == (
         "full",
         None,
     )
 
 
 def test_sources_schedule_and_lease(db_conn):
-    sources = crawl.parse_sources([{"name": "a", "angebotsart": 1}, {"name": "b", "wo": "Berlin"}])
-    crawl.sync_sources(db_conn, sources)
-    due = crawl.due_runs(db_conn, 3600, 86400)
+    sources = fetch_sources.parse_sources([{"name": "a", "angebotsart": 1}, {"name": "b", "wo": "Berlin"}])
+    fetch_sources.sync_sources(db_conn, sources)
+    due = fetch_sources.due_runs(db_conn, 3600, 86400)
     assert [(r.name, r.kind) for r in due] == [("a", "full"), ("b", "full")]
-    started = crawl.claim_source(db_conn, "a", "me", 60)
+    started = fetch_sources.claim_source(db_conn, "a", "me", 60)
     assert started is not None
-    assert crawl.claim_source(db_conn, "a", "other", 60) is None  # one crawler per source
-    assert [r.name for r in crawl.due_runs(db_conn, 3600, 86400)] == ["b"]
+    assert fetch_sources.claim_source(db_conn, "a", "other", 60) is None  # one crawler per source
+    assert [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
     crawl.record_success(db_conn, crawl.CrawlResult("a", "full", started), "me")
-    assert [r.name for r in crawl.due_runs(db_conn, 3600, 86400)] == ["b"]
+    assert [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
     db_conn.execute(
         "UPDATE fetch_sources SET last_full_at = last_full_at - interval '2 hours', "
         "last_success_at = last_success_at - interval '2 hours' WHERE name = 'a'"
     )
-    due = {r.name: r for r in crawl.due_runs(db_conn, 3600, 86400)}
+    due = {r.name: r for r in fetch_sources.due_runs(db_conn, 3600, 86400)}
     assert (due["a"].kind, due["a"].since_days) == ("incremental", 2)
     # removed from the config: disabled, never due
-    crawl.sync_sources(db_conn, sources[1:])
-    assert [r.name for r in crawl.due_runs(db_conn, 3600, 86400)] == ["b"]
+    fetch_sources.sync_sources(db_conn, sources[1:])
+    assert [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == ["b"]
     # back with other parameters: a full crawl of the new query
-    crawl.sync_sources(db_conn, [crawl.Source("a", {"angebotsart": 4}), sources[1]])
-    due = {r.name: r for r in crawl.due_runs(db_conn, 3600, 86400)}
+    fetch_sources.sync_sources(db_conn, [fetch_sources.Source("a", {"angebotsart": 4}), sources[1]])
+    due = {r.name: r for r in fetch_sources.due_runs(db_conn, 3600, 86400)}
     assert (due["a"].kind, due["a"].params) == ("full", {"angebotsart": 4})
     delay = crawl.record_failure(db_conn, "b", "me", "boom", 10, 100)
-    assert delay == 10 and [r.name for r in crawl.due_runs(db_conn, 3600, 86400)] == ["a"]  # b backs off
+    assert delay == 10 and [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == [
+        "a"
+    ]  # b backs off
     assert crawl.record_failure(db_conn, "b", "me", "boom", 10, 100) == 20
 
 
@@ -275,7 +282,7 @@ def test_sources_schedule_and_lease(db_conn):
 )
 def test_bad_sources_config(entries, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        crawl.parse_sources(entries)
+        fetch_sources.parse_sources(entries)
 
 
 # ---------------------------------------------------------------- shape drift and bad input
@@ -284,7 +291,7 @@ def test_bad_sources_config(entries, message):
 @pytest.mark.parametrize("mode", ["v4", "no_keys"])
 def test_schema_drift_stores_nothing_and_is_counted(db_conn, fake, mode, caplog):
     fake.faults.set_drift(mode, route="search")
-    metrics = crawl.FetcherMetrics(DaemonMetrics("fetcher"))
+    metrics = FetcherMetrics(DaemonMetrics("fetcher"))
     result = crawl_once(db_conn, client_for(fake), {}, page_size=50, metrics=metrics)
     assert result.error is not None and "schema error" in result.error
     assert result.schema_errors == 3  # first try + 2 retries, then the run stops
@@ -329,8 +336,8 @@ def test_wrong_key_is_dependency_down_and_backs_off(db_conn, fake):
     client = BAClient(
         fake.url, "wrong-key", rate_limit_per_s=None, max_retries=2, backoff_base_s=0.0, sleep=lambda s: None
     )
-    crawl.sync_sources(db_conn, crawl.parse_sources([{"name": "de"}]))
-    run = crawl.due_runs(db_conn, 3600, 86400)[0]
+    fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
+    run = fetch_sources.due_runs(db_conn, 3600, 86400)[0]
     with pytest.raises(DependencyDown):
         settings = crawl.CrawlSettings(page_size=50, lease_s=60, retry_s=30, retry_max_s=60)
         crawl.run_source(client, db_conn, run, "me", settings)
@@ -339,12 +346,12 @@ def test_wrong_key_is_dependency_down_and_backs_off(db_conn, fake):
         "SELECT last_error, next_attempt_at > now(), lease_owner, failures FROM fetch_sources"
     ).fetchone()
     assert "dependency down" in err and nxt and lease is None and failures == 1
-    assert crawl.due_runs(db_conn, 3600, 86400) == []  # no crash loop: the next try waits
+    assert fetch_sources.due_runs(db_conn, 3600, 86400) == []  # no crash loop: the next try waits
 
 
 def test_outage_mid_crawl_keeps_stored_pages_and_backs_off(db_conn, fake):
-    crawl.sync_sources(db_conn, crawl.parse_sources([{"name": "de"}]))
-    run = crawl.due_runs(db_conn, 3600, 86400)[0]
+    fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
+    run = fetch_sources.due_runs(db_conn, 3600, 86400)[0]
 
     def break_after_first_page(ev: crawl.PageEvent) -> None:
         if ev.page == 1:
@@ -361,15 +368,15 @@ def test_outage_mid_crawl_keeps_stored_pages_and_backs_off(db_conn, fake):
     fake.faults.clear()
     db_conn.execute("UPDATE fetch_sources SET next_attempt_at = NULL")
     result = crawl.run_source(
-        client_for(fake), db_conn, crawl.due_runs(db_conn, 3600, 86400)[0], "me", settings
+        client_for(fake), db_conn, fetch_sources.due_runs(db_conn, 3600, 86400)[0], "me", settings
     )
     assert result.error is None and result.stats.inserted == len(live_refnrs(fake)) - n
     assert stored(db_conn) == live_refnrs(fake)
 
 
 def test_stop_ends_the_crawl_between_pages_and_releases_the_lease(db_conn, fake):
-    crawl.sync_sources(db_conn, crawl.parse_sources([{"name": "de"}]))
-    run = crawl.due_runs(db_conn, 3600, 86400)[0]
+    fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
+    run = fetch_sources.due_runs(db_conn, 3600, 86400)[0]
     stop = threading.Event()
     settings = crawl.CrawlSettings(page_size=50)
     result = crawl.run_source(
@@ -379,7 +386,7 @@ def test_stop_ends_the_crawl_between_pages_and_releases_the_lease(db_conn, fake)
     assert 50 <= len(stored(db_conn)) <= 100
     row = db_conn.execute("SELECT lease_owner, last_success_at, last_error FROM fetch_sources").fetchone()
     assert row == (None, None, None)  # released, not a success, not a failure
-    assert [r.name for r in crawl.due_runs(db_conn, 3600, 86400)] == ["de"]
+    assert [r.name for r in fetch_sources.due_runs(db_conn, 3600, 86400)] == ["de"]
 
 
 # ---------------------------------------------------------------- the daemon on the runtime

@@ -14,7 +14,7 @@ import orjson
 import psycopg
 import pytest
 
-from jobpipe import config, crawl, db, postings, queue, runtime
+from jobpipe import config, crawl, db, fetch_sources, postings, queue, runtime
 from jobpipe.alerts.conditions import FAIL
 from jobpipe.ba import wire
 from jobpipe.ba.wire import (
@@ -115,17 +115,17 @@ class Exploding:
 def test_a_crashing_crawl_is_a_recorded_failure_with_backoff(pg_url, db_conn):
     """Any exception of a run records a failure (last_error, failures, next_attempt_at): the source
     is not due again at once, and three in a row fire `crawl_failing`."""
-    crawl.sync_sources(db_conn, crawl.parse_sources([{"name": "de"}]))
+    fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
     settings = crawl.CrawlSettings(page_size=50, retry_s=30, retry_max_s=60)
     for n in range(1, 4):
-        (run,) = crawl.due_runs(db_conn, 3600, 86400)
+        (run,) = fetch_sources.due_runs(db_conn, 3600, 86400)
         result = crawl.run_source(Exploding(), db_conn, run, "me", settings)
         assert result is not None and result.error is not None and "boom in the parser" in result.error
         err, failures, backing_off, lease = db_conn.execute(
             "SELECT last_error, failures, next_attempt_at > now(), lease_owner FROM fetch_sources"
         ).fetchone()
         assert err.startswith("crashed: RuntimeError") and failures == n and backing_off and lease is None
-        assert crawl.due_runs(db_conn, 3600, 86400) == []  # no hot loop
+        assert fetch_sources.due_runs(db_conn, 3600, 86400) == []  # no hot loop
         db_conn.execute("UPDATE fetch_sources SET next_attempt_at = now() - interval '1 s'")
     with FakeBA(population(10)) as f:
         cfg = daemon_cfg(f)
@@ -177,8 +177,13 @@ def test_nesting_is_bounded_without_recursion():
     assert "nested deeper than" in json.dumps(rec.raw) and any("raw item cut" in p for p in page.problems)
     for bad_byte in (b"", b"\xff"):
         body = (
-            b'{"maxErgebnisse":2,"ergebnisliste":[{"referenznummer":"a","x":' + b"[" * 5000 + b'"]\\\\{\\""'
-            + b"]" * 5000 + b'},{"referenznummer":"b","stellenangebotsTitel":"Koch' + bad_byte + b'"}]}'
+            b'{"maxErgebnisse":2,"ergebnisliste":[{"referenznummer":"a","x":'
+            + b"[" * 5000
+            + b'"]\\\\{\\""'
+            + b"]" * 5000
+            + b'},{"referenznummer":"b","stellenangebotsTitel":"Koch'
+            + bad_byte
+            + b'"}]}'
         )
         got = parse_search_page(body)
         assert [r.external_id for r in got.items] == ["a", "b"], got.problems

@@ -57,6 +57,7 @@ def _exercised(daemon: str = "embedder") -> DaemonMetrics:
     m.set_alert_firing("failure_ratio", True)
     m.set_signal_degraded(True)
     m.alert_sent("firing")
+    m.background_run("index_build", "ok")
     return m
 
 
@@ -86,6 +87,7 @@ def test_every_helper_sets_what_it_says():
     assert _value(m, "jobpipe_alerts_firing", condition="failure_ratio") == 1
     assert _value(m, "jobpipe_signal_degraded") == 1
     assert _value(m, "jobpipe_alerts_sent_total", kind="firing") == 1
+    assert _value(m, "jobpipe_background_runs_total", job="index_build", outcome="ok") == 1
     # The standard collectors are on the daemon's registry (RSS, and restarts via start time).
     assert m.registry.get_sample_value("process_start_time_seconds") > 0
     assert m.registry.get_sample_value("process_resident_memory_bytes") > 0

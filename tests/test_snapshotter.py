@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from jobpipe import cli, config, db, demand, runtime, similarity
+from jobpipe.backoff import Backoff
 from jobpipe.daemons.snapshotter import SnapshotterDaemon
 from jobpipe.errors import ConfigError
 from jobpipe.metrics import DaemonMetrics
@@ -786,7 +787,7 @@ def test_snapshot_jobs_failing_run_after_run_are_a_failure_streak_in_health(
         job_conn.execute("DO $$ BEGIN RAISE EXCEPTION 'no space' USING ERRCODE = 'disk_full'; END $$")
 
     monkeypatch.setattr(demand, "snapshot_day", failing_snapshot)
-    monkeypatch.setattr(snapshotter, "FAILURE_BACKOFF_S", (0.01, 0.02))
+    monkeypatch.setattr(snapshotter, "FAILURE_BACKOFF", Backoff(0.01, 0.02))
     cfg = make_cfg(snapshotter__run_at="00:00", snapshotter__catch_up_days=3, alerts__failure_min_count=3)
     runner = runtime.Runner(SnapshotterDaemon, cfg, db_url=pg_url, serve=False)
     t, box = in_thread(runner.run)

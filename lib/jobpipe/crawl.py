@@ -1,4 +1,7 @@
-"""Crawling BA Jobsuche search partitions under the 10,000-result cap, and their schedule.
+"""Crawling BA Jobsuche search partitions under the 10,000-result cap.
+
+The sources' rows (schedule, lease, recorded outcome) are jobpipe.fetch_sources; the crawl's
+metrics are the fetcher daemon's (jobpipe.daemons.fetcher.FetcherMetrics).
 
 A *source* is one configured query partition (`fetcher.sources`: a name plus search parameters,
 e.g. one per offer type or federal state). Each source has a row in fetch_sources holding its
@@ -37,52 +40,40 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
-import psycopg
-from prometheus_client import Counter, Gauge
 from psycopg.types.json import Jsonb
 
 from jobpipe import db, postings, queue
 from jobpipe.ba.client import BAClient
 from jobpipe.ba.wire import PostingRecord, SchemaError, SearchPage
+from jobpipe.backoff import Backoff
 from jobpipe.config import Config
-from jobpipe.errors import ConfigError, DependencyDown, ItemError, first_line
+from jobpipe.errors import DependencyDown, ItemError, first_line
+from jobpipe.fetch_sources import (
+    FULL,
+    INCREMENTAL,
+    MAX_SINCE_DAYS,
+    Conn,
+    DueRun,
+    claim_source,
+    extend_lease,
+    release_source,
+    truncated_counts,
+)
 from jobpipe.logs import log_event
-from jobpipe.metrics import DaemonMetrics
 from jobpipe.postings import UpsertStats
 
 log = logging.getLogger("jobpipe.crawl")
 
-Conn = psycopg.Connection[Any]
 
-FULL = "full"
-INCREMENTAL = "incremental"
 MAX_RESULTS = 10_000  # the BA's page * size cap
-MAX_SINCE_DAYS = 100  # veroeffentlichtseit accepts 0..100; larger values are silently ignored
 CRAWL_STAGE = "crawl"  # stage name for the crawl's page outcomes in stage_counts
 # Postings of one page that may fail to write one by one before the run fails instead: beyond a
 # few, the cause is the database (disk full, timeouts), and dropping more would lose real data.
 MAX_DROPPED_PER_PAGE = 10
 
-# Search parameters a source may set (the contract's list); page and size belong to the crawler.
-SEARCH_PARAMS = frozenset(
-    {
-        "was",
-        "wo",
-        "umkreis",
-        "berufsfeld",
-        "arbeitgeber",
-        "angebotsart",
-        "veroeffentlichtseit",
-        "arbeitszeit",
-        "befristung",
-        "zeitarbeit",
-        "pav",
-        "homeoffice",
-    }
-)
 
 FEDERAL_STATES = (
     "Baden-Württemberg",
@@ -146,152 +137,6 @@ def make_client(cfg: Config, observer: Any = None, **extra: Any) -> BAClient:
     )
 
 
-# ---------------------------------------------------------------- sources (config -> table)
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    name: str
-    params: dict[str, Any]
-
-
-def parse_sources(entries: Sequence[Mapping[str, Any]]) -> list[Source]:
-    """Validate `fetcher.sources`: each a mapping with a unique `name` and known search params."""
-    out: list[Source] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(entries):
-        where = f"fetcher.sources[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} must be a mapping with a name and search parameters")
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{where} needs a non-empty `name`")
-        if name in seen:
-            raise ConfigError(f"{where}: duplicate source name {name!r}")
-        seen.add(name)
-        params = {k: v for k, v in entry.items() if k != "name"}
-        unknown = sorted(set(params) - SEARCH_PARAMS)
-        if unknown:
-            raise ConfigError(
-                f"{where} ({name}): unknown search parameter(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(SEARCH_PARAMS))} (page and size are set by the crawler)"
-            )
-        for k, v in params.items():
-            if not isinstance(v, str | int) or isinstance(v, bool):
-                raise ConfigError(f"{where} ({name}): {k} must be a string or an integer, got {v!r}")
-        out.append(Source(name, params))
-    return out
-
-
-def sync_sources(conn: Conn, sources: Sequence[Source]) -> None:
-    """Make fetch_sources match the config: new rows, changed params, removed ones disabled.
-
-    A source whose parameters changed starts over with a full crawl (its history was about
-    another query)."""
-    names = [s.name for s in sources]
-    with conn.transaction():
-        for s in sources:
-            conn.execute(
-                """INSERT INTO fetch_sources (name, params) VALUES (%s, %s)
-                   ON CONFLICT (name) DO UPDATE SET params = excluded.params, enabled = true,
-                          last_full_at = CASE WHEN fetch_sources.params IS DISTINCT FROM excluded.params
-                                              THEN NULL ELSE fetch_sources.last_full_at END,
-                          truncated = fetch_sources.truncated
-                                      AND fetch_sources.params IS NOT DISTINCT FROM excluded.params,
-                          updated_at = now()
-                    WHERE fetch_sources.params IS DISTINCT FROM excluded.params
-                       OR NOT fetch_sources.enabled""",
-                (s.name, Jsonb(s.params)),
-            )
-        conn.execute(
-            "UPDATE fetch_sources SET enabled = false, updated_at = now() "
-            "WHERE enabled AND NOT (name = ANY(%s))",
-            (names,),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DueRun:
-    name: str
-    params: dict[str, Any]
-    kind: str  # full or incremental
-    since_days: int | None  # veroeffentlichtseit of an incremental run
-
-
-def plan(
-    now: datetime,
-    last_full_at: datetime | None,
-    last_incremental_at: datetime | None,
-    last_success_at: datetime | None,
-    incremental_interval_s: float,
-    full_interval_s: float,
-) -> tuple[str, int | None] | None:
-    """Which run a source needs now: (kind, since_days) or None.
-
-    Full when there was never one, when the full interval passed, or when the last success is
-    older than an incremental window can reach (100 days). Incremental when the incremental
-    interval passed since the last run: published since (days since the last success, rounded
-    up, plus one day of margin for the BA's local dates), at most 100.
-    """
-    if last_full_at is None or last_success_at is None:
-        return FULL, None
-    if (now - last_full_at).total_seconds() >= full_interval_s:
-        return FULL, None
-    since = math.ceil((now - last_success_at).total_seconds() / 86400.0) + 1
-    if since > MAX_SINCE_DAYS:
-        return FULL, None
-    last_run = max(t for t in (last_full_at, last_incremental_at) if t is not None)
-    if (now - last_run).total_seconds() >= incremental_interval_s:
-        return INCREMENTAL, max(1, since)
-    return None
-
-
-def due_runs(conn: Conn, incremental_interval_s: float, full_interval_s: float) -> list[DueRun]:
-    """Sources that need a run now and are not leased or backing off; full runs first."""
-    rows = conn.execute(
-        """SELECT name, params, now(), last_full_at, last_incremental_at, last_success_at FROM fetch_sources
-            WHERE enabled AND (lease_expires IS NULL OR lease_expires < now())
-              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-            ORDER BY name"""
-    ).fetchall()
-    out = []
-    for name, params, now, full_at, inc_at, ok_at in rows:
-        p = plan(now, full_at, inc_at, ok_at, incremental_interval_s, full_interval_s)
-        if p is not None:
-            out.append(DueRun(name, dict(params), p[0], p[1]))
-    out.sort(key=lambda r: (r.kind != FULL, r.name))
-    return out
-
-
-def claim_source(conn: Conn, name: str, owner: str, lease_s: float) -> datetime | None:
-    """Take the source's lease; returns the database time the run starts, None if taken."""
-    row = conn.execute(
-        """UPDATE fetch_sources SET lease_owner = %s, lease_expires = now() + make_interval(secs => %s)
-            WHERE name = %s AND enabled AND (lease_expires IS NULL OR lease_expires < now())
-           RETURNING now()""",
-        (owner, lease_s, name),
-    ).fetchone()
-    return row[0] if row else None
-
-
-def extend_lease(conn: Conn, name: str, owner: str, lease_s: float) -> bool:
-    cur = conn.execute(
-        """UPDATE fetch_sources SET lease_expires = now() + make_interval(secs => %s)
-            WHERE name = %s AND lease_owner = %s""",
-        (lease_s, name, owner),
-    )
-    return cur.rowcount == 1
-
-
-def release_source(conn: Conn, name: str, owner: str) -> None:
-    """Give the lease back without recording a run (shutdown)."""
-    conn.execute(
-        "UPDATE fetch_sources SET lease_owner = NULL, lease_expires = NULL "
-        "WHERE name = %s AND lease_owner = %s",
-        (name, owner),
-    )
-
-
 def record_success(conn: Conn, result: CrawlResult, owner: str) -> None:
     """A finished run: schedule timestamps, truncation, stats; the lease is released."""
     full = result.kind == FULL
@@ -328,7 +173,7 @@ def record_failure(
     """A failed run: last_error, and the next attempt after an exponential backoff. Returns the delay."""
     row = conn.execute("SELECT failures FROM fetch_sources WHERE name = %s", (name,)).fetchone()
     failures = (row[0] if row else 0) + 1
-    delay = min(retry_max_s, retry_s * 2 ** (failures - 1))
+    delay = Backoff(retry_s, retry_max_s).delay(failures)
     conn.execute(
         """UPDATE fetch_sources SET last_error = left(%s, 2000), failures = %s,
                   next_attempt_at = now() + make_interval(secs => %s),
@@ -344,6 +189,16 @@ def record_failure(
 
 class SearchClient(Protocol):
     def search(self, params: Mapping[str, Any], page: int, size: int) -> SearchPage: ...
+
+
+class CrawlMetrics(Protocol):
+    """What a crawl counts (jobpipe.daemons.fetcher.FetcherMetrics: the fetcher's own metrics)."""
+
+    def schema_error(self, operation: str) -> None: ...
+    def page(self, kind: str, stats: UpsertStats, problems: int) -> None: ...
+    def crawl(self, kind: str, outcome: str) -> None: ...
+    def crawl_success(self, source: str) -> None: ...
+    def set_truncated(self, counts: Mapping[str, int]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,7 +266,7 @@ class Crawler:
 
     `client` is a jobpipe.ba.client.BAClient (anything with `search(params, page, size)`); `conn` an
     autocommit connection this crawler owns while it runs (it turns synchronous_commit off).
-    `metrics` (FetcherMetrics), `on_page`, `stop` and `keep_lease` are optional hooks; `logger`
+    `metrics` (CrawlMetrics), `on_page`, `stop` and `keep_lease` are optional hooks; `logger`
     defaults to this module's logger.
     """
 
@@ -425,7 +280,7 @@ class Crawler:
         schema_retries: int = 2,
         seen_resolution_s: float = 0.0,
         dimensions: Sequence[Dimension] = SPLIT_DIMENSIONS,
-        metrics: FetcherMetrics | None = None,
+        metrics: CrawlMetrics | None = None,
         on_page: Callable[[PageEvent], None] | None = None,
         stop: threading.Event | None = None,
         keep_lease: Callable[[], None] | None = None,
@@ -693,7 +548,7 @@ def run_source(
     owner: str,
     settings: CrawlSettings,
     *,
-    metrics: FetcherMetrics | None = None,
+    metrics: CrawlMetrics | None = None,
     on_page: Callable[[PageEvent], None] | None = None,
     stop: threading.Event | None = None,
     logger: logging.Logger | None = None,
@@ -794,7 +649,7 @@ def _crashed(
     started: datetime,
     exc: Exception,
     settings: CrawlSettings,
-    metrics: FetcherMetrics | None,
+    metrics: CrawlMetrics | None,
     logger: logging.Logger,
 ) -> CrawlResult:
     """Record a run that raised: last_error, failures + 1, next attempt after the backoff. When the
@@ -831,106 +686,3 @@ def _crashed(
     if metrics is not None:
         metrics.crawl(run.kind, "crashed")
     return CrawlResult(run.name, run.kind, started, error=error)
-
-
-def truncated_counts(conn: Conn) -> dict[str, int]:
-    """Parts still truncated per enabled source (as recorded by its runs)."""
-    rows = conn.execute(
-        "SELECT name, CASE WHEN truncated THEN jsonb_array_length(truncated_parts) ELSE 0 END "
-        "FROM fetch_sources WHERE enabled"
-    ).fetchall()
-    return dict(rows)
-
-
-class FetcherMetrics:
-    """The fetcher's own metrics, on the daemon's registry (names jobpipe_fetcher_*)."""
-
-    def __init__(self, metrics: DaemonMetrics) -> None:
-        self.daemon = metrics.daemon
-        reg, prefix = metrics.registry, metrics.prefix
-        self.schema_errors = Counter(
-            f"{prefix}schema_errors",
-            "Answers whose shape is not the BA v6 format (nothing stored from them)",
-            ["daemon", "operation"],
-            registry=reg,
-        )
-        self.truncated_partitions = Gauge(
-            f"{prefix}truncated_partitions",
-            "Query parts still above the 10,000-result cap (or not covered by their split) per source",
-            ["daemon", "source"],
-            registry=reg,
-        )
-        self.postings = Counter(
-            f"{prefix}postings",
-            "Postings seen by crawls: inserted, updated (changed) or unchanged",
-            ["daemon", "result"],
-            registry=reg,
-        )
-        self.pages = Counter(f"{prefix}pages", "Search pages stored", ["daemon", "kind"], registry=reg)
-        self.item_problems = Counter(
-            f"{prefix}item_problems",
-            "Search items skipped or with fields dropped (null items, bad dates...)",
-            ["daemon"],
-            registry=reg,
-        )
-        self.crawls = Counter(
-            f"{prefix}crawls",
-            "Finished crawl runs by kind and outcome (ok, truncated, failed, "
-            "schema_error, dependency_down, crashed, stopped)",
-            ["daemon", "kind", "outcome"],
-            registry=reg,
-        )
-        self.last_crawl_success = Gauge(
-            f"{prefix}last_crawl_success_timestamp_seconds",
-            "Unix time of the last completed run per source",
-            ["daemon", "source"],
-            registry=reg,
-        )
-        for op in ("search", "details"):
-            self.schema_errors.labels(self.daemon, op)
-        self.item_problems.labels(self.daemon)
-
-    def schema_error(self, operation: str) -> None:
-        self.schema_errors.labels(self.daemon, operation).inc()
-
-    def page(self, kind: str, stats: UpsertStats, problems: int) -> None:
-        self.pages.labels(self.daemon, kind).inc()
-        for name in ("inserted", "updated", "unchanged"):
-            n = getattr(stats, name)
-            if n:
-                self.postings.labels(self.daemon, name).inc(n)
-        if problems:
-            self.item_problems.labels(self.daemon).inc(problems)
-
-    def crawl(self, kind: str, outcome: str) -> None:
-        self.crawls.labels(self.daemon, kind, outcome).inc()
-
-    def crawl_success(self, source: str) -> None:
-        self.last_crawl_success.labels(self.daemon, source).set(time.time())
-
-    def set_truncated(self, counts: Mapping[str, int]) -> None:
-        for source, n in counts.items():
-            self.truncated_partitions.labels(self.daemon, source).set(n)
-
-
-def next_due_in(conn: Conn, incremental_interval_s: float, full_interval_s: float) -> float | None:
-    """Seconds until the next source is due (for status lines); None without sources."""
-    rows = conn.execute(
-        """SELECT now(), last_full_at, last_incremental_at, last_success_at, next_attempt_at, lease_expires
-             FROM fetch_sources WHERE enabled"""
-    ).fetchall()
-    best: float | None = None
-    for now, full_at, inc_at, ok_at, next_at, lease in rows:
-        if full_at is None or ok_at is None:
-            wait = 0.0
-        else:
-            last_run = max(t for t in (full_at, inc_at) if t is not None)
-            wait = min(
-                (last_run + timedelta(seconds=incremental_interval_s) - now).total_seconds(),
-                (full_at + timedelta(seconds=full_interval_s) - now).total_seconds(),
-            )
-        for t in (next_at, lease):
-            if t is not None:
-                wait = max(wait, (t - now).total_seconds())
-        best = wait if best is None else min(best, wait)
-    return None if best is None else max(0.0, best)

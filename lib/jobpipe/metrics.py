@@ -177,6 +177,13 @@ class DaemonMetrics:
             ["daemon", "kind"],
             registry=reg,
         )
+        self.background_runs = Counter(
+            "jobpipe_background_runs",
+            "Runs of a daemon's background jobs (crawl, catalogue_sync, index_build, snapshot) by "
+            "outcome (ok, failed, stopped, connection_lost)",
+            ["daemon", "job", "outcome"],
+            registry=reg,
+        )
         # Exists from the start so alert rules never see it absent; the heartbeat is deliberately
         # not pre-set (a 0 would read as a hung loop before the first turn).
         self.signal_degraded.labels(daemon).set(0)
@@ -243,6 +250,10 @@ class DaemonMetrics:
     def alert_sent(self, kind: str) -> None:
         """Count one delivered alert message of `kind` (firing, resolved, reminder)."""
         self.alerts_sent.labels(self.daemon, kind).inc()
+
+    def background_run(self, job: str, outcome: str) -> None:
+        """Count one run of background job `job` that ended with `outcome` (jobpipe.background)."""
+        self.background_runs.labels(self.daemon, job, outcome).inc()
 
     def exposition(self) -> bytes:
         """The text exposition of this registry (what /metrics serves)."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from jobpipe.backoff import Backoff, Jitter
 from jobpipe.logs import redact
 from jobpipe.text import clean_text
 
@@ -52,9 +53,7 @@ class RetryPolicy:
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Backoff before retry number `attempts` (1 = after the first failure): exponential,
         capped, with "equal jitter" (half fixed, half random) so retries of a batch spread out."""
-        base = min(self.backoff_max_s, self.backoff_base_s * (2 ** max(0, attempts - 1)))
-        r = (rng or random).random()
-        return base / 2 + r * base / 2
+        return Backoff(self.backoff_base_s, self.backoff_max_s, Jitter.EQUAL).delay(attempts, rng)
 
 
 def channel(stage: str) -> str:

@@ -45,8 +45,10 @@ from typing import Any, ClassVar
 
 import psycopg
 
-from jobpipe import db, queue
+from jobpipe import backoff, db, queue
 from jobpipe.alerts.alerter import Alerter
+from jobpipe.background import BackgroundJob
+from jobpipe.backoff import Backoff, Streak
 from jobpipe.config import Config
 from jobpipe.errors import DependencyDown, ItemError, UserError, first_line
 from jobpipe.logs import log_event
@@ -94,6 +96,23 @@ class Context:
     # Dependencies a daemon's own background thread found down (name -> error); the loop shows
     # them like its own (STATUS, jobpipe_dependency_up, daemon_status -> dependency alert).
     background_down: dict[str, str] = field(default_factory=dict)
+    jobs: list[BackgroundJob[Any]] = field(default_factory=list)
+
+    def job(self, name: str, work: Callable[..., Any], **kw: Any) -> BackgroundJob[Any]:
+        """A BackgroundJob of this daemon (jobpipe.background: own thread and connection,
+        reconnect, cancel on stop, outcome and STATUS); stopped when the runtime stops."""
+        job: BackgroundJob[Any] = BackgroundJob(self, name, work, **kw)
+        self.jobs.append(job)
+        return job
+
+    def stop_jobs(self) -> None:
+        """Tell every job to stop and cancel their statements, without waiting (the daemon's
+        `close` waits for them)."""
+        for job in self.jobs:
+            job.stop(wait=False)
+
+    def jobs_status(self) -> list[str]:
+        return [f"{j.name}: {j.status}" for j in self.jobs if j.status]
 
     def connect(self, purpose: str = "") -> Any:
         return db.connect(
@@ -277,7 +296,8 @@ class Runner:
         self.dep_down: dict[str, str] = {}
         self.backoff_until = 0.0
         self._dependency_failed_at = float("-inf")
-        self.backoff_s = cfg.runtime.dependency_backoff_s
+        # The whole daemon's backoff: a dependency down, or a statement of the loop refused.
+        self.dependency_retry = Streak(_dependency_backoff(cfg))
         self.signals = 0
         self.pool: cf.ThreadPoolExecutor | None = None
         self.daemon: Daemon | None = None
@@ -291,7 +311,7 @@ class Runner:
         self.alerter: Any = None
         # A failing tick or periodic task backs off on its own; the queue work goes on meanwhile.
         self._tick_retry_at = 0.0
-        self._tick_backoff_s = cfg.runtime.dependency_backoff_s
+        self._tick_retry = Streak(_dependency_backoff(cfg))
 
     # ------------------------------------------------------------------ signals
     def install_signals(self) -> None:
@@ -349,7 +369,7 @@ class Runner:
 
     def _connect(self) -> None:
         """Connect (and LISTEN) with backoff until it works or we are stopped."""
-        delay = 0.5
+        retry = Streak(backoff.reconnect(self.cfg.database.reconnect_max_s))
         while not self.stop.is_set():
             try:
                 url = self.db_url or db.resolve_url(self.cfg)
@@ -371,8 +391,7 @@ class Runner:
                 self._error(f"database: {msg}", "database")
                 self._ready("waiting for the database")
                 self._status(force=True)  # after READY's own STATUS: says "DOWN database" and why
-                self._sleep(delay)
-                delay = min(delay * 2, self.cfg.database.reconnect_max_s)
+                self._sleep(retry.failed())
 
     def _error(self, text: str, dependency: str | None = None) -> None:
         """Set STATUS's last error; `dependency` when it is that dependency's outage (cleared when
@@ -425,6 +444,7 @@ class Runner:
             parts.append("DOWN " + ",".join(sorted(self.dep_down)))
         if self.ctx.status_extra:
             parts.append(self.ctx.status_extra)
+        parts += self.ctx.jobs_status()
         if self.last_error:
             parts.append(f"last error: {self.last_error[:120]}")
         self.notifier.status("; ".join(parts))
@@ -569,12 +589,10 @@ class Runner:
             )
             self._error(f"{what} failed: {first_line(exc)}")
             if what == "tick":  # a periodic task waits for its own interval
-                self._tick_retry_at = time.monotonic() + self._tick_backoff_s
-                cap = self.cfg.runtime.dependency_backoff_max_s
-                self._tick_backoff_s = min(2 * self._tick_backoff_s, cap)
+                self._tick_retry_at = time.monotonic() + self._tick_retry.failed()
         else:
             if what == "tick":
-                self._tick_backoff_s = self.cfg.runtime.dependency_backoff_s
+                self._tick_retry.reset()
 
     def _turn_failed(self, where: str, exc: psycopg.Error) -> None:  # an OperationalError
         """A statement of the loop (claim, stats, load) refused on a live connection: one log line,
@@ -582,8 +600,7 @@ class Runner:
         msg = first_line(exc)
         log_event(log, "turn_failed", level="warning", where=where, sqlstate=exc.sqlstate, error=msg)
         self._error(f"database statement failed: {msg}")
-        self.backoff_until = time.monotonic() + self.backoff_s
-        self.backoff_s = min(self.backoff_s * 2, self.cfg.runtime.dependency_backoff_max_s)
+        self.backoff_until = time.monotonic() + self.dependency_retry.failed()
 
     def _heartbeat_s(self) -> float:
         return self.cfg.queue.lease_s / 3
@@ -777,7 +794,7 @@ class Runner:
                     # A background thread that still sees it down keeps it down (no up/down flapping).
                     if dep in self.dep_down and dep not in self.ctx.background_down:
                         self._set_dependency(dep, True)
-                self.backoff_s = self.cfg.runtime.dependency_backoff_s
+                self.dependency_retry.reset()
         assert self.writer is not None
         self.writing.append((finished, self.writer.submit(finished)))
 
@@ -871,12 +888,15 @@ class Runner:
         """Back the whole daemon off (until `backoff_until`)."""
         self._set_dependency(exc.dependency, False, str(exc))
         self._error(str(exc), exc.dependency)
-        delay = exc.retry_after if exc.retry_after else self.backoff_s
+        delay = self.dependency_retry.failed()  # doubles even when Retry-After says how long
+        if exc.retry_after:
+            delay = exc.retry_after
         self._dependency_failed_at = time.monotonic()
         self.backoff_until = self._dependency_failed_at + delay
-        self.backoff_s = min(self.backoff_s * 2, self.cfg.runtime.dependency_backoff_max_s)
 
     def _shutdown(self) -> None:
+        if self.stop.is_set():  # not at the end of a --once run: that waits for the jobs' work
+            self.ctx.stop_jobs()
         deadline = time.monotonic() + (self.cfg.runtime.drain_timeout_s if self.stop.is_set() else 0)
         while self.inflight and time.monotonic() < deadline:
             self._ping()
@@ -913,6 +933,10 @@ class Runner:
         if self.daemon is not None:
             self.daemon.close()
         self._close_db()
+
+
+def _dependency_backoff(cfg: Config) -> Backoff:
+    return Backoff(cfg.runtime.dependency_backoff_s, cfg.runtime.dependency_backoff_max_s)
 
 
 def resolve_daemon(name: str) -> type[Daemon]:

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from jobpipe.backoff import Backoff, Streak
 from jobpipe.cli import unfiltered
+
+RESTART_BACKOFF = Backoff(1.0, 30.0)  # between restarts of a child that keeps exiting
 
 
 def die_with_parent() -> None:
@@ -42,7 +45,7 @@ class Child:
     status: str = "starting"
     restarts: int = 0
     next_start: float = 0.0
-    backoff: float = 1.0
+    restart: Streak = field(default_factory=lambda: Streak(RESTART_BACKOFF))
     started_at: float = 0.0
     log: IO[bytes] | None = None
     exits: list[int] = field(default_factory=list)
@@ -57,7 +60,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         tty: bool = False,
-        max_backoff: float = 30.0,
+        max_backoff: float = RESTART_BACKOFF.max_s,
         out: IO[str] | None = None,
     ) -> None:
         self.base_cmd = list(base_cmd)
@@ -66,7 +69,7 @@ class Supervisor:
             self.env.pop(k, None)  # children talk to us, not to our own supervisor
         self.log_dir = log_dir
         self.tty = tty
-        self.max_backoff = max_backoff
+        self.restart_backoff = Backoff(RESTART_BACKOFF.base_s, max_backoff)
         # Its own cursor movements must reach the terminal: not through the CLI's escaping writer
         # (what it shows of the daemons is their STATUS line, ASCII-only already).
         self.out = out or unfiltered(sys.stdout)
@@ -77,7 +80,7 @@ class Supervisor:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             s.bind(path)
             s.setblocking(False)
-            self.children.append(Child(name, s, path))
+            self.children.append(Child(name, s, path, restart=Streak(self.restart_backoff)))
         self.stopping = False
         self._lines_drawn = 0
 
@@ -126,7 +129,7 @@ class Supervisor:
             rc = c.proc.poll()
             if rc is None:
                 if c.ready and now - c.started_at > 60:
-                    c.backoff = 1.0  # a child that stayed up a minute earns a fresh backoff
+                    c.restart.reset()  # a child that stayed up a minute earns a fresh backoff
                 continue
             c.exits.append(rc)
             c.proc = None
@@ -136,9 +139,9 @@ class Supervisor:
             if self.stopping:
                 continue
             c.restarts += 1
-            c.status = f"exited {rc}; restart in {c.backoff:.0f}s"
-            c.next_start = now + c.backoff
-            c.backoff = min(c.backoff * 2, self.max_backoff)
+            delay = c.restart.failed()
+            c.status = f"exited {rc}; restart in {delay:.0f}s"
+            c.next_start = now + delay
             self._print(f"{c.name} exited with code {rc}; restarting in {c.next_start - now:.0f}s")
 
     def _print(self, line: str) -> None:

@@ -27,6 +27,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from jobpipe import backoff
+from jobpipe.backoff import Streak
 from jobpipe.db import close_quietly, connection_lost
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
@@ -100,7 +102,7 @@ class BatchWriter(Generic[T]):
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
-        delay = 0.5
+        retry = Streak(backoff.reconnect(self.reconnect_max_s))
         while not self._abort.is_set():
             with self._cv:
                 while not self._queue and not self._closing:
@@ -126,13 +128,12 @@ class BatchWriter(Generic[T]):
                 self.last_error = msg
                 close_quietly(self.conn)
                 self.conn = None
-                self._abort.wait(delay)
-                delay = min(delay * 2, self.reconnect_max_s)
+                self._abort.wait(retry.failed())
                 continue
             if self.last_error:
                 log_event(self.log, "write_resumed", batches=len(batches))
             self.last_error = ""
-            delay = 0.5
+            retry.reset()
             self._finish(group, None)
 
     def _finish(self, group: list[tuple[list[T], cf.Future[None]]], exc: BaseException | None) -> None:

@@ -39,6 +39,7 @@ from jobpipe.ba.wire import (
     parse_search_page,
     sample_of,
 )
+from jobpipe.backoff import Backoff, Jitter
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.httpio import BodyLimitExceeded, deadline_after, read_body
 
@@ -183,6 +184,7 @@ class BAClient:
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self._retry = Backoff(backoff_base_s, backoff_max_s, Jitter.FULL)
         self.max_description_chars = max_description_chars
         self._sleep, self._clock, self._wall_clock = sleep, clock, wall_clock
         self._rng = rng or random.Random()
@@ -253,10 +255,9 @@ class BAClient:
                 pass
 
     def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, base * 2^attempt)]."""
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
-        with self._rng_lock:
-            return self._rng.uniform(0.0, ceiling)
+        """Full jitter: uniform in [0, min(max, base * 2^(attempt-1))] before retry `attempt`."""
+        with self._rng_lock:  # one Random shared by the crawl thread and the workers
+            return self._retry.delay(attempt, self._rng)
 
     def _call(
         self,
@@ -271,7 +272,7 @@ class BAClient:
         kind, detail, retry_after = "connection", "", None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                delay = self._backoff(attempt - 1)
+                delay = self._backoff(attempt)
                 if retry_after is not None:
                     if retry_after > self.backoff_max_s:
                         # Told to stay away longer than we would wait in a call: let the daemon

@@ -21,6 +21,7 @@ from jobpipe.alerts.delivery import (
     safe_send,
 )
 from jobpipe.alerts.message import fmt_time, render_message
+from jobpipe.backoff import Backoff, Streak
 from jobpipe.cli.args import float_arg, load_config
 from jobpipe.cli.core import connect
 from jobpipe.errors import DependencyDown, UserError
@@ -215,15 +216,14 @@ def cmd_unit_failed(args: argparse.Namespace, env: Mapping[str, str] | None = No
         "since": datetime.now().astimezone(),
     }
     text = render_message([row])
-    delay = min(cfg.alerts.retry_base_s, 10.0)
+    retry = Streak(Backoff(min(cfg.alerts.retry_base_s, 10.0), float("inf")))
     try:
         for attempt in range(3):
             result = safe_send(gw, text)
             print(f"send: {explain(result)}")
             if result.status != UNREACHABLE or attempt == 2:
                 break
-            time.sleep(delay)  # backoff between attempts of this one-shot command
-            delay *= 2
+            time.sleep(retry.failed())  # backoff between attempts of this one-shot command
     finally:
         gw.close()
     return 0 if result.ok else 1

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from jobpipe import catalogue, classify, crawl
+from jobpipe import catalogue, classifier_eval, classify, crawl
 from jobpipe.cli.args import int_arg, load_config
 from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
@@ -147,11 +147,11 @@ def cmd_classifier_eval(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     except InputTooLarge as exc:
         raise UserError(str(exc)) from None
-    rows = classify.parse_labelled_csv(body, args.file)
+    rows = classifier_eval.parse_labelled_csv(body, args.file)
     if args.limit is not None:
         rows = rows[: args.limit]
     with connect(args) as conn:
-        report = classify.evaluate_from_config(conn, cfg, rows)
+        report = classifier_eval.evaluate_from_config(conn, cfg, rows)
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
     else:

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from jobpipe import config as config_mod
-from jobpipe import crawl
+from jobpipe import crawl, fetch_sources
 from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.postings import description_counts
@@ -39,7 +39,7 @@ def _age(ts: datetime | None, now: datetime) -> str:
 
 def cmd_sources(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    configured = crawl.parse_sources(cfg.fetcher.sources)
+    configured = fetch_sources.parse_sources(cfg.fetcher.sources)
     with connect(args) as conn:
         rows = conn.execute(
             """SELECT name, params, enabled, last_full_at, last_incremental_at, last_success_at, truncated,
@@ -132,16 +132,16 @@ class _Progress:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    sources = crawl.parse_sources(cfg.fetcher.sources)
+    sources = fetch_sources.parse_sources(cfg.fetcher.sources)
     if args.source:
         sources = [s for s in sources if s.name == args.source]
         if not sources:
-            known = ", ".join(s.name for s in crawl.parse_sources(cfg.fetcher.sources)) or "none"
+            known = ", ".join(s.name for s in fetch_sources.parse_sources(cfg.fetcher.sources)) or "none"
             raise UserError(f"unknown source {args.source!r} (fetcher.sources has: {known})")
     owner = f"{socket.gethostname()}:{os.getpid()}:cli"
     failed = 0
     with connect(args) as conn, crawl.make_client(cfg) as client:
-        crawl.sync_sources(conn, crawl.parse_sources(cfg.fetcher.sources))
+        fetch_sources.sync_sources(conn, fetch_sources.parse_sources(cfg.fetcher.sources))
         state = {
             r[0]: r[1:]
             for r in conn.execute(
@@ -152,9 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             now, full_at, inc_at, ok_at = state[src.name]
             kind, since = crawl.FULL, None
             if not args.full and ok_at is not None and full_at is not None:
-                planned = crawl.plan(now, full_at, inc_at, ok_at, 0.0, float("inf"))
+                planned = fetch_sources.plan(now, full_at, inc_at, ok_at, 0.0, float("inf"))
                 kind, since = planned if planned else (crawl.FULL, None)
-            run = crawl.DueRun(src.name, src.params, kind, since)
+            run = fetch_sources.DueRun(src.name, src.params, kind, since)
             progress = _Progress(sys.stderr)
             try:
                 result = crawl.run_source(

@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from jobpipe import classify, db, embeddings
+from jobpipe import occupation_vectors, classify, db, embeddings
 from jobpipe.alerts.conditions import FAIL, Condition, count_condition
 from jobpipe.errors import DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
@@ -63,11 +63,12 @@ class ClassifierDaemon(Daemon):
         self.chat = classify.chat_client_from_config(ctx.cfg, observer=observer)
         self.prompt = classify.load_prompt()
         self.versions = classify.Versions(self.llm_model, self.prompt.version, self.embed_model)
-        self.sync = classify.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
+        self.sync = occupation_vectors.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
         # The runtime's pool is shared by both stages; this keeps LLM calls at classifier.workers.
         self._llm_slots = threading.BoundedSemaphore(c.workers)
-        self._closing = threading.Event()
-        self._sync_thread: threading.Thread | None = None
+        # Repeats the sync while it has work, checks for a change every second otherwise; a model
+        # server that is down is shown as that dependency down until a step succeeds.
+        self.sync_job = ctx.job("catalogue_sync", self.sync.step, repeat_s=1.0)
         self._deferred: set[int] = set()  # titles waiting for the catalogue (counted by pending_work)
         self._last_repair = 0.0
         m = ctx.metrics
@@ -109,50 +110,8 @@ class ClassifierDaemon(Daemon):
     # -- the catalogue, kept embedded in the background -------------------------------------------
 
     def setup(self, conn: Any) -> None:
-        if self._sync_thread is None or not self._sync_thread.is_alive():
-            self._sync_thread = threading.Thread(
-                target=self._sync_loop, name="classifier-catalogue", daemon=True
-            )
-            self._sync_thread.start()
-
-    def _sync_loop(self) -> None:
-        conn: Any = None
-        delay, last_error = 1.0, ""
-        reported: set[str] = set()  # dependencies this thread reported down (Context.dependency_state)
-        while not (self.ctx.stop.is_set() or self._closing.is_set()):
-            try:
-                if conn is None:
-                    conn = self.ctx.connect()
-                busy = self.sync.step(conn)
-                for dep in reported:
-                    self.ctx.dependency_state(dep, True)
-                reported.clear()
-                if last_error:
-                    log_event(self.ctx.log, "catalogue_sync_resumed", state=self.sync.describe())
-                delay, last_error = 1.0, ""
-                if not busy:
-                    self._closing.wait(1.0)
-                continue
-            except DependencyDown as exc:
-                error = str(exc)
-                # Not only a log line: STATUS, jobpipe_dependency_up and the dependency alert must
-                # show that the model server is what the catalogue is waiting for.
-                self.ctx.dependency_state(exc.dependency, False, error)
-                reported.add(exc.dependency)
-            except db.CONNECTION_ERRORS as exc:
-                error = f"database: {first_line(exc)}"
-                db.close_quietly(conn)
-                conn = None
-            except Exception as exc:  # a bug must not end the thread silently: log, retry later
-                error = f"{type(exc).__name__}: {exc}"
-                self.ctx.log.exception("catalogue sync failed", extra={"event": "catalogue_sync_failed"})
-            if error != last_error:
-                log_event(self.ctx.log, "catalogue_sync_waiting", level="warning", error=error[:300])
-            last_error = error
-            self._closing.wait(delay)
-            delay = min(delay * 2, self.ctx.cfg.runtime.dependency_backoff_max_s)
-        if conn is not None:
-            conn.close()
+        if not self.sync_job.running:
+            self.sync_job.start()
 
     def tick(self, conn: Any) -> None:
         now = time.monotonic()
@@ -313,9 +272,9 @@ class ClassifierDaemon(Daemon):
         ]
 
     def close(self) -> None:
-        self._closing.set()
-        if self._sync_thread is not None:
-            self._sync_thread.join(timeout=5.0)
+        # Stopping: the step in flight is cancelled (redone at the next start). At the end of a
+        # --once run it finishes instead: it may be the one building the occupation index.
+        self.sync_job.stop(timeout=5.0, cancel=self.ctx.stop.is_set())
         self.embed_client.close()
         self.chat.close()
 

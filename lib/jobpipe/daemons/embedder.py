@@ -19,7 +19,6 @@ after a backlog has drained when there is one (see `_maybe_build_index`).
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -47,9 +46,8 @@ class EmbedderDaemon(Daemon):
         self.max_chars: int = e.max_chars
         self.client = embeddings.client_from_config(ctx.cfg, observer=ctx.metrics.observe_model_call)
         self.sweep = embeddings.reembed_sweep(self.model, backlog=e.reembed_backlog)
-        self._index_thread: threading.Thread | None = None
+        self.index_job = ctx.job("index_build", self._build_index)
         self._index_error: BaseException | None = None
-        self._index_pid: int | None = None
         self._index_ok = False
         self._index_waiting = False
         self._index_checked = float("-inf")
@@ -111,7 +109,8 @@ class EmbedderDaemon(Daemon):
         the loop. In steady state (small backlog) the index is built at once and then maintained
         row by row, which is cheap at that rate.
         """
-        if self._index_ok or (self._index_thread is not None and self._index_thread.is_alive()):
+        self._collect_index()
+        if self._index_ok or self.index_job.busy:
             return
         now = time.monotonic()
         if self._index_error is not None or (not idle and now - self._index_checked < INDEX_CHECK_S):
@@ -126,30 +125,33 @@ class EmbedderDaemon(Daemon):
             self._index_waiting = True
             return
         self._index_waiting = False
-        self._index_thread = threading.Thread(target=self._build_index, name="embedder-index", daemon=True)
-        self._index_thread.start()
+        self.index_job.start()
 
-    def _build_index(self) -> None:
-        try:
-            with self.ctx.connect() as conn:
-                conn.execute("SET statement_timeout = 0")  # a build over many rows takes minutes
-                if self.index_memory_mb:  # the graph should fit, or the build slows down badly
-                    conn.execute(f"SET maintenance_work_mem = '{int(self.index_memory_mb)}MB'")
-                self._index_pid = conn.info.backend_pid
-                t0 = time.monotonic()
-                name = embeddings.ensure_index(conn, self.model, self.dimensions, concurrently=True)
-            self._index_done()
-            log_event(
-                self.ctx.log,
-                "index_ready",
-                index=name,
-                model=self.model,
-                dimensions=self.dimensions,
-                seconds=round(time.monotonic() - t0, 2),
-            )
-        except Exception as exc:
-            self._index_error = exc
-            log_event(self.ctx.log, "index_failed", level="error", model=self.model, error=str(exc))
+    def _build_index(self, conn: Any) -> str:
+        """The index job (its own connection; run again after a lost connection: ensure_index
+        drops the INVALID index an interrupted build leaves)."""
+        conn.execute("SET statement_timeout = 0")  # a build over many rows takes minutes
+        if self.index_memory_mb:  # the graph should fit, or the build slows down badly
+            conn.execute(f"SET maintenance_work_mem = '{int(self.index_memory_mb)}MB'")
+        t0 = time.monotonic()
+        name = embeddings.ensure_index(conn, self.model, self.dimensions, concurrently=True)
+        self._index_done()
+        log_event(
+            self.ctx.log,
+            "index_ready",
+            index=name,
+            model=self.model,
+            dimensions=self.dimensions,
+            seconds=round(time.monotonic() - t0, 2),
+        )
+        return name
+
+    def _collect_index(self) -> None:
+        """A failed build is reported once and not retried (STATUS says INDEX FAILED)."""
+        outcome = self.index_job.take()
+        if outcome is not None and outcome.error is not None:
+            self._index_error = outcome.error
+            log_event(self.ctx.log, "index_failed", level="error", model=self.model, error=str(outcome.error))
 
     def _index_done(self) -> None:
         self._index_ok = True
@@ -229,24 +231,18 @@ class EmbedderDaemon(Daemon):
             text += f", sweep {100 * self.sweep.cursor // max(1, self.sweep.end)}%"
         if self._index_error is not None:
             text += ", INDEX FAILED"
-        elif self._index_thread is not None and self._index_thread.is_alive():
+        elif self.index_job.running:
             text += ", building index"
         elif self._index_waiting:
             text += ", index waits for the backlog"
         return text
 
     def close(self) -> None:
-        thread = self._index_thread
-        if thread is not None and thread.is_alive():
-            if self.ctx.stop.is_set() and self._index_pid is not None:
-                # Stopping: cancel the build rather than hold up the stop; the INVALID index it
-                # leaves is dropped and rebuilt at the next start.
-                try:
-                    with self.ctx.connect() as conn:
-                        conn.execute("SELECT pg_cancel_backend(%s)", (self._index_pid,))
-                except Exception:
-                    pass
-            thread.join()
+        if not self.ctx.stop.is_set():
+            self.index_job.join()  # the end of a --once run: the index is built before the exit
+        # Stopping: the build is cancelled rather than hold up the stop; the INVALID index it
+        # leaves is dropped and rebuilt at the next start.
+        self.index_job.stop()
         self.client.close()
 
 

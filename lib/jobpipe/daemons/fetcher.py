@@ -23,23 +23,105 @@ charged, the runtime backs off and reports it; a failed crawl is retried with it
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from jobpipe import crawl, runtime
+from prometheus_client import Counter, Gauge
+
+from jobpipe import crawl, fetch_sources, runtime
 from jobpipe.alerts.conditions import FAIL, Condition, count_condition
 from jobpipe.ba.client import BAClient, Gone
 from jobpipe.ba.wire import SchemaError
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
-from jobpipe.postings import EXTERNAL, FETCHED, GONE, PENDING, DescriptionResult, store_descriptions
+from jobpipe.metrics import DaemonMetrics
+from jobpipe.postings import (
+    EXTERNAL,
+    FETCHED,
+    GONE,
+    PENDING,
+    DescriptionResult,
+    UpsertStats,
+    store_descriptions,
+)
 from jobpipe.queue import Item
 
 log = logging.getLogger("jobpipe.fetcher")
 
 EMPTY = "empty"  # outcome of a posting whose details have no text and no partner link (terminal)
 _DUE_CHECK_S = 5.0  # how often the loop asks the database whether a source is due
+
+
+class FetcherMetrics:
+    """The fetcher's own metrics, on the daemon's registry (names jobpipe_fetcher_*)."""
+
+    def __init__(self, metrics: DaemonMetrics) -> None:
+        self.daemon = metrics.daemon
+        reg, prefix = metrics.registry, metrics.prefix
+        self.schema_errors = Counter(
+            f"{prefix}schema_errors",
+            "Answers whose shape is not the BA v6 format (nothing stored from them)",
+            ["daemon", "operation"],
+            registry=reg,
+        )
+        self.truncated_partitions = Gauge(
+            f"{prefix}truncated_partitions",
+            "Query parts still above the 10,000-result cap (or not covered by their split) per source",
+            ["daemon", "source"],
+            registry=reg,
+        )
+        self.postings = Counter(
+            f"{prefix}postings",
+            "Postings seen by crawls: inserted, updated (changed) or unchanged",
+            ["daemon", "result"],
+            registry=reg,
+        )
+        self.pages = Counter(f"{prefix}pages", "Search pages stored", ["daemon", "kind"], registry=reg)
+        self.item_problems = Counter(
+            f"{prefix}item_problems",
+            "Search items skipped or with fields dropped (null items, bad dates...)",
+            ["daemon"],
+            registry=reg,
+        )
+        self.crawls = Counter(
+            f"{prefix}crawls",
+            "Finished crawl runs by kind and outcome (ok, truncated, failed, "
+            "schema_error, dependency_down, crashed, stopped)",
+            ["daemon", "kind", "outcome"],
+            registry=reg,
+        )
+        self.last_crawl_success = Gauge(
+            f"{prefix}last_crawl_success_timestamp_seconds",
+            "Unix time of the last completed run per source",
+            ["daemon", "source"],
+            registry=reg,
+        )
+        for op in ("search", "details"):
+            self.schema_errors.labels(self.daemon, op)
+        self.item_problems.labels(self.daemon)
+
+    def schema_error(self, operation: str) -> None:
+        self.schema_errors.labels(self.daemon, operation).inc()
+
+    def page(self, kind: str, stats: UpsertStats, problems: int) -> None:
+        self.pages.labels(self.daemon, kind).inc()
+        for name in ("inserted", "updated", "unchanged"):
+            n = getattr(stats, name)
+            if n:
+                self.postings.labels(self.daemon, name).inc(n)
+        if problems:
+            self.item_problems.labels(self.daemon).inc(problems)
+
+    def crawl(self, kind: str, outcome: str) -> None:
+        self.crawls.labels(self.daemon, kind, outcome).inc()
+
+    def crawl_success(self, source: str) -> None:
+        self.last_crawl_success.labels(self.daemon, source).set(time.time())
+
+    def set_truncated(self, counts: Mapping[str, int]) -> None:
+        for source, n in counts.items():
+            self.truncated_partitions.labels(self.daemon, source).set(n)
 
 
 class FetcherDaemon(runtime.Daemon):
@@ -50,19 +132,21 @@ class FetcherDaemon(runtime.Daemon):
         super().__init__(ctx)
         cfg = ctx.cfg.fetcher
         self.cfg = cfg
-        self.sources = crawl.parse_sources(cfg.sources)  # ConfigError before READY
+        self.sources = fetch_sources.parse_sources(cfg.sources)  # ConfigError before READY
 
         def observe(op: str, seconds: float, outcome: str) -> None:
             ctx.metrics.observe_model_call(f"ba_{op}", cfg.base_url, seconds, outcome)
 
         self.client = client or crawl.make_client(ctx.cfg, observe)
-        self.metrics = crawl.FetcherMetrics(ctx.metrics)
-        self._crawl_stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._outcome: BaseException | crawl.CrawlResult | None = None
+        self.metrics = FetcherMetrics(ctx.metrics)
         self._next_due_check = 0.0
-        self._listen_channel = "jobpipe_description"  # wakes the loop when a crawl ends
-        self._running: str | None = None  # the source the crawl thread holds the lease of
+        # A crawl stops by itself between pages (its statements are short): no cancel, so a
+        # stopped crawl releases its source instead of recording a failure. The loop listens on
+        # the description channel: the job's end wakes it to collect the outcome.
+        self.crawl_job = ctx.job(
+            "crawl", self._crawl, cancel_on_stop=False, wake_channel="jobpipe_description"
+        )
+        self._running: str | None = None  # the source the crawl job holds the lease of
         self._lease_extended = 0.0
 
     # ------------------------------------------------------------ runtime hooks
@@ -82,34 +166,31 @@ class FetcherDaemon(runtime.Daemon):
         ]
 
     def setup(self, conn: Any) -> None:
-        crawl.sync_sources(conn, self.sources)
-        self.metrics.set_truncated(crawl.truncated_counts(conn))
+        fetch_sources.sync_sources(conn, self.sources)
+        self.metrics.set_truncated(fetch_sources.truncated_counts(conn))
 
     def tick(self, conn: Any) -> None:
         self._collect()
         self._keep_crawl_lease(conn)
-        if self._thread is not None or self.ctx.stop.is_set():
+        if self.crawl_job.busy or self.ctx.stop.is_set():
             return
         now = time.monotonic()
         if now < self._next_due_check:
             return
         self._next_due_check = now + _DUE_CHECK_S
-        runs = crawl.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
+        runs = fetch_sources.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
         if runs:
             self._start(runs[0])
 
     def pending_work(self, conn: Any) -> int:
         # A finished crawl not yet collected still counts: the next tick collects it (and may
         # raise its DependencyDown there, where the runtime handles it).
-        running = 1 if self._thread is not None else 0
-        due = crawl.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
+        running = 1 if self.crawl_job.busy else 0
+        due = fetch_sources.due_runs(conn, self.cfg.incremental_interval_s, self.cfg.full_crawl_interval_s)
         return running + len(due)
 
     def close(self) -> None:
-        self._crawl_stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(self.ctx.cfg.runtime.drain_timeout_s + self.cfg.timeout_s)
+        self.crawl_job.stop(self.ctx.cfg.runtime.drain_timeout_s + self.cfg.timeout_s)
         self.client.close()
 
     def alert_conditions(self, conn: Any) -> list[Condition]:
@@ -164,81 +245,61 @@ class FetcherDaemon(runtime.Daemon):
         fetcher.deadline_s each, plus backoff: 14 minutes with the defaults against a 5-minute
         lease), and another fetcher then takes the source and crawls it a second time alongside.
         The loop stays responsive during a crawl, so it heartbeats as it does for queue items."""
-        if self._running is None or self._thread is None or not self._thread.is_alive():
+        if self._running is None or not self.crawl_job.running:
             return
         lease_s = self.ctx.cfg.queue.lease_s
         now = time.monotonic()
         if now - self._lease_extended >= lease_s / 3:
             self._lease_extended = now
-            crawl.extend_lease(conn, self._running, self.ctx.owner, lease_s)
+            fetch_sources.extend_lease(conn, self._running, self.ctx.owner, lease_s)
 
-    def _start(self, run: crawl.DueRun) -> None:
-        self._outcome = None
+    def _start(self, run: fetch_sources.DueRun) -> None:
         self._running, self._lease_extended = run.name, time.monotonic()
-        self._thread = threading.Thread(
-            target=self._crawl, args=(run,), name=f"crawl-{run.name}", daemon=True
-        )
-        self.ctx.set_status_extra(f"crawl {run.name} ({run.kind}) starting")
-        self._thread.start()
+        self.crawl_job.report(f"{run.name} ({run.kind}) starting")
+        self.crawl_job.start(run)
 
-    def _crawl(self, run: crawl.DueRun) -> None:
-        """The crawl thread: its own connection; the outcome is picked up by `_collect`."""
-        stop = _AnyEvent(self.ctx.stop, self._crawl_stop)
-        conn = None
-        try:
-            conn = self.ctx.connect()
+    def _crawl(self, conn: Any, run: fetch_sources.DueRun) -> crawl.CrawlResult | None:
+        """The crawl job (its own connection); the outcome is picked up by `_collect`."""
+        job = self.crawl_job
 
-            def progress(ev: crawl.PageEvent) -> None:
-                r = ev.result
-                self.ctx.set_status_extra(
-                    f"crawl {ev.source} ({r.kind}) page {ev.page}/{ev.pages} of part {r.parts}, "
-                    f"{r.stats.inserted} new {r.stats.updated} changed {r.stats.unchanged} seen"
-                )
-
-            result = crawl.run_source(
-                self.client,
-                conn,
-                run,
-                self.ctx.owner,
-                crawl.CrawlSettings.from_config(self.ctx.cfg),
-                metrics=self.metrics,
-                on_page=progress,
-                stop=stop,
-                logger=log,
+        def progress(ev: crawl.PageEvent) -> None:
+            r = ev.result
+            job.report(
+                f"{ev.source} ({r.kind}) page {ev.page}/{ev.pages} of part {r.parts}, "
+                f"{r.stats.inserted} new {r.stats.updated} changed {r.stats.unchanged} seen"
             )
-            self._outcome = result
-        except BaseException as exc:
-            self._outcome = exc
-            if not isinstance(exc, DependencyDown):
-                log.exception("crawl crashed", extra={"event": "crawl_crashed", "source": run.name})
-        finally:
-            if conn is not None:
-                try:
-                    # Wake the loop at once (it listens on the description channel) to collect us.
-                    conn.execute("SELECT pg_notify(%s, '')", (self._listen_channel,))
-                    conn.close()
-                except Exception:
-                    pass
+
+        return crawl.run_source(
+            self.client,
+            conn,
+            run,
+            self.ctx.owner,
+            crawl.CrawlSettings.from_config(self.ctx.cfg),
+            metrics=self.metrics,
+            on_page=progress,
+            stop=job.stopping,
+            logger=log,
+        )
 
     def _collect(self) -> None:
         """Pick up a finished crawl; DependencyDown goes to the runtime (backoff, STATUS, gauge)."""
-        thread = self._thread
-        if thread is None or thread.is_alive():
+        outcome = self.crawl_job.take()
+        if outcome is None:
             return
-        self._thread, self._running = None, None
+        source, self._running = self._running, None
         self._next_due_check = 0.0  # another source may be due right away
-        outcome, self._outcome = self._outcome, None
-        if isinstance(outcome, crawl.CrawlResult):
-            r = outcome
+        job, r, exc = self.crawl_job, outcome.value, outcome.error
+        if isinstance(r, crawl.CrawlResult):
             state = "stopped" if r.stopped else ("failed: " + r.error if r.error else "done")
-            self.ctx.set_status_extra(f"last crawl {r.source} ({r.kind}) {state}"[:160])
+            job.report(f"last {r.source} ({r.kind}) {state}"[:160])
             if r.error is None and not r.stopped:
                 self.ctx.metrics.dependency("ba_api", True)
-        elif isinstance(outcome, DependencyDown):
-            self.ctx.set_status_extra(f"crawl failed: {outcome}"[:160])
-            raise outcome
-        elif outcome is not None:
-            self.ctx.set_status_extra(f"crawl crashed: {outcome}"[:160])
+        elif isinstance(exc, DependencyDown):
+            job.report(f"failed: {exc}"[:160])
+            raise exc
+        elif exc is not None:
+            log.error("crawl crashed", exc_info=exc, extra={"event": "crawl_crashed", "source": source})
+            job.report(f"crashed: {exc}"[:160])
 
     # ------------------------------------------------------------ the description stage
 
@@ -303,17 +364,6 @@ class FetcherDaemon(runtime.Daemon):
             else:
                 outcomes[item.id] = r.state
         return outcomes
-
-
-class _AnyEvent(threading.Event):
-    """Set when either of two events is (the runtime's stop, or this daemon's close)."""
-
-    def __init__(self, a: threading.Event, b: threading.Event) -> None:
-        super().__init__()
-        self._a, self._b = a, b
-
-    def is_set(self) -> bool:
-        return self._a.is_set() or self._b.is_set()
 
 
 DAEMON = FetcherDaemon

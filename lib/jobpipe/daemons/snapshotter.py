@@ -12,7 +12,6 @@ the similarity) while the others skip it.
 from __future__ import annotations
 
 import calendar
-import concurrent.futures as cf
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from prometheus_client import Counter, Gauge
 
 from jobpipe import db, demand, queue, similarity
 from jobpipe.alerts.conditions import Condition, age_condition, count_condition
+from jobpipe.background import Outcome
+from jobpipe.backoff import Backoff, Streak
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 from jobpipe.runtime import Context, Daemon
@@ -31,7 +32,7 @@ SNAPSHOT = "snapshot"
 SIMILARITY = "similarity"
 # Wake-up channel of the loop (the runtime LISTENs on jobpipe_<name> for a daemon without stages).
 CHANNEL = "jobpipe_snapshotter"
-FAILURE_BACKOFF_S = (30.0, 3600.0)  # first and longest pause after a failed job (doubles)
+FAILURE_BACKOFF = Backoff(30.0, 3600.0)  # pause after a failed job, doubling while they fail
 
 
 @dataclass
@@ -49,13 +50,12 @@ class SnapshotterDaemon(Daemon):
         sec = ctx.cfg.snapshotter
         self.run_at = demand.parse_run_at(sec.run_at)  # ConfigError at start-up, naming the key
         self.clock = clock
-        self.pool = cf.ThreadPoolExecutor(1, thread_name_prefix="snapshotter-job")
-        self.job: cf.Future[_JobResult] | None = None
-        self.job_conn: Any = None
+        # One job at a time, its connection kept between runs; on stop its statement is cancelled.
+        self.job = ctx.job("snapshot", self._work, keep_connection=True, wake_channel=CHANNEL)
         self._job_stage = SNAPSHOT
         self.next_check = 0.0
         self.retry_at = 0.0
-        self.failure_backoff = FAILURE_BACKOFF_S[0]
+        self.failures = Streak(FAILURE_BACKOFF)
         reg, p, d = ctx.metrics.registry, ctx.metrics.prefix, ctx.metrics.daemon
         self.m_runs = Counter(
             f"{p}runs",
@@ -101,10 +101,11 @@ class SnapshotterDaemon(Daemon):
         return days, similarity.is_due(conn, sec.similarity_interval_h, self.ctx.cfg.embedder.model)
 
     def tick(self, conn: Any) -> None:
-        if self.job is not None:
-            if not self.job.done():
-                return
-            self._collect(conn)
+        if self.job.busy:
+            outcome = self.job.take()
+            if outcome is None:
+                return  # running
+            self._collect(conn, outcome)
         now = self.clock()
         if now < self.next_check:
             return
@@ -112,10 +113,10 @@ class SnapshotterDaemon(Daemon):
         days, sim_due = self.due(conn)
         self._publish(conn, len(days))
         if (days or sim_due) and now >= self.retry_at and not self.ctx.stop.is_set():
-            self.job = self.pool.submit(self._work, days, sim_due)
+            self.job.start(days, sim_due)
 
     def pending_work(self, conn: Any) -> int:
-        if self.job is not None:
+        if self.job.busy:
             return 1  # running, or finished and not yet collected by tick
         if self.clock() < self.retry_at:
             return 0  # failed recently: `--once` does not spin on it
@@ -151,81 +152,72 @@ class SnapshotterDaemon(Daemon):
         ]
 
     # ------------------------------------------------------------------ the work (job thread)
-    def _work(self, days: list[date], sim_due: bool) -> _JobResult:
+    def _work(self, conn: Any, days: list[date], sim_due: bool) -> _JobResult:
+        """The job (run again after a lost connection: a day already written is skipped)."""
         sec = self.ctx.cfg.snapshotter
-        if self.job_conn is None or self.job_conn.closed:
-            self.job_conn = self.ctx.connect()
-        conn = self.job_conn
         out = _JobResult()
         self._job_stage = SNAPSHOT  # what a failure is counted against (read after the job is done)
-        try:
-            for day in days:
-                if self.ctx.stop.is_set():
-                    break
-                with self.ctx.metrics.batch_timer(SNAPSHOT):
-                    r = demand.snapshot_day(
-                        conn, day, only_if_missing=True, statement_timeout_s=sec.statement_timeout_s
-                    )
-                out.snapshots.append(r)
-                log_event(
-                    self.ctx.log,
-                    "snapshot",
-                    day=str(day),
-                    status=r.status,
-                    rows=r.rows,
-                    active_postings=r.active_postings,
-                    seconds=round(r.seconds, 3),
+        for day in days:
+            if self.job.stopping.is_set():
+                break
+            with self.ctx.metrics.batch_timer(SNAPSHOT):
+                r = demand.snapshot_day(
+                    conn, day, only_if_missing=True, statement_timeout_s=sec.statement_timeout_s
                 )
-            if sim_due and not self.ctx.stop.is_set():
-                self._job_stage = SIMILARITY
-                with self.ctx.metrics.batch_timer(SIMILARITY):
-                    out.similarity = similarity.compute_configured(
-                        conn, self.ctx.cfg, only_if_due_h=sec.similarity_interval_h
-                    )
-                s = out.similarity
-                log_event(
-                    self.ctx.log,
-                    "similarity",
-                    status=s.status,
-                    occupations=s.occupations,
-                    from_postings=s.from_postings,
-                    from_names=s.from_names,
-                    pairs=s.pairs,
-                    seconds=round(s.seconds, 3),
+            out.snapshots.append(r)
+            log_event(
+                self.ctx.log,
+                "snapshot",
+                day=str(day),
+                status=r.status,
+                rows=r.rows,
+                active_postings=r.active_postings,
+                seconds=round(r.seconds, 3),
+            )
+        if sim_due and not self.job.stopping.is_set():
+            self._job_stage = SIMILARITY
+            with self.ctx.metrics.batch_timer(SIMILARITY):
+                out.similarity = similarity.compute_configured(
+                    conn, self.ctx.cfg, only_if_due_h=sec.similarity_interval_h
                 )
-        finally:
-            try:
-                conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))  # wake the loop to collect
-            except Exception:  # the loop also polls
-                pass
+            s = out.similarity
+            log_event(
+                self.ctx.log,
+                "similarity",
+                status=s.status,
+                occupations=s.occupations,
+                from_postings=s.from_postings,
+                from_names=s.from_names,
+                pairs=s.pairs,
+                seconds=round(s.seconds, 3),
+            )
         return out
 
-    def _collect(self, conn: Any) -> None:
+    def _collect(self, conn: Any, outcome: Outcome[_JobResult]) -> None:
         """Pick up a finished job. Its outcomes also go to stage_counts (as the crawl's do): a job
         that fails run after run is then a failure streak that `jobpipe health` shows as FAIL and
         alerts on within minutes, not only `snapshot_overdue` a day later."""
-        job, self.job = self.job, None
         d = self.ctx.metrics.daemon
         try:
-            res = job.result()
+            res = outcome.result()
+            assert res is not None  # a run that was not stopped returns its result
         except Exception as exc:  # a failed run is retried later, the daemon lives
             self.m_runs.labels(d, "job", "failed").inc()
             self.ctx.metrics.item_outcomes(self._job_stage, {"failed": 1})
             queue.count_outcomes(conn, self._job_stage, {queue.FAILED: 1})
             msg = first_line(exc)
+            delay = self.failures.failed()
             log_event(
                 self.ctx.log,
                 "snapshot_job_failed",
                 level="warning",
                 error=msg[:300],
-                retry_in_s=self.failure_backoff,
+                retry_in_s=delay,
             )
             self.ctx.set_status_extra(f"last run failed: {msg[:80]}")
-            self.retry_at = self.clock() + self.failure_backoff
-            self.failure_backoff = min(self.failure_backoff * 2, FAILURE_BACKOFF_S[1])
-            self._drop_job_conn()
+            self.retry_at = self.clock() + delay
             return
-        self.failure_backoff = FAILURE_BACKOFF_S[0]
+        self.failures.reset()
         self.retry_at = 0.0
         locked = False
         for r in res.snapshots:
@@ -267,26 +259,12 @@ class SnapshotterDaemon(Daemon):
             if run["occupations"]:
                 self.m_pairs.labels(d).set(run["pairs"])
             parts.append(f"similarity {run['pairs']} pairs {float(run['age_s']) / 3600:.1f}h ago")
-        if self.job is None and self.clock() >= self.retry_at:
+        if not self.job.busy and self.clock() >= self.retry_at:
             self.ctx.set_status_extra("; ".join(parts))
-
-    def _drop_job_conn(self) -> None:
-        db.close_quietly(self.job_conn)
-        self.job_conn = None
 
     def close(self) -> None:
         # A running statement is cancelled: its transaction rolls back, nothing is half-written.
-        if self.job is not None and not self.job.done() and self.job_conn is not None:
-            try:
-                self.job_conn.cancel_safe(timeout=5.0)
-            except Exception:  # best effort; the server ends it with the connection
-                pass
-            try:
-                self.job.result(timeout=10.0)
-            except Exception:  # cancelled or failed: rolled back either way
-                pass
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self._drop_job_conn()
+        self.job.stop(timeout=10.0)
 
 
 DAEMON = SnapshotterDaemon

@@ -37,6 +37,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from jobpipe.backoff import Backoff
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.httpio import BodyLimitExceeded, deadline_after, read_body
 from jobpipe.logs import redact
@@ -148,6 +149,7 @@ class EndpointPool:
         self.observer = observer
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self._breaker = Backoff(backoff_base, backoff_max)  # per endpoint: its failures in a row
         self._clock = clock
         self._lock = threading.Lock()
         self._endpoints = [_Endpoint(u) for u in cleaned]
@@ -214,7 +216,7 @@ class EndpointPool:
                 ep.last_error = None
                 return
             ep.failures += 1
-            backoff = min(self.backoff_max, self.backoff_base * 2 ** (ep.failures - 1))
+            backoff = self._breaker.delay(ep.failures)
             if error.retry_after is not None:
                 backoff = min(self.backoff_max, max(backoff, error.retry_after))
             ep.down_until = self._clock() + backoff
