@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,50 @@ def test_cli_show_redacts_secrets(tmp_path):
     j = json.loads(run_cli("config", "show", "--json", env=env).stdout)
     assert j["alerts.sender"] == {"value": "***", "source": f"{p}:2"}
     assert j["embedder.workers"]["source"] == "default"
+
+
+def test_typed_sections_are_generated_from_the_registry():
+    from jobpipe import config_types, settings
+
+    current = Path(config_types.__file__).read_text()
+    assert current == settings.render_types(), "run: python -m jobpipe.settings --write-types"
+
+
+def test_sections_are_frozen_typed_dataclasses_holding_the_registry_values():
+    import dataclasses
+
+    from jobpipe import config_types, settings
+
+    cfg = config.load(environ={"JOBPIPE_EMBEDDER_WORKERS": "8"})
+    assert isinstance(cfg.embedder, config_types.EmbedderConfig)
+    assert cfg.embedder.workers == 8 and cfg.embedder.max_chars == 2000
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.embedder.workers = 3  # type: ignore[misc]  # the point: assignment is refused
+    with pytest.raises(AttributeError):
+        cfg.embedder.wrokers  # type: ignore[attr-defined]  # noqa: B018  # a typo is no setting
+    for sec in settings.SECTIONS:
+        section = getattr(cfg, sec.name)
+        assert [f.name for f in dataclasses.fields(section)] == [s.name for s in sec.settings]
+
+
+def test_a_misspelt_setting_is_a_type_error(tmp_path):
+    """mypy sees the sections' fields: a typo fails the type check, a correct name passes."""
+    src = tmp_path / "uses_config.py"
+    src.write_text(
+        "from jobpipe import config\n\n"
+        "cfg = config.load(environ={})\n"
+        "workers: int = cfg.embedder.workers\n"
+        "oops = cfg.embedder.wrokers\n"
+        "wrong: str = cfg.queue.lease_s\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-error-summary", "--cache-dir", str(tmp_path / "c"), src.name],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(ROOT / "lib")},  # the source tree (the install is editable)
+    )
+    errors = [line for line in r.stdout.splitlines() if line.startswith("uses_config.py:")]
+    assert len(errors) == 2, r.stdout + r.stderr
+    assert ':5: error: "EmbedderConfig" has no attribute "wrokers"' in errors[0]
+    assert ":6: error: Incompatible types in assignment" in errors[1]

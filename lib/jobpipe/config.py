@@ -11,11 +11,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import yaml
 
+from jobpipe.config_types import SECTION_TYPES, Sections
 from jobpipe.errors import ConfigError
 from jobpipe.logs import redact as redact_text
 from jobpipe.settings import SECTIONS, Setting, all_settings
@@ -32,8 +32,10 @@ class Value:
     source: str  # "default", "<file>:<line>" or "env JOBPIPE_X_Y"
 
 
-class Config:
-    """Effective configuration. Attribute access by section: `cfg.embedder.workers`."""
+class Config(Sections):
+    """Effective configuration. Attribute access by section: `cfg.embedder.workers`, each section a
+    frozen dataclass of jobpipe.config_types (a misspelt setting is a type error, assigning one
+    raises FrozenInstanceError)."""
 
     def __init__(self, values: Mapping[str, Value], path: Path | None = None) -> None:
         self._values = dict(values)
@@ -43,7 +45,7 @@ class Config:
             sec, name = key.split(".", 1)
             sections.setdefault(sec, {})[name] = v.value
         for sec, kv in sections.items():
-            setattr(self, sec, SimpleNamespace(**kv))
+            setattr(self, sec, SECTION_TYPES[sec](**kv))
 
     def get(self, key: str) -> Any:
         return self._values[key].value
