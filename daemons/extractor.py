@@ -223,7 +223,7 @@ class ExtractorDaemon(Daemon):
                 what="stale summaries",
                 hint=f"the extractor's sweep re-queues them for {self.model} / schema {self.schema.version}",
             ),
-            no_summary_condition(conn, alerting.Thresholds.from_config(self.ctx.cfg, self.name)),
+            no_summary_condition(conn, alerting.thresholds(self.ctx.cfg, self.name)),
         ]
 
     def close(self) -> None:

@@ -29,12 +29,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 from jobpipe import db, queue
 from jobpipe.config import Config, check_value
+from jobpipe.config_types import AlertsConfig
 from jobpipe.errors import ConfigError, first_line
 from jobpipe.logs import log_event
 from jobpipe.logs import redact as redact_secrets
@@ -99,39 +100,39 @@ def count_condition(
 # ---------------------------------------------------------------------------------------- thresholds
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """The tunables of the conditions (`alerts.*`), with a daemon's `alerts.overrides` applied."""
+# The tunables of the conditions are the alerts section itself (jobpipe.config_types), with a
+# daemon's `alerts.overrides` applied by `thresholds`: no second copy of types or defaults.
+Thresholds: TypeAlias = AlertsConfig
 
-    failure_ratio: float = 0.5
-    failure_min_count: int = 20
-    failure_window_s: float = 900.0
-    stall_minutes: float = 30.0
-    backlog_growing_minutes: float = 120.0
-    backlog_min_growth: int = 100
-    dependency_down_minutes: float = 5.0
-    given_up_min: int = 20
-    given_up_window_minutes: float = 60.0
-    oldest_pending_minutes: float = 1440.0
-    renotify_hours: float = 24.0
-    resolve_minutes: float = 5.0
+# The alerts.* settings `alerts.overrides.<daemon>` may change (the conditions' tunables; not
+# the delivery settings, which are one per installation).
+OVERRIDABLE = (
+    "failure_ratio",
+    "failure_min_count",
+    "failure_window_s",
+    "stall_minutes",
+    "backlog_growing_minutes",
+    "backlog_min_growth",
+    "dependency_down_minutes",
+    "given_up_min",
+    "given_up_window_minutes",
+    "oldest_pending_minutes",
+    "renotify_hours",
+    "resolve_minutes",
+)
 
-    @classmethod
-    def from_config(cls, cfg: Config, daemon: str | None = None) -> Thresholds:
-        """Thresholds for `daemon` (None: the global ones). Overrides are checked like settings:
-        an unknown key or a bad value is a ConfigError naming `alerts.overrides.<daemon>.<key>`."""
-        names = [f.name for f in fields(cls)]
-        values = {n: getattr(cfg.alerts, n) for n in names}
-        overrides = validate_overrides(cfg.alerts.overrides)
-        values.update(overrides.get(daemon or "", {}))
-        return cls(**values)
+
+def thresholds(cfg: Config, daemon: str | None = None) -> Thresholds:
+    """Thresholds for `daemon` (None: the global ones). Overrides are checked like settings:
+    an unknown key or a bad value is a ConfigError naming `alerts.overrides.<daemon>.<key>`."""
+    overrides = validate_overrides(cfg.alerts.overrides)
+    return replace(cfg.alerts, **overrides.get(daemon or "", {}))
 
 
 def validate_overrides(raw: Any) -> dict[str, dict[str, Any]]:
     """`alerts.overrides` as {daemon: {threshold: value}}, every value checked like its setting."""
     if not isinstance(raw, dict):
         raise ConfigError("alerts.overrides must be a mapping {daemon: {setting: value}}")
-    names = [f.name for f in fields(Thresholds)]
     registry = all_settings()
     out: dict[str, dict[str, Any]] = {}
     for daemon, body in raw.items():
@@ -139,10 +140,10 @@ def validate_overrides(raw: Any) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"alerts.overrides.{daemon} must be a mapping of alert settings")
         out[str(daemon)] = {}
         for key, value in body.items():
-            if key not in names:
+            if key not in OVERRIDABLE:
                 raise ConfigError(
                     f"alerts.overrides.{daemon}.{key}: not an overridable alert setting "
-                    f"(one of {', '.join(names)})"
+                    f"(one of {', '.join(OVERRIDABLE)})"
                 )
             out[str(daemon)][key] = check_value(
                 registry[f"alerts.{key}"], value, f"alerts.overrides.{daemon}"
@@ -759,7 +760,7 @@ class Alerter:
 
         self.daemon = daemon
         self.cfg = cfg
-        self.th = Thresholds.from_config(cfg, daemon)
+        self.th = thresholds(cfg, daemon)
         self.connect = connect
         self.stages = list(stages)
         self.dependencies = list(dependencies)

@@ -117,7 +117,7 @@ def stage_verdict(f: StageFacts, th: Thresholds) -> tuple[str, list[str]]:
 def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
     """Everything `jobpipe health` shows, from one connection, in well under a second."""
     t0 = time.perf_counter()
-    base = Thresholds.from_config(cfg)
+    base = alerting.thresholds(cfg)
     overrides = alerting.validate_overrides(cfg.alerts.overrides)
     owners = dict(
         conn.execute("SELECT DISTINCT ON (stage) stage, daemon FROM alert_samples ORDER BY stage, at DESC")
@@ -131,7 +131,7 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
             by_daemon.setdefault(d, []).append(s)
     per_stage_th = dict.fromkeys(facts, base)
     for d, stages in by_daemon.items():
-        th = Thresholds.from_config(cfg, d)
+        th = alerting.thresholds(cfg, d)
         facts.update(alerting.gather(conn, stages, th))
         for s in stages:
             per_stage_th[s] = th
