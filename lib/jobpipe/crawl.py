@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import psycopg
 from prometheus_client import Counter, Gauge
 from psycopg.types.json import Jsonb
 
@@ -48,6 +47,7 @@ from jobpipe import db, postings, queue
 from jobpipe.ba import BAClient
 from jobpipe.ba_wire import PostingRecord, SchemaError, SearchPage
 from jobpipe.config import Config
+from jobpipe.db import Conn
 from jobpipe.errors import ConfigError, DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics
@@ -55,7 +55,6 @@ from jobpipe.postings import UpsertStats
 
 log = logging.getLogger("jobpipe.crawl")
 
-Conn = psycopg.Connection[Any]
 
 FULL = "full"
 INCREMENTAL = "incremental"
@@ -664,14 +663,15 @@ class Crawler:
 
 @dataclass(frozen=True, slots=True)
 class CrawlSettings:
-    """The crawl's tunables (fetcher section), in one place for the daemon, the CLI and the bench."""
+    """The crawl's tunables, read from the fetcher and queue sections (`from_config`; no defaults
+    here), in one place for the daemon, the CLI and the bench."""
 
-    page_size: int = 100
-    max_results: int = MAX_RESULTS
-    lease_s: float = 300.0  # the source's lease, extended while pages arrive
-    retry_s: float = 60.0  # first pause after a failed run (doubles)
-    retry_max_s: float = 3600.0
-    seen_resolution_s: float = 0.0
+    page_size: int
+    max_results: int
+    lease_s: float  # the source's lease, extended while pages arrive
+    retry_s: float  # first pause after a failed run (doubles)
+    retry_max_s: float
+    seen_resolution_s: float
 
     @classmethod
     def from_config(cls, cfg: Config) -> CrawlSettings:

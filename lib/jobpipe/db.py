@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -31,6 +31,10 @@ MIGRATION_LOCK = 0x6A6F6270  # "jobp"
 # Exception classes a lost connection can surface as (db.connect raises DependencyDown). Not
 # every instance is one: OperationalError also covers a statement timeout, a deadlock, disk
 # full or an oversized index row; `connection_lost` tells them apart.
+# The one connection type of the package: rows are tuples unless a query asks for another row
+# factory, so the row type stays Any.
+Conn: TypeAlias = psycopg.Connection[Any]
+
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 UNREACHABLE = (*CONNECTION_ERRORS, DependencyDown)
 # SQLSTATEs that mean the server or the connection went away: class 08 (connection exception),
@@ -77,7 +81,7 @@ def connect(
     statement_timeout_s: float | None = None,
     application_name: str = "jobpipe",
     vector: bool = True,
-) -> psycopg.Connection[Any]:
+) -> Conn:
     """Open a connection; DependencyDown when the server cannot be reached, UserError (one line,
     credentials redacted) when `url` is not a connection string at all."""
     check_url(url)
@@ -146,14 +150,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-def applied_versions(conn: psycopg.Connection[Any]) -> set[str]:
+def applied_versions(conn: Conn) -> set[str]:
     exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
     if not exists or not exists[0]:
         return set()
     return {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
 
 
-def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
+def pending_migrations(conn: Conn) -> list[Migration]:
     done = applied_versions(conn)
     return [m for m in available_migrations() if m.version not in done]
 
@@ -179,7 +183,7 @@ def migrate(url: str) -> list[str]:
     return applied
 
 
-def check_schema(conn: psycopg.Connection[Any]) -> None:
+def check_schema(conn: Conn) -> None:
     """Refuse to run against a schema that is behind (UserError with what to run)."""
     missing = [m.version for m in pending_migrations(conn)]
     if missing:

@@ -31,13 +31,12 @@ import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from datetime import time as dtime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from jobpipe.errors import ConfigError, UserError
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
+    from jobpipe.db import Conn
 
 # Advisory lock key (one for all demand snapshot work): "jp" + 0x0040 (the migration range).
 SNAPSHOT_LOCK = 0x6A700040

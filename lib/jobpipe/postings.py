@@ -28,16 +28,16 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import psycopg
 
 from jobpipe import titles
 from jobpipe.ba_wire import Location, PostingRecord, bounded
 from jobpipe.text import clean_text
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
+    from jobpipe.db import Conn
 
 # Description states (postings.description_state); 'pending' is the default of a new posting.
 FETCHED = "fetched"

@@ -21,14 +21,13 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from jobpipe.logs import redact
 from jobpipe.text import clean_text
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
+    from jobpipe.db import Conn
 
 FAILED = "failed"
 GIVEN_UP = "given_up"
@@ -45,9 +44,12 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    max_attempts: int = 5
-    backoff_base_s: float = 30.0
-    backoff_max_s: float = 6 * 3600.0
+    """When a failed item is retried, and when given up. No defaults: the values come from the
+    settings (queue.backoff_*_s, <daemon>.max_attempts) or the caller."""
+
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Backoff before retry number `attempts` (1 = after the first failure): exponential,

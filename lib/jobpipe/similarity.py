@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from jobpipe.config import Config
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
+    from jobpipe.db import Conn
 
 SIMILARITY_LOCK = 0x6A700041
 AGGREGATE_WORK_MEM = "128MB"

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from jobpipe import queue
 from jobpipe.text import parse_int
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
+    from jobpipe.db import Conn
 
 STAGE = "verify"
 ON_DEMAND_PRIORITY = 10  # the same as jobpipe_request_verify() in the schema
