@@ -125,7 +125,7 @@ def check_url(url: str) -> None:
         raise UserError(f"database.url is not a valid PostgreSQL connection URL: {first_line(exc)}") from None
 
 
-def close_quietly(conn: Any) -> None:
+def close_quietly(conn: Conn | None) -> None:
     """Close `conn` if there is one; a broken connection may fail to close, which is fine."""
     if conn is not None:
         try:

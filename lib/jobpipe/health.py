@@ -31,6 +31,7 @@ from typing import Any
 from jobpipe import alerting, db
 from jobpipe.alerting import FAIL, StageFacts, Thresholds, fmt_duration, fmt_time
 from jobpipe.config import Config
+from jobpipe.db import Conn
 
 OK_, WARN_, FAIL_ = "OK", "WARN", "FAIL"
 _RANK = {OK_: 0, WARN_: 1, FAIL_: 2}
@@ -114,7 +115,7 @@ def stage_verdict(f: StageFacts, th: Thresholds) -> tuple[str, list[str]]:
     return OK_, []
 
 
-def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
+def collect(conn: Conn, cfg: Config, *, host: str | None = None) -> Health:
     """Everything `jobpipe health` shows, from one connection, in well under a second."""
     t0 = time.perf_counter()
     base = alerting.thresholds(cfg)
@@ -230,7 +231,7 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
 FAILURE_SAMPLE = 10_000  # failed items counted by kind at most (bounds the cost with a huge backlog)
 
 
-def outcome_counts(conn: Any, stage: str, f: StageFacts) -> dict[str, int]:
+def outcome_counts(conn: Conn, stage: str, f: StageFacts) -> dict[str, int]:
     """Done outcomes of the last 24 h from the per-minute counts, and, when something failed, the
     failures by kind: the runtime stores an item error as "<kind>: <message>", so the failed
     items (pending retry or given up; at most FAILURE_SAMPLE of them) say whether answers were

@@ -152,7 +152,7 @@ class Daemon:
         """Release clients."""
 
     # -- alerting (jobpipe.alerting) ----------------------------------------------------------------
-    def alert_conditions(self, conn: Any) -> list[Any]:
+    def alert_conditions(self, conn: Conn) -> list[Any]:
         """Daemon-specific alert conditions (`jobpipe.alerting.Condition`, e.g. built with
         `alerting.age_condition` / `count_condition`), evaluated every alerts.eval_interval_s next to
         the built-in ones. Runs on the alert thread with that thread's connection: read the
@@ -278,8 +278,8 @@ class Runner:
         self.metrics_port = metrics_port
         self.stop = threading.Event()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.conn: Any = None
-        self.listen_conn: Any = None
+        self.conn: Conn | None = None
+        self.listen_conn: Conn | None = None
         self.waiter: queue.Waiter | None = None
         self.inflight: list[_Batch] = []  # claimed, calls not all finished
         self.writing: list[tuple[list[_Batch], cf.Future[None]]] = []  # handed to the writer
@@ -446,7 +446,7 @@ class Runner:
         self.notifier.status("; ".join(parts))
 
     def _heartbeat_row(self) -> None:
-        self.conn.execute(
+        self._db().execute(
             """INSERT INTO daemon_status (daemon, instance, host, pid, started_at, status, dependencies)
                VALUES (%s, %s, %s, %s, now(), %s, %s)
                ON CONFLICT (daemon, instance) DO UPDATE SET seen_at = now(), status = excluded.status,
@@ -492,6 +492,12 @@ class Runner:
             raise RuntimeError("the daemon is not created yet (Runner.run creates it)")
         return self.daemon
 
+    def _db(self) -> Conn:
+        """The loop's connection, for code that runs only while connected (`_connect` sets it)."""
+        if self.conn is None:
+            raise RuntimeError("not connected to the database")
+        return self.conn
+
     def _pool(self) -> cf.ThreadPoolExecutor:
         """The call pool, which `_run` creates before the first claim."""
         if self.pool is None:
@@ -512,8 +518,8 @@ class Runner:
         self._connect()
         if self.stop.is_set():
             return 0
-        db.check_schema(self.conn)  # UserError: exit 2 with what to run
-        self.daemon.setup(self.conn)
+        db.check_schema(self._db())  # UserError: exit 2 with what to run
+        self._daemon().setup(self._db())
         self.writer = BatchWriter(
             lambda: self.ctx.connect("writer"),
             self._write_batches,
@@ -590,9 +596,9 @@ class Runner:
         a periodic task at its next interval) while claims go on. Connection loss and
         DependencyDown still go to the loop's handlers."""
         try:
-            fn(self.conn)
+            fn(self._db())
         except Exception as exc:
-            if isinstance(exc, DependencyDown) or db.connection_lost(exc) or self.conn.closed:
+            if isinstance(exc, DependencyDown) or db.connection_lost(exc) or self._db().closed:
                 raise
             log.error(
                 "%s failed", what, exc_info=exc, extra={"event": f"{what}_failed", "error": first_line(exc)}
@@ -630,7 +636,7 @@ class Runner:
         for b in self._held():
             by_stage.setdefault(b.stage.name, []).extend(it.id for it in b.items)
         for ids in by_stage.values():
-            queue.extend_lease(self.conn, self.owner, ids, self.cfg.queue.lease_s)
+            queue.extend_lease(self._db(), self.owner, ids, self.cfg.queue.lease_s)
 
     def _turn(self) -> bool:
         """One loop turn; True when `once` and everything is drained."""
@@ -664,9 +670,9 @@ class Runner:
         if claimed:
             return False
         if self.once and not backing_off:
-            st = queue.stats(self.conn, [s.name for s in self.stage_list])
+            st = queue.stats(self._db(), [s.name for s in self.stage_list])
             due = sum(s.pending for s in st.values())
-            if due == 0 and self._daemon().pending_work(self.conn) == 0:
+            if due == 0 and self._daemon().pending_work(self._db()) == 0:
                 log_event(log, "drained")
                 return True
         wait = self._tick_s()
@@ -715,23 +721,23 @@ class Runner:
         # Expired leases are rare; looking for them once per status interval keeps claims cheap.
         if now - self._last_reclaim.get(stage.name, 0.0) >= self.cfg.runtime.status_interval_s:
             self._last_reclaim[stage.name] = now
-            reclaimed = queue.reclaim_expired(self.conn, stage.name, policy)
+            reclaimed = queue.reclaim_expired(self._db(), stage.name, policy)
             if reclaimed:
                 log_event(log, "leases_reclaimed", stage=stage.name, n=reclaimed)
         items = queue.claim(
-            self.conn, stage.name, self.owner, stage.batch_size * n_batches, self.cfg.queue.lease_s
+            self._db(), stage.name, self.owner, stage.batch_size * n_batches, self.cfg.queue.lease_s
         )
         if not items:
             return 0
         try:
-            payloads = stage.load(self.conn, items)
+            payloads = stage.load(self._db(), items)
         except Exception as exc:
             if db.connection_lost(exc):
                 raise
             log.exception("load failed", extra={"event": "load_failed"})
-            with self.conn.transaction():
+            with self._db().transaction():
                 queue.fail(
-                    self.conn, stage.name, self.owner, {i.id: f"load failed: {exc}" for i in items}, policy
+                    self._db(), stage.name, self.owner, {i.id: f"load failed: {exc}" for i in items}, policy
                 )
             return len(items)
         for k in range(0, len(items), stage.batch_size):
@@ -810,13 +816,13 @@ class Runner:
         assert self.writer is not None
         self.writing.append((finished, self.writer.submit(finished)))
 
-    def _write_batches(self, conn: Any, batches: list[_Batch]) -> None:
+    def _write_batches(self, conn: Conn, batches: list[_Batch]) -> None:
         """On the writer thread: the finished batches of each stage in one transaction (a merged
         write that fails is redone batch by batch, so one bad batch costs only its own items)."""
         for stage in dict.fromkeys(b.stage.name for b in batches):
             self._write(conn, _Batch.merged([b for b in batches if b.stage.name == stage]))
 
-    def _write(self, conn: Any, b: _Batch) -> None:
+    def _write(self, conn: Conn, b: _Batch) -> None:
         """Write one (merged) batch: results and queue outcomes in one transaction.
 
         Only results of items whose lease this daemon still holds are written (checked and locked

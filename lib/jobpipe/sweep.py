@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobpipe import db, queue
+from jobpipe.db import Conn
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Sweep:
     def done(self) -> bool:
         return self.end is not None and self.cursor >= self.end
 
-    def step(self, conn: Any) -> int:
+    def step(self, conn: Conn) -> int:
         """One bounded step; returns how many postings it queued."""
         if self.end is None:
             self.end = db.one(conn, "SELECT coalesce(max(id), 0) FROM postings")[0]

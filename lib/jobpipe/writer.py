@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from jobpipe.db import close_quietly, connection_lost
+from jobpipe.db import Conn, close_quietly, connection_lost
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 
@@ -54,7 +54,7 @@ class BatchWriter(Generic[T]):
         self._closing = False
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
-        self.conn: Any = None
+        self.conn: Conn | None = None
         self.last_error = ""
 
     def start(self) -> BatchWriter[T]:
