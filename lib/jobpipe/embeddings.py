@@ -29,7 +29,8 @@ from psycopg import sql
 from jobpipe import sweep
 from jobpipe.config import Config
 from jobpipe.errors import ConfigError, ItemError
-from jobpipe.models import EmbeddingClient, make_embedding_client
+from jobpipe.models import make_embedding_client
+from jobpipe.models.base import EmbeddingClient
 from jobpipe.text import clean_text
 
 if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
