@@ -280,7 +280,7 @@ def _counts(
                  WHERE minute >= {w(span_s)} AND (%(all)s OR stage = ANY(%(stages)s))) s
          GROUP BY stage
     """
-    rows = conn.execute(sql, {"all": stages is None, "stages": list(stages or [])}).fetchall()  # type: ignore[arg-type]
+    rows = conn.execute(sql, {"all": stages is None, "stages": list(stages or [])}).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 

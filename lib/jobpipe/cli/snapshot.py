@@ -99,15 +99,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         else:
             days = [yesterday]
         for day in days:
-            r = demand.snapshot_day(conn, day, wait=True, statement_timeout_s=sec.statement_timeout_s)
+            done = demand.snapshot_day(conn, day, wait=True, statement_timeout_s=sec.statement_timeout_s)
             if args.json:
                 print(
                     json.dumps(
                         {
                             "day": str(day),
-                            "rows": r.rows,
-                            "active_postings": r.active_postings,
-                            "seconds": round(r.seconds, 3),
+                            "rows": done.rows,
+                            "active_postings": done.active_postings,
+                            "seconds": round(done.seconds, 3),
                             "partial": day >= today,
                         }
                     ),
@@ -120,7 +120,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
                     else ""
                 )
                 print(
-                    f"{day}: {r.rows} rows, {r.active_postings} active postings, {r.seconds:.2f}s{note}",
+                    f"{day}: {done.rows} rows, {done.active_postings} active postings, "
+                    f"{done.seconds:.2f}s{note}",
                     flush=True,
                 )
     return 0

@@ -145,6 +145,7 @@ class ExtractorDaemon(Daemon):
             if leader is None:
                 mine: cf.Future[Any] = cf.Future()
                 self._in_flight[job.text_hash] = mine
+        res: Any
         if leader is not None:  # an identical text is being summarised: share its answer
             res = leader.result()
             if isinstance(res, BaseException):
@@ -152,7 +153,6 @@ class ExtractorDaemon(Daemon):
             if isinstance(res, ItemError):
                 return [res]
             return [("reused", res.summary)]
-        res: Any
         try:
             with self._slots:
                 res = extraction.extract(self.chat, self.schema, job.text)

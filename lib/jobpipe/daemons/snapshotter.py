@@ -104,7 +104,7 @@ class SnapshotterDaemon(Daemon):
         if self.job is not None:
             if not self.job.done():
                 return
-            self._collect(conn)
+            self._collect(conn, self.job)
         now = self.clock()
         if now < self.next_check:
             return
@@ -200,11 +200,11 @@ class SnapshotterDaemon(Daemon):
                 pass
         return out
 
-    def _collect(self, conn: Any) -> None:
-        """Pick up a finished job. Its outcomes also go to stage_counts (as the crawl's do): a job
+    def _collect(self, conn: Any, job: cf.Future[_JobResult]) -> None:
+        """Pick up `job`, finished. Its outcomes also go to stage_counts (as the crawl's do): a job
         that fails run after run is then a failure streak that `jobpipe health` shows as FAIL and
         alerts on within minutes, not only `snapshot_overdue` a day later."""
-        job, self.job = self.job, None
+        self.job = None
         d = self.ctx.metrics.daemon
         try:
             res = job.result()

@@ -208,8 +208,8 @@ class VerifierDaemon(Daemon):
         stored = postings.store_descriptions(conn, results)
         outcome = {}
         for item, (posting_id, _), _res in done:
-            state = stored.get(posting_id)
-            outcome[item.id] = "missing" if state is None else (GONE if state == postings.GONE else VERIFIED)
+            kept = stored.get(posting_id)
+            outcome[item.id] = "missing" if kept is None else (GONE if kept == postings.GONE else VERIFIED)
         return outcome
 
     def close(self) -> None:
