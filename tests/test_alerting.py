@@ -731,9 +731,17 @@ def test_database_down_one_message_per_host_and_one_resolved(db_conn, gw, tmp_pa
     cfg = test_config(gw)
     latch = tmp_path / "latch.json"
 
+    shipped = config.load(environ={}).alerts  # the shipped retry pauses, not test_config's short ones
+
     def watch(daemon: str) -> DatabaseWatch:
         return DatabaseWatch(
-            daemon, "box", gateway_from_config(cfg), 0.0, Latch(latch)
+            daemon,
+            "box",
+            gateway_from_config(cfg),
+            0.0,
+            Latch(latch),
+            retry_base_s=shipped.retry_base_s,
+            retry_max_s=shipped.retry_max_s,
         )
 
     a, b = watch("embedder"), watch("fetcher")

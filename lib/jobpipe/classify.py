@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 from psycopg import sql
 
+from jobpipe import db
 from jobpipe.catalogue import DATA_PACKAGE, embedding_text
+from jobpipe.db import Conn
 from jobpipe.embeddings import as_vector, client_from_config, text_hash
 from jobpipe.errors import DependencyDown, ItemError, UserError
 from jobpipe.models import chat_client_for_role
@@ -143,7 +145,7 @@ class ExactIndex:
         return None
 
 
-def load_exact_index(conn: Any) -> ExactIndex:
+def load_exact_index(conn: Conn) -> ExactIndex:
     return ExactIndex.from_rows(
         conn.execute("SELECT id, name, full_name, name_norm, aliases FROM occupations")
     )
@@ -157,7 +159,7 @@ def occupation_index_name(model: str, dimensions: int) -> str:
     return f"{INDEX_PREFIX}{slug}_{hashlib.sha256(model.encode()).hexdigest()[:8]}_{dimensions}"
 
 
-def ensure_occupation_index(conn: Any, model: str, dimensions: int) -> str:
+def ensure_occupation_index(conn: Conn, model: str, dimensions: int) -> str:
     """An HNSW index over this model's occupation vectors (partial, by expression, like the postings').
 
     Small (thousands of rows): built in place in about a second, not concurrently.
@@ -179,7 +181,7 @@ class OccupationText:
     hash: str
 
 
-def occupations_to_embed(conn: Any, model: str, dimensions: int) -> tuple[list[OccupationText], int]:
+def occupations_to_embed(conn: Conn, model: str, dimensions: int) -> tuple[list[OccupationText], int]:
     """(occupations whose vector for `model` is missing, of another text or dimension; total count)."""
     rows = conn.execute(
         """SELECT o.id, o.name, o.full_name, e.text_hash, vector_dims(e.embedding)
@@ -198,7 +200,7 @@ def occupations_to_embed(conn: Any, model: str, dimensions: int) -> tuple[list[O
 
 
 def store_occupation_embeddings(
-    conn: Any, model: str, rows: Sequence[tuple[OccupationText, np.ndarray]]
+    conn: Conn, model: str, rows: Sequence[tuple[OccupationText, np.ndarray]]
 ) -> int:
     """Upsert a chunk of occupation vectors in one statement (occupations deleted meanwhile skipped)."""
     if not rows:
@@ -272,15 +274,16 @@ class CatalogueSync:
             return f"catalogue: embedding {self.total - len(self.todo)}/{self.total}"
         return f"catalogue: {self.total} occupations"
 
-    def _current_signature(self, conn: Any) -> tuple[Any, ...]:
-        row = conn.execute(
+    def _current_signature(self, conn: Conn) -> tuple[Any, ...]:
+        row = db.one(
+            conn,
             """SELECT (SELECT count(*) FROM occupations), (SELECT max(updated_at) FROM occupations),
                       (SELECT count(*) FROM occupation_embeddings WHERE model = %s)""",
             (self.model,),
-        ).fetchone()
+        )
         return tuple(row)
 
-    def step(self, conn: Any, *, force_check: bool = False) -> bool:
+    def step(self, conn: Conn, *, force_check: bool = False) -> bool:
         """One piece of work; True when it did something worth repeating at once."""
         now = self.clock()
         if not self.todo and (force_check or self._signature is None or now >= self._next_check):
@@ -327,7 +330,7 @@ class CatalogueSync:
             self._finish(conn)
         return bool(self.todo)
 
-    def _finish(self, conn: Any) -> None:
+    def _finish(self, conn: Conn) -> None:
         # Every model's rows differ in dimension possibly: delete this model's wrong-dimension rows first.
         conn.execute(
             "DELETE FROM occupation_embeddings WHERE model = %s AND vector_dims(embedding) <> %s",
@@ -339,7 +342,7 @@ class CatalogueSync:
         else:
             self.ready_event.clear()
 
-    def run_until_ready(self, conn: Any, *, retries: int = 5, pause: threading.Event | None = None) -> None:
+    def run_until_ready(self, conn: Conn, *, retries: int = 5, pause: threading.Event | None = None) -> None:
         """Embed until complete (commands and benchmarks); a model server that drops a connection
         now and then is retried `retries` times in a row with a growing pause, then DependencyDown."""
         wait = pause or threading.Event()  # never set: wait() is a pause that a caller may cut short
@@ -373,7 +376,7 @@ def title_text(title_norm: str | None, sample: str | None) -> str:
     return text[:MAX_TITLE_CHARS]
 
 
-def load_title_jobs(conn: Any, title_ids: Sequence[int]) -> dict[int, TitleJob]:
+def load_title_jobs(conn: Conn, title_ids: Sequence[int]) -> dict[int, TitleJob]:
     """One query for a batch (exact evidence is looked up later, in memory, by the caller)."""
     out: dict[int, TitleJob] = {}
     for tid, norm, sample, label in conn.execute(
@@ -444,7 +447,7 @@ def _search_sql(model: str, dimensions: int) -> sql.Composed:
 
 
 def search_candidates(
-    conn: Any,
+    conn: Conn,
     vectors: Mapping[int, np.ndarray],
     model: str,
     dimensions: int,
@@ -479,7 +482,7 @@ def search_candidates(
 
 
 def write_vector_stage(
-    conn: Any,
+    conn: Conn,
     decided: Sequence[tuple[int, int | None, str, float | None]],
     vectors: Sequence[tuple[int, np.ndarray]],
     *,
@@ -583,7 +586,7 @@ class Decision:
     confidence: float | None
 
 
-def load_llm_jobs(conn: Any, title_ids: Sequence[int]) -> dict[int, LLMJob]:
+def load_llm_jobs(conn: Conn, title_ids: Sequence[int]) -> dict[int, LLMJob]:
     """One query: titles with their stored candidates and the candidates' names."""
     rows = conn.execute(
         """SELECT t.id, t.title_norm, t.sample_title,
@@ -640,7 +643,7 @@ def ask_llm(chat: Any, prompt: Prompt, job: LLMJob) -> Decision:
 
 
 def write_llm_results(
-    conn: Any,
+    conn: Conn,
     results: Sequence[tuple[int, Decision]],
     *,
     llm_model: str,
@@ -691,7 +694,7 @@ _STALE = sql.SQL(
 )
 
 
-def count_stale(conn: Any, current: Versions) -> int:
+def count_stale(conn: Conn, current: Versions) -> int:
     """Titles whose result was made with another LLM, prompt version or embedding model."""
     query = sql.SQL("SELECT count(*) FROM titles t WHERE {stale}").format(stale=_STALE)
     params = {
@@ -705,7 +708,7 @@ def count_stale(conn: Any, current: Versions) -> int:
 
 
 def requeue(
-    conn: Any,
+    conn: Conn,
     *,
     stale: Versions | None = None,
     outcomes: Sequence[str] = (),
@@ -744,7 +747,7 @@ def requeue(
     return int(row[0]) if row else 0
 
 
-def outcome_counts(conn: Any) -> dict[str, int]:
+def outcome_counts(conn: Conn) -> dict[str, int]:
     return {
         o or "unclassified": n for o, n in conn.execute("SELECT outcome, count(*) FROM titles GROUP BY 1")
     }
@@ -851,7 +854,7 @@ class EvalReport:
 
 
 def evaluate(
-    conn: Any,
+    conn: Conn,
     rows: Sequence[Labelled],
     *,
     embed_client: Any,
@@ -960,7 +963,7 @@ def chat_client_from_config(cfg: Any, *, observer: Any = None) -> Any:
     return chat_client_for_role(cfg.classifier, cfg.ollama, observer=observer)
 
 
-def evaluate_from_config(conn: Any, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:
+def evaluate_from_config(conn: Conn, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:
     """`jobpipe classifier eval`: the configured embedding model, LLM, prompt and thresholds."""
     c = cfg.classifier
     with client_from_config(cfg, concurrency=2) as embed_client, chat_client_from_config(cfg) as chat:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from jobpipe import db
-from jobpipe.alerts.channels.signal import explain
+from jobpipe.alerts.channels.signal import SignalGateway, explain
 from jobpipe.alerts.conditions import (
     FAIL,
     Condition,
@@ -34,6 +34,7 @@ from jobpipe.alerts.delivery import (
 )
 from jobpipe.alerts.state import Transition, apply
 from jobpipe.config import Config
+from jobpipe.db import Conn
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 
@@ -60,7 +61,7 @@ class Alerter:
         dependencies: Sequence[str] = (),
         hooks: Callable[[Any], list[Condition]] | None = None,
         metrics: Any = None,
-        gateway: Any = None,
+        gateway: SignalGateway | None = None,
         host: str | None = None,
         latch_path: Any = None,
     ) -> None:
@@ -89,7 +90,7 @@ class Alerter:
             retry_base_s=cfg.alerts.retry_base_s,
             retry_max_s=cfg.alerts.retry_max_s,
         )
-        self.conn: Any = None
+        self.conn: Conn | None = None
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -202,7 +203,7 @@ class Alerter:
         db.close_quietly(self.conn)
         self.conn = None
 
-    def evaluate(self, conn: Any) -> list[Transition]:
+    def evaluate(self, conn: Conn) -> list[Transition]:
         facts = gather(conn, self.stages, self.th) if self.stages else {}
         interval = self.cfg.alerts.eval_interval_s
         record_samples(

@@ -31,6 +31,7 @@ from jobpipe import queue
 from jobpipe.alerts.message import fmt_duration, fmt_time
 from jobpipe.config import Config, check_value
 from jobpipe.config_types import AlertsConfig
+from jobpipe.db import Conn
 from jobpipe.errors import ConfigError
 from jobpipe.logs import redact as redact_secrets
 from jobpipe.settings import all_settings
@@ -182,7 +183,7 @@ class StageFacts:
         return self.due + self.scheduled
 
 
-def gather(conn: Any, stages: Sequence[str] | None, th: Thresholds) -> dict[str, StageFacts]:
+def gather(conn: Conn, stages: Sequence[str] | None, th: Thresholds) -> dict[str, StageFacts]:
     """Facts for `stages` (None: every stage with live items, given-up items or recent counts).
 
     Cheap with any amount of history: live counts come from the partial indexes over live queue
@@ -254,7 +255,7 @@ def gather(conn: Any, stages: Sequence[str] | None, th: Thresholds) -> dict[str,
 
 
 def _counts(
-    conn: Any, stages: Sequence[str] | None, th: Thresholds, span_s: float
+    conn: Conn, stages: Sequence[str] | None, th: Thresholds, span_s: float
 ) -> dict[str, tuple[Any, ...]]:
     # Minute buckets: "the last N seconds" starts at the bucket containing now - N.
     def w(seconds: float) -> str:
@@ -285,7 +286,7 @@ def _counts(
 
 
 def record_samples(
-    conn: Any, daemon: str, facts: dict[str, StageFacts], min_gap_s: float, keep_s: float
+    conn: Conn, daemon: str, facts: dict[str, StageFacts], min_gap_s: float, keep_s: float
 ) -> None:
     """Add one pending-count sample per stage (skipped when another instance sampled within
     `min_gap_s`) and drop samples older than `keep_s`."""
@@ -434,7 +435,7 @@ class Instance:
     dependencies: dict[str, bool]
 
 
-def instances(conn: Any, daemon: str | None = None) -> list[Instance]:
+def instances(conn: Conn, daemon: str | None = None) -> list[Instance]:
     """Live instances (heartbeat within STALE_INSTANCE_S) from daemon_status."""
     rows = conn.execute(
         """SELECT daemon, instance, host, seen_at, coalesce(status, ''), dependencies FROM daemon_status
@@ -475,7 +476,7 @@ def dependency_conditions(insts: Sequence[Instance], deps: Sequence[str], th: Th
     return out
 
 
-def last_error(conn: Any, stage: str, insts: Sequence[Instance] = ()) -> str:
+def last_error(conn: Conn, stage: str, insts: Sequence[Instance] = ()) -> str:
     """The first line of the latest error of a stage (what a phone shows of the cause): a live
     instance's (the runner keeps "<stage>: <error>" in daemon_status), else the newest failed or
     given-up item's. Credentials and registered secrets are cut out."""

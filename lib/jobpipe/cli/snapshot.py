@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import date, timedelta
-from typing import Any
 
 from jobpipe import db, demand, similarity
 from jobpipe.cli.core import connect, int_arg, load_config
+from jobpipe.db import Conn
 from jobpipe.errors import UserError
 from jobpipe.text import cell, clean_text, parse_int
 
@@ -127,7 +127,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_occupation(conn: Any, text: str) -> tuple[int, str]:
+def resolve_occupation(conn: Conn, text: str) -> tuple[int, str]:
     """An occupation by id, exact name (case-insensitive) or a unique part of its name."""
     text = (clean_text(text) or "").strip()
     if not text:

@@ -31,6 +31,7 @@ from jobpipe import crawl, runtime
 from jobpipe.alerts.conditions import FAIL, Condition, count_condition
 from jobpipe.ba.client import BAClient, Gone
 from jobpipe.ba.wire import SchemaError
+from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
 from jobpipe.postings import EXTERNAL, FETCHED, GONE, PENDING, DescriptionResult, store_descriptions
@@ -81,11 +82,11 @@ class FetcherDaemon(runtime.Daemon):
             )
         ]
 
-    def setup(self, conn: Any) -> None:
+    def setup(self, conn: Conn) -> None:
         crawl.sync_sources(conn, self.sources)
         self.metrics.set_truncated(crawl.truncated_counts(conn))
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         self._collect()
         self._keep_crawl_lease(conn)
         if self._thread is not None or self.ctx.stop.is_set():
@@ -98,7 +99,7 @@ class FetcherDaemon(runtime.Daemon):
         if runs:
             self._start(runs[0])
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         # A finished crawl not yet collected still counts: the next tick collects it (and may
         # raise its DependencyDown there, where the runtime handles it).
         running = 1 if self._thread is not None else 0
@@ -112,7 +113,7 @@ class FetcherDaemon(runtime.Daemon):
             thread.join(self.ctx.cfg.runtime.drain_timeout_s + self.cfg.timeout_s)
         self.client.close()
 
-    def alert_conditions(self, conn: Any) -> list[Condition]:
+    def alert_conditions(self, conn: Conn) -> list[Condition]:
         """Alert-worthy, from fetch_sources (shared by every instance): partitions still truncated
         at the result cap, a source whose last run hit schema drift, a source failing repeatedly."""
         rows = conn.execute(
@@ -156,7 +157,7 @@ class FetcherDaemon(runtime.Daemon):
 
     # ------------------------------------------------------------ crawls
 
-    def _keep_crawl_lease(self, conn: Any) -> None:
+    def _keep_crawl_lease(self, conn: Conn) -> None:
         """Extend the running crawl's source lease from the loop, every lease_s / 3.
 
         Why here and not only in the crawl: the crawl extends it after each page, but one page can
@@ -242,7 +243,7 @@ class FetcherDaemon(runtime.Daemon):
 
     # ------------------------------------------------------------ the description stage
 
-    def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+    def load(self, conn: Conn, items: list[Item]) -> dict[int, Any]:
         rows = conn.execute(
             "SELECT id, external_id, description_state, external_url FROM postings WHERE id = ANY(%s)",
             ([i.subject for i in items],),
@@ -292,7 +293,7 @@ class FetcherDaemon(runtime.Daemon):
                 out.append(DescriptionResult(pid, FETCHED, None))
         return out
 
-    def write(self, conn: Any, done: list[tuple[Item, Any, DescriptionResult]]) -> dict[int, str]:
+    def write(self, conn: Conn, done: list[tuple[Item, Any, DescriptionResult]]) -> dict[int, str]:
         stored = store_descriptions(conn, [r for _, _, r in done])
         outcomes: dict[int, str] = {}
         for item, _, r in done:

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge
 
 from jobpipe import db, demand, queue, similarity
 from jobpipe.alerts.conditions import Condition, age_condition, count_condition
+from jobpipe.db import Conn
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 from jobpipe.runtime import Context, Daemon
@@ -51,7 +52,7 @@ class SnapshotterDaemon(Daemon):
         self.clock = clock
         self.pool = cf.ThreadPoolExecutor(1, thread_name_prefix="snapshotter-job")
         self.job: cf.Future[_JobResult] | None = None
-        self.job_conn: Any = None
+        self.job_conn: Conn | None = None
         self._job_stage = SNAPSHOT
         self.next_check = 0.0
         self.retry_at = 0.0
@@ -95,12 +96,12 @@ class SnapshotterDaemon(Daemon):
             g.labels(d).set(0)
 
     # ------------------------------------------------------------------ what is due (loop thread)
-    def due(self, conn: Any) -> tuple[list[date], bool]:
+    def due(self, conn: Conn) -> tuple[list[date], bool]:
         sec = self.ctx.cfg.snapshotter
         days = demand.due_days(conn, self.run_at, sec.catch_up_days)
         return days, similarity.is_due(conn, sec.similarity_interval_h, self.ctx.cfg.embedder.model)
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         if self.job is not None:
             if not self.job.done():
                 return
@@ -114,7 +115,7 @@ class SnapshotterDaemon(Daemon):
         if (days or sim_due) and now >= self.retry_at and not self.ctx.stop.is_set():
             self.job = self.pool.submit(self._work, days, sim_due)
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         if self.job is not None:
             return 1  # running, or finished and not yet collected by tick
         if self.clock() < self.retry_at:
@@ -122,7 +123,7 @@ class SnapshotterDaemon(Daemon):
         days, sim_due = self.due(conn)
         return len(days) + int(sim_due)
 
-    def alert_conditions(self, conn: Any) -> list[Condition]:
+    def alert_conditions(self, conn: Conn) -> list[Condition]:
         """Alert-worthy: a due day still without its snapshot a day later (the newest due day may be
         computing right now, so it does not count), and a similarity result older than two
         intervals (plus an hour) while there is one."""
@@ -200,7 +201,7 @@ class SnapshotterDaemon(Daemon):
                 pass
         return out
 
-    def _collect(self, conn: Any, job: cf.Future[_JobResult]) -> None:
+    def _collect(self, conn: Conn, job: cf.Future[_JobResult]) -> None:
         """Pick up `job`, finished. Its outcomes also go to stage_counts (as the crawl's do): a job
         that fails run after run is then a failure streak that `jobpipe health` shows as FAIL and
         alerts on within minutes, not only `snapshot_overdue` a day later."""
@@ -247,7 +248,7 @@ class SnapshotterDaemon(Daemon):
         if not locked:
             self.next_check = 0.0  # look again at once (e.g. to publish the new state)
 
-    def _publish(self, conn: Any, missing: int) -> None:
+    def _publish(self, conn: Conn, missing: int) -> None:
         d = self.ctx.metrics.daemon
         self.m_missing.labels(d).set(missing)
         parts = []
