@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobpipe import config
+from jobpipe import config, config_types, settings
 from jobpipe.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,8 +85,6 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     base = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
     return subprocess.run(
         [sys.executable, "-m", "jobpipe.cli", *args],
@@ -120,17 +119,11 @@ def test_cli_show_redacts_secrets(tmp_path):
 
 
 def test_typed_sections_are_generated_from_the_registry():
-    from jobpipe import config_types, settings
-
     current = Path(config_types.__file__).read_text()
     assert current == settings.render_types(), "run: python -m jobpipe.settings --write-types"
 
 
 def test_sections_are_frozen_typed_dataclasses_holding_the_registry_values():
-    import dataclasses
-
-    from jobpipe import config_types, settings
-
     cfg = config.load(environ={"JOBPIPE_EMBEDDER_WORKERS": "8"})
     assert isinstance(cfg.embedder, config_types.EmbedderConfig)
     assert cfg.embedder.workers == 8 and cfg.embedder.max_chars == 2000
