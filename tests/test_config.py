@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobpipe import config, config_types, settings
+from jobpipe import config, sections, settings
 from jobpipe.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,13 +119,13 @@ def test_cli_show_redacts_secrets(tmp_path):
 
 
 def test_typed_sections_are_generated_from_the_registry():
-    current = Path(config_types.__file__).read_text()
+    current = Path(sections.__file__).read_text()
     assert current == settings.render_types(), "run: python -m jobpipe.settings --write-types"
 
 
 def test_sections_are_frozen_typed_dataclasses_holding_the_registry_values():
     cfg = config.load(environ={"JOBPIPE_EMBEDDER_WORKERS": "8"})
-    assert isinstance(cfg.embedder, config_types.EmbedderConfig)
+    assert isinstance(cfg.embedder, sections.EmbedderConfig)
     assert cfg.embedder.workers == 8 and cfg.embedder.max_chars == 2000
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.embedder.workers = 3  # type: ignore[misc]  # the point: assignment is refused

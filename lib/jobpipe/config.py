@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from jobpipe.config_types import SECTION_TYPES, Sections
 from jobpipe.errors import ConfigError
 from jobpipe.logs import redact as redact_text
+from jobpipe.sections import SECTION_TYPES, Sections
 from jobpipe.settings import SECTIONS, Setting, all_settings
 
 DEFAULT_PATH = Path("/etc/jobpipe/jobpipe.yaml")
@@ -34,7 +34,7 @@ class Value:
 
 class Config(Sections):
     """Effective configuration. Attribute access by section: `cfg.embedder.workers`, each section a
-    frozen dataclass of jobpipe.config_types (a misspelt setting is a type error, assigning one
+    frozen dataclass of jobpipe.sections (a misspelt setting is a type error, assigning one
     raises FrozenInstanceError)."""
 
     def __init__(self, values: Mapping[str, Value], path: Path | None = None) -> None:

@@ -822,12 +822,12 @@ def all_settings() -> dict[str, Setting]:
 
 
 # ---------------------------------------------------------------------------------- typed sections
-# `jobpipe.config_types` is generated from SECTIONS (`python -m jobpipe.settings --write-types`;
+# `jobpipe.sections` is generated from SECTIONS (`python -m jobpipe.settings --write-types`;
 # a test keeps it current): one frozen dataclass per section, so a type checker sees every
 # setting's type and a misspelt one is an error. No defaults in it: values always come from
 # this registry through jobpipe.config.load.
 
-TYPES_PATH = Path(__file__).with_name("config_types.py")
+TYPES_PATH = Path(__file__).with_name("sections.py")
 
 
 def class_name(section: str) -> str:
@@ -852,7 +852,7 @@ def type_hint(setting: Setting) -> str:
 
 
 def render_types() -> str:
-    """The source of jobpipe.config_types."""
+    """The source of jobpipe.sections."""
     out = [
         '"""Typed, frozen configuration sections. GENERATED from jobpipe.settings: do not edit.',
         "",

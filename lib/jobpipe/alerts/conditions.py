@@ -30,10 +30,10 @@ from typing import Any, TypeAlias
 from jobpipe import queue
 from jobpipe.alerts.message import fmt_duration, fmt_time
 from jobpipe.config import Config, check_value
-from jobpipe.config_types import AlertsConfig
 from jobpipe.db import Conn
 from jobpipe.errors import ConfigError
 from jobpipe.logs import redact as redact_secrets
+from jobpipe.sections import AlertsConfig
 from jobpipe.settings import all_settings
 
 log = logging.getLogger("jobpipe.alerting")
@@ -95,7 +95,7 @@ def count_condition(
 # ---------------------------------------------------------------------------------------- thresholds
 
 
-# The tunables of the conditions are the alerts section itself (jobpipe.config_types), with a
+# The tunables of the conditions are the alerts section itself (jobpipe.sections), with a
 # daemon's `alerts.overrides` applied by `thresholds`: no second copy of types or defaults.
 Thresholds: TypeAlias = AlertsConfig
 
