@@ -13,6 +13,7 @@ import pytest
 
 from jobpipe import config, sections, settings
 from jobpipe.errors import ConfigError
+from tests.typecheck import mypy_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,22 +139,14 @@ def test_sections_are_frozen_typed_dataclasses_holding_the_registry_values():
 
 def test_a_misspelt_setting_is_a_type_error(tmp_path):
     """mypy sees the sections' fields: a typo fails the type check, a correct name passes."""
-    src = tmp_path / "uses_config.py"
-    src.write_text(
+    errors = mypy_errors(
+        tmp_path,
         "from jobpipe import config\n\n"
         "cfg = config.load(environ={})\n"
         "workers: int = cfg.embedder.workers\n"
         "oops = cfg.embedder.wrokers\n"
-        "wrong: str = cfg.queue.lease_s\n"
+        "wrong: str = cfg.queue.lease_s\n",
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-error-summary", "--cache-dir", str(tmp_path / "c"), src.name],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "MYPYPATH": str(ROOT / "lib")},  # the source tree (the install is editable)
-    )
-    errors = [line for line in r.stdout.splitlines() if line.startswith("uses_config.py:")]
-    assert len(errors) == 2, r.stdout + r.stderr
-    assert ':5: error: "EmbedderConfig" has no attribute "wrokers"' in errors[0]
-    assert ":6: error: Incompatible types in assignment" in errors[1]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith('5: error: "EmbedderConfig" has no attribute "wrokers"')
+    assert errors[1].startswith("6: error: Incompatible types in assignment")
