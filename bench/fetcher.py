@@ -49,7 +49,9 @@ def _proc_cpu_s(pid: int) -> float | None:
 
 def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
     """One crawl, in this (fresh) process; prints one JSON line with its figures."""
-    from jobpipe import crawl, db, fetch_sources
+    from dataclasses import replace
+
+    from jobpipe import config, crawl, db, fetch_sources
     from jobpipe.ba.client import BAClient
 
     t0 = time.perf_counter()
@@ -59,7 +61,8 @@ def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
         fetch_sources.sync_sources(conn, [fetch_sources.Source("bench", {})])
         conn.execute("UPDATE fetch_sources SET lease_owner = NULL, lease_expires = NULL")
         run = fetch_sources.DueRun("bench", {}, crawl.FULL, None)
-        settings = crawl.CrawlSettings(page_size=page_size, lease_s=600, seen_resolution_s=resolution)
+        shipped = crawl.CrawlSettings.from_config(config.load(environ={}))
+        settings = replace(shipped, page_size=page_size, lease_s=600, seen_resolution_s=resolution)
         result = crawl.run_source(client, conn, run, f"bench:{os.getpid()}", settings)
         assert result is not None
         db_cpu1 = _proc_cpu_s(backend)

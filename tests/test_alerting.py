@@ -31,6 +31,7 @@ from jobpipe.alerts.conditions import (
     backlog_condition,
     count_condition,
     stage_conditions,
+    thresholds,
 )
 from jobpipe.alerts.delivery import DatabaseWatch, Deliverer, Latch, gateway_from_config, record_unit_failed
 from jobpipe.alerts.message import render_message
@@ -533,6 +534,12 @@ def test_unit_failed_alert_resolves_when_the_daemon_runs_again(pg_url, db_conn, 
 # ---------------------------------------------------------------------------------------- units
 
 
+def shipped_thresholds(**alerts: Any) -> Thresholds:
+    """The shipped thresholds with some `alerts.*` settings changed (validated like a config)."""
+    cfg = config.load(environ={}).with_overrides(**{f"alerts__{k}": v for k, v in alerts.items()})
+    return thresholds(cfg)
+
+
 def facts(**kw: Any) -> StageFacts:
     return StageFacts(STAGE, **kw)
 
@@ -542,7 +549,7 @@ def cond(conds: list[Condition], prefix: str) -> Condition:
 
 
 def test_failure_ratio_needs_the_minimum_count():
-    th = Thresholds()
+    th = shipped_thresholds()
     assert cond(stage_conditions(facts(failed_window=56), th), "failure_ratio").active
     assert not cond(stage_conditions(facts(failed_window=1), th), "failure_ratio").active
     assert not cond(stage_conditions(facts(failed_window=19), th), "failure_ratio").active
@@ -554,7 +561,7 @@ def test_failure_ratio_needs_the_minimum_count():
 
 
 def test_stall_needs_due_work_waiting_and_no_completion():
-    th = Thresholds(stall_minutes=30)
+    th = shipped_thresholds(stall_minutes=30)
     assert cond(stage_conditions(facts(due=5, due_waiting_long=True), th), "stall").active
     assert not cond(stage_conditions(facts(due=5, due_waiting_long=False), th), "stall").active
     assert not cond(
@@ -572,7 +579,7 @@ def _samples(values: list[int], minutes: float) -> list[tuple[Any, int]]:
 
 
 def test_backlog_growing_versus_a_burst_being_worked_off():
-    th = Thresholds(backlog_growing_minutes=120, backlog_min_growth=100)
+    th = shipped_thresholds(backlog_growing_minutes=120, backlog_min_growth=100)
     rising = facts(samples=_samples([1000 + 30 * i for i in range(41)], 120))
     assert backlog_condition(rising, th).active
     burst = facts(samples=_samples([0, 16000, 14000, 11000, 8000, 5000, 3000], 120))
@@ -587,20 +594,20 @@ def test_overrides_per_daemon_and_their_errors():
     cfg = config.load(environ={}).with_overrides(
         alerts__overrides={"embedder": {"failure_ratio": 0.2, "stall_minutes": 5}}
     )
-    assert Thresholds.from_config(cfg, "embedder").failure_ratio == 0.2
-    assert Thresholds.from_config(cfg, "embedder").stall_minutes == 5.0
-    assert Thresholds.from_config(cfg, "fetcher").failure_ratio == 0.5
+    assert thresholds(cfg, "embedder").failure_ratio == 0.2
+    assert thresholds(cfg, "embedder").stall_minutes == 5.0
+    assert thresholds(cfg, "fetcher").failure_ratio == 0.5
     bad = config.load(environ={}).with_overrides(alerts__overrides={"embedder": {"failure_ration": 0.2}})
     with pytest.raises(ConfigError, match=r"alerts\.overrides\.embedder\.failure_ration"):
-        Thresholds.from_config(bad, "embedder")
+        thresholds(bad, "embedder")
     bad = config.load(environ={}).with_overrides(alerts__overrides={"embedder": {"failure_ratio": 2}})
     with pytest.raises(ConfigError, match="above the maximum"):
-        Thresholds.from_config(bad, "embedder")
+        thresholds(bad, "embedder")
 
 
 def test_two_evaluators_at_the_same_moment_fire_once(pg_url):
     c = Condition("failure_ratio:x", "failure ratio on stage x", True, "56 of 56")
-    th = Thresholds()
+    th = shipped_thresholds()
     barrier = threading.Barrier(8)
     fired: list[str] = []
 
@@ -620,7 +627,7 @@ def test_two_evaluators_at_the_same_moment_fire_once(pg_url):
 def test_two_deliverers_at_the_same_moment_send_once(pg_url, db_conn, gw):
     cfg = test_config(gw)
     c = Condition("failure_ratio:x", "failure ratio on stage x", True, "56 of 56")
-    apply(db_conn, "d", "h", [c], Thresholds(), deliver=True)
+    apply(db_conn, "d", "h", [c], shipped_thresholds(), deliver=True)
     gw.set_fault("slow", delay=0.5)  # the first send is in flight while the second looks
     barrier = threading.Barrier(4)
 
@@ -643,7 +650,7 @@ def test_two_deliverers_at_the_same_moment_send_once(pg_url, db_conn, gw):
 def test_a_send_cut_short_by_a_crash_is_ambiguous_not_resent(db_conn, gw):
     cfg = test_config(gw)
     c = Condition("stall:x", "no progress on stage x", True, "5 due")
-    apply(db_conn, "d", "h", [c], Thresholds(), deliver=True)
+    apply(db_conn, "d", "h", [c], shipped_thresholds(), deliver=True)
     # As a process that claimed it and died before the answer leaves it:
     db_conn.execute("UPDATE alerts SET delivery = 'sending', next_delivery_at = now() - interval '1 s'")
     g = gateway_from_config(cfg)
@@ -655,7 +662,7 @@ def test_a_send_cut_short_by_a_crash_is_ambiguous_not_resent(db_conn, gw):
 
 def test_reminder_after_renotify_hours(db_conn, gw):
     cfg = test_config(gw)
-    th = Thresholds(renotify_hours=1.0)
+    th = shipped_thresholds(renotify_hours=1.0)
     c = Condition("stall:x", "no progress on stage x", True, "5 due")
     assert [t.event for t in apply(db_conn, "d", "h", [c], th, deliver=True)] == ["fired"]
     g = gateway_from_config(cfg)
@@ -670,7 +677,7 @@ def test_reminder_after_renotify_hours(db_conn, gw):
 
 
 def test_hold_and_resolve_times_come_from_the_database(db_conn):
-    th = Thresholds(resolve_minutes=10)
+    th = shipped_thresholds(resolve_minutes=10)
     held = Condition("dependency:ollama", "ollama unreachable", True, "down", hold_s=300)
     assert apply(db_conn, "d", "h", [held], th, deliver=False) == []  # not yet 5 min
     db_conn.execute("UPDATE alerts SET active_since = now() - interval '6 minutes'")
@@ -724,9 +731,17 @@ def test_database_down_one_message_per_host_and_one_resolved(db_conn, gw, tmp_pa
     cfg = test_config(gw)
     latch = tmp_path / "latch.json"
 
+    shipped = config.load(environ={}).alerts  # the shipped retry pauses, not test_config's short ones
+
     def watch(daemon: str) -> DatabaseWatch:
         return DatabaseWatch(
-            daemon, "box", gateway_from_config(cfg), 0.0, Latch(latch)
+            daemon,
+            "box",
+            gateway_from_config(cfg),
+            0.0,
+            Latch(latch),
+            retry_base_s=shipped.retry_base_s,
+            retry_max_s=shipped.retry_max_s,
         )
 
     a, b = watch("embedder"), watch("fetcher")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from jobpipe import config
+from jobpipe import config, sections, settings
 from jobpipe.errors import ConfigError
+from tests.typecheck import mypy_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,8 +86,6 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     base = {k: v for k, v in os.environ.items() if not k.startswith("JOBPIPE_")}
     return subprocess.run(
         [sys.executable, "-m", "jobpipe.cli", *args],
@@ -116,3 +117,36 @@ def test_cli_show_redacts_secrets(tmp_path):
     j = json.loads(run_cli("config", "show", "--json", env=env).stdout)
     assert j["alerts.sender"] == {"value": "***", "source": f"{p}:2"}
     assert j["embedder.workers"]["source"] == "default"
+
+
+def test_typed_sections_are_generated_from_the_registry():
+    current = Path(sections.__file__).read_text()
+    assert current == settings.render_types(), "run: python -m jobpipe.settings --write-types"
+
+
+def test_sections_are_frozen_typed_dataclasses_holding_the_registry_values():
+    cfg = config.load(environ={"JOBPIPE_EMBEDDER_WORKERS": "8"})
+    assert isinstance(cfg.embedder, sections.EmbedderConfig)
+    assert cfg.embedder.workers == 8 and cfg.embedder.max_chars == 2000
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.embedder.workers = 3  # type: ignore[misc]  # the point: assignment is refused
+    with pytest.raises(AttributeError):
+        cfg.embedder.wrokers  # type: ignore[attr-defined]  # noqa: B018  # a typo is no setting
+    for sec in settings.SECTIONS:
+        section = getattr(cfg, sec.name)
+        assert [f.name for f in dataclasses.fields(section)] == [s.name for s in sec.settings]
+
+
+def test_a_misspelt_setting_is_a_type_error(tmp_path):
+    """mypy sees the sections' fields: a typo fails the type check, a correct name passes."""
+    errors = mypy_errors(
+        tmp_path,
+        "from jobpipe import config\n\n"
+        "cfg = config.load(environ={})\n"
+        "workers: int = cfg.embedder.workers\n"
+        "oops = cfg.embedder.wrokers\n"
+        "wrong: str = cfg.queue.lease_s\n",
+    )
+    assert len(errors) == 2, errors
+    assert errors[0].startswith('5: error: "EmbedderConfig" has no attribute "wrokers"')
+    assert errors[1].startswith("6: error: Incompatible types in assignment")

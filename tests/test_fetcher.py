@@ -4,6 +4,7 @@ the daemon on the real runtime, and the `jobpipe fetch` commands."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -52,6 +53,13 @@ def client_for(fake: FakeBA, **kw: Any) -> BAClient:
     }
     opts.update(kw)
     return BAClient(fake.url, **opts)
+
+
+def crawl_settings(**kw: Any) -> crawl.CrawlSettings:
+    """The shipped crawl settings with `kw` changed, and every sighting written
+    (seen_resolution_s 0) unless `kw` says otherwise."""
+    shipped = crawl.CrawlSettings.from_config(config.load(environ={}))
+    return dataclasses.replace(shipped, **{"seen_resolution_s": 0.0, **kw})
 
 
 def population(n: int, seed: int = 1, **kw: Any) -> Population:
@@ -339,7 +347,7 @@ def test_wrong_key_is_dependency_down_and_backs_off(db_conn, fake):
     fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
     run = fetch_sources.due_runs(db_conn, 3600, 86400)[0]
     with pytest.raises(DependencyDown):
-        settings = crawl.CrawlSettings(page_size=50, lease_s=60, retry_s=30, retry_max_s=60)
+        settings = crawl_settings(page_size=50, lease_s=60, retry_s=30, retry_max_s=60)
         crawl.run_source(client, db_conn, run, "me", settings)
     assert fake.count("search", 403) == 3
     err, nxt, lease, failures = db_conn.execute(
@@ -357,7 +365,7 @@ def test_outage_mid_crawl_keeps_stored_pages_and_backs_off(db_conn, fake):
         if ev.page == 1:
             fake.faults.fail_next(100, 503, route="search")
 
-    settings = crawl.CrawlSettings(page_size=50, retry_s=30, retry_max_s=60)
+    settings = crawl_settings(page_size=50, retry_s=30, retry_max_s=60)
     with pytest.raises(DependencyDown):
         crawl.run_source(client_for(fake), db_conn, run, "me", settings, on_page=break_after_first_page)
     n = len(stored(db_conn))
@@ -378,7 +386,7 @@ def test_stop_ends_the_crawl_between_pages_and_releases_the_lease(db_conn, fake)
     fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
     run = fetch_sources.due_runs(db_conn, 3600, 86400)[0]
     stop = threading.Event()
-    settings = crawl.CrawlSettings(page_size=50)
+    settings = crawl_settings(page_size=50)
     result = crawl.run_source(
         client_for(fake), db_conn, run, "me", settings, stop=stop, on_page=lambda ev: stop.set()
     )

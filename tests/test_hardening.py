@@ -357,7 +357,7 @@ def test_dependency_down_text_carries_no_url_credentials() -> None:
 
 
 def test_queue_last_error_never_stores_url_credentials(db_conn) -> None:
-    policy = queue.RetryPolicy(max_attempts=5, backoff_base_s=0)
+    policy = queue.RetryPolicy(max_attempts=5, backoff_base_s=0, backoff_max_s=0)
     queue.enqueue(db_conn, "embed", [1, 2])
     a, b = queue.claim(db_conn, "embed", "w", 2, 60, policy)
     # Errors from anywhere (a psycopg error, a requests error), not only jobpipe's own.

@@ -33,7 +33,15 @@ from jobpipe.sim.ba import FakeBA
 from jobpipe.sim.ba_data import HOSTILE_KINDS
 from jobpipe.sim.ollama import FakeOllama
 from tests.sample_daemon import SampleDaemon
-from tests.test_fetcher import client_for, daemon_cfg, live_refnrs, population, run_fetcher, stored
+from tests.test_fetcher import (
+    client_for,
+    crawl_settings,
+    daemon_cfg,
+    live_refnrs,
+    population,
+    run_fetcher,
+    stored,
+)
 from tests.waiting import in_thread, wait_until
 
 # ---------------------------------------------------------------- item 1: hostile postings
@@ -116,7 +124,7 @@ def test_a_crashing_crawl_is_a_recorded_failure_with_backoff(pg_url, db_conn):
     """Any exception of a run records a failure (last_error, failures, next_attempt_at): the source
     is not due again at once, and three in a row fire `crawl_failing`."""
     fetch_sources.sync_sources(db_conn, fetch_sources.parse_sources([{"name": "de"}]))
-    settings = crawl.CrawlSettings(page_size=50, retry_s=30, retry_max_s=60)
+    settings = crawl_settings(page_size=50, retry_s=30, retry_max_s=60)
     for n in range(1, 4):
         (run,) = fetch_sources.due_runs(db_conn, 3600, 86400)
         result = crawl.run_source(Exploding(), db_conn, run, "me", settings)

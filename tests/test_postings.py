@@ -284,7 +284,7 @@ def test_gone_posting_comes_back_when_it_changes(db_conn, pop):
 def test_given_up_description_is_mirrored_and_requeue_resets(db_conn, pop):
     upsert_postings(db_conn, parse(pop, pop.postings[:3]).items)
     a, b, _ = (ids(db_conn)[p.refnr] for p in pop.postings[:3])
-    policy = queue.RetryPolicy(max_attempts=2, backoff_base_s=0)
+    policy = queue.RetryPolicy(max_attempts=2, backoff_base_s=0, backoff_max_s=0)
     for _ in range(2):
         items = queue.claim(db_conn, "description", "w", 10, 60)
         errs = {i.id: "boom" for i in items if i.subject == a}

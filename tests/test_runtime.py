@@ -22,6 +22,7 @@ from jobpipe import config, db, embedded, queue, runtime
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.sim.ollama import FakeOllama
 from tests.sample_daemon import SampleDaemon
+from tests.typecheck import mypy_errors
 from tests.waiting import in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -506,3 +507,23 @@ def test_loop_does_not_spin_while_a_per_item_batch_is_partly_done(pg_url, db_con
     assert count(db_conn, "SELECT count(*) FROM queue WHERE status = 'done'") == 3
     # One second of waiting at a 0.1 s tick is about 10 turns; the spinning loop made thousands.
     assert 0 < d.turns_while_slow <= 40, d.turns_while_slow
+
+
+def test_a_stage_whose_callables_disagree_is_a_type_error(tmp_path):
+    """Stage[P, R]: what `load` makes is what `call` takes, what `call` returns is what `write`
+    gets. The agreeing stage passes, the two mismatches fail."""
+    errors = mypy_errors(
+        tmp_path,
+        "from jobpipe.db import Conn\n"
+        "from jobpipe.queue import Item\n"
+        "from jobpipe.runtime import Skip, Stage\n\n"
+        "def load(conn: Conn, items: list[Item]) -> dict[int, str | Skip]:\n    return {}\n"
+        "def call(texts: list[str]) -> list[int]:\n    return []\n"
+        "def write(conn: Conn, done: list[tuple[Item, str, int]]) -> dict[int, str]:\n    return {}\n"
+        "def call_bytes(blobs: list[bytes]) -> list[int]:\n    return []\n"
+        "def write_str(conn: Conn, done: list[tuple[Item, str, str]]) -> dict[int, str]:\n    return {}\n\n"
+        "ok: Stage[str, int] = Stage('s', load, call, write)\n"
+        "bad_call: Stage[str, int] = Stage('s', load, call_bytes, write)\n"
+        "bad_write: Stage[str, int] = Stage('s', load, call, write_str)\n",
+    )
+    assert [e.split(":")[0] for e in errors] == ["17", "18"], errors

@@ -97,7 +97,7 @@ class BackgroundJob(Generic[T]):
         self.wake_channel = wake_channel
         self.keep_connection = keep_connection
         self.stopping = threading.Event()
-        self.conn: Any = None
+        self.conn: db.Conn | None = None
         self.status = ""
         self._thread: threading.Thread | None = None
         self._outcome: Outcome[T] | None = None
@@ -176,7 +176,7 @@ class BackgroundJob(Generic[T]):
 
     # -- the job thread ---------------------------------------------------------------------------
 
-    def _set_conn(self, conn: Any) -> None:
+    def _set_conn(self, conn: db.Conn | None) -> None:
         with self._lock:
             old, self.conn = self.conn, conn
         if old is not None and old is not conn:

@@ -34,6 +34,7 @@ import orjson
 from psycopg.types.json import Jsonb
 
 from jobpipe.ba.wire import SchemaError, parse_beruf_detail, parse_berufe_page
+from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, UserError
 from jobpipe.text import BIGINT_MAX, clean_text, parse_int
 from jobpipe.titles import gender_forms, normalise
@@ -322,7 +323,7 @@ def _merge_one(old: Occupation, new: Occupation) -> Occupation:
 
 
 def upsert(
-    conn: Any, occupations: Iterable[Occupation], curated: Mapping[str, Sequence[str]] | None = None
+    conn: Conn, occupations: Iterable[Occupation], curated: Mapping[str, Sequence[str]] | None = None
 ) -> LoadStats:
     """Insert or update occupations (ids kept) in one transaction; unchanged rows are not touched."""
     merged = merge(occupations)
@@ -391,7 +392,7 @@ def upsert(
 
 
 def load_files(
-    conn: Any,
+    conn: Conn,
     paths: Sequence[str | Path],
     curated: Mapping[str, Sequence[str]] | None = None,
     *,

@@ -25,6 +25,7 @@ from jobpipe.classify import (
     load_prompt,
     search_candidates,
 )
+from jobpipe.db import Conn
 from jobpipe.embeddings import as_vector, client_from_config
 from jobpipe.errors import ItemError, UserError
 from jobpipe.occupation_vectors import CatalogueSync
@@ -130,7 +131,7 @@ class EvalReport:
 
 
 def evaluate(
-    conn: Any,
+    conn: Conn,
     rows: Sequence[Labelled],
     *,
     embed_client: Any,
@@ -234,7 +235,7 @@ def evaluate(
     return report
 
 
-def evaluate_from_config(conn: Any, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:
+def evaluate_from_config(conn: Conn, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:
     """`jobpipe classifier eval`: the configured embedding model, LLM, prompt and thresholds."""
     c = cfg.classifier
     with client_from_config(cfg, concurrency=2) as embed_client, chat_client_from_config(cfg) as chat:

@@ -29,6 +29,7 @@ import numpy as np
 from psycopg import sql
 
 from jobpipe.catalogue import DATA_PACKAGE
+from jobpipe.db import Conn
 from jobpipe.errors import ItemError
 from jobpipe.models import chat_client_for_role
 from jobpipe.text import clean_text, normalise_whitespace, parse_int
@@ -136,7 +137,7 @@ class ExactIndex:
         return None
 
 
-def load_exact_index(conn: Any) -> ExactIndex:
+def load_exact_index(conn: Conn) -> ExactIndex:
     return ExactIndex.from_rows(
         conn.execute("SELECT id, name, full_name, name_norm, aliases FROM occupations")
     )
@@ -159,7 +160,7 @@ def title_text(title_norm: str | None, sample: str | None) -> str:
     return text[:MAX_TITLE_CHARS]
 
 
-def load_title_jobs(conn: Any, title_ids: Sequence[int]) -> dict[int, TitleJob]:
+def load_title_jobs(conn: Conn, title_ids: Sequence[int]) -> dict[int, TitleJob]:
     """One query for a batch (exact evidence is looked up later, in memory, by the caller)."""
     out: dict[int, TitleJob] = {}
     for tid, norm, sample, label in conn.execute(
@@ -230,7 +231,7 @@ def _search_sql(model: str, dimensions: int) -> sql.Composed:
 
 
 def search_candidates(
-    conn: Any,
+    conn: Conn,
     vectors: Mapping[int, np.ndarray],
     model: str,
     dimensions: int,
@@ -265,7 +266,7 @@ def search_candidates(
 
 
 def write_vector_stage(
-    conn: Any,
+    conn: Conn,
     decided: Sequence[tuple[int, int | None, str, float | None]],
     vectors: Sequence[tuple[int, np.ndarray]],
     *,
@@ -369,7 +370,7 @@ class Decision:
     confidence: float | None
 
 
-def load_llm_jobs(conn: Any, title_ids: Sequence[int]) -> dict[int, LLMJob]:
+def load_llm_jobs(conn: Conn, title_ids: Sequence[int]) -> dict[int, LLMJob]:
     """One query: titles with their stored candidates and the candidates' names."""
     rows = conn.execute(
         """SELECT t.id, t.title_norm, t.sample_title,
@@ -426,7 +427,7 @@ def ask_llm(chat: Any, prompt: Prompt, job: LLMJob) -> Decision:
 
 
 def write_llm_results(
-    conn: Any,
+    conn: Conn,
     results: Sequence[tuple[int, Decision]],
     *,
     llm_model: str,
@@ -477,7 +478,7 @@ _STALE = sql.SQL(
 )
 
 
-def count_stale(conn: Any, current: Versions) -> int:
+def count_stale(conn: Conn, current: Versions) -> int:
     """Titles whose result was made with another LLM, prompt version or embedding model."""
     query = sql.SQL("SELECT count(*) FROM titles t WHERE {stale}").format(stale=_STALE)
     params = {
@@ -491,7 +492,7 @@ def count_stale(conn: Any, current: Versions) -> int:
 
 
 def requeue(
-    conn: Any,
+    conn: Conn,
     *,
     stale: Versions | None = None,
     outcomes: Sequence[str] = (),
@@ -530,7 +531,7 @@ def requeue(
     return int(row[0]) if row else 0
 
 
-def outcome_counts(conn: Any) -> dict[str, int]:
+def outcome_counts(conn: Conn) -> dict[str, int]:
     return {
         o or "unclassified": n for o, n in conn.execute("SELECT outcome, count(*) FROM titles GROUP BY 1")
     }

@@ -11,13 +11,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import yaml
 
 from jobpipe.errors import ConfigError
 from jobpipe.logs import redact as redact_text
+from jobpipe.sections import SECTION_TYPES, Sections
 from jobpipe.settings import SECTIONS, Setting, all_settings
 
 DEFAULT_PATH = Path("/etc/jobpipe/jobpipe.yaml")
@@ -32,8 +32,10 @@ class Value:
     source: str  # "default", "<file>:<line>" or "env JOBPIPE_X_Y"
 
 
-class Config:
-    """Effective configuration. Attribute access by section: `cfg.embedder.workers`."""
+class Config(Sections):
+    """Effective configuration. Attribute access by section: `cfg.embedder.workers`, each section a
+    frozen dataclass of jobpipe.sections (a misspelt setting is a type error, assigning one
+    raises FrozenInstanceError)."""
 
     def __init__(self, values: Mapping[str, Value], path: Path | None = None) -> None:
         self._values = dict(values)
@@ -43,7 +45,7 @@ class Config:
             sec, name = key.split(".", 1)
             sections.setdefault(sec, {})[name] = v.value
         for sec, kv in sections.items():
-            setattr(self, sec, SimpleNamespace(**kv))
+            setattr(self, sec, SECTION_TYPES[sec](**kv))
 
     def get(self, key: str) -> Any:
         return self._values[key].value
@@ -243,10 +245,10 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
     for var, raw in env.items():
         if not var.startswith(ENV_PREFIX) or var in _RESERVED_ENV:
             continue
-        key = env_keys.get(var)
-        if key is None:
+        env_key = env_keys.get(var)
+        if env_key is None:
             raise ConfigError(f"environment: unknown setting {var}{_suggest(var, list(env_keys))}")
-        setting = registry[key]
+        setting = registry[env_key]
         parsed: Any = raw
         if setting.value_type is not str:
             try:
@@ -257,7 +259,7 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
                 raise ConfigError(
                     f"env {var}: cannot parse {_shown(raw)} as {_type_name(setting.value_type)}"
                 ) from None
-        values[key] = Value(check_value(setting, parsed, f"env {var}"), f"env {var}")
+        values[env_key] = Value(check_value(setting, parsed, f"env {var}"), f"env {var}")
 
     return Config(values, file_path)
 

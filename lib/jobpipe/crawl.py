@@ -50,12 +50,12 @@ from jobpipe.ba.client import BAClient
 from jobpipe.ba.wire import PostingRecord, SchemaError, SearchPage
 from jobpipe.backoff import Backoff
 from jobpipe.config import Config
+from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, ItemError, first_line
 from jobpipe.fetch_sources import (
     FULL,
     INCREMENTAL,
     MAX_SINCE_DAYS,
-    Conn,
     DueRun,
     claim_source,
     extend_lease,
@@ -519,14 +519,15 @@ class Crawler:
 
 @dataclass(frozen=True, slots=True)
 class CrawlSettings:
-    """The crawl's tunables (fetcher section), in one place for the daemon, the CLI and the bench."""
+    """The crawl's tunables, read from the fetcher and queue sections (`from_config`; no defaults
+    here), in one place for the daemon, the CLI and the bench."""
 
-    page_size: int = 100
-    max_results: int = MAX_RESULTS
-    lease_s: float = 300.0  # the source's lease, extended while pages arrive
-    retry_s: float = 60.0  # first pause after a failed run (doubles)
-    retry_max_s: float = 3600.0
-    seen_resolution_s: float = 0.0
+    page_size: int
+    max_results: int
+    lease_s: float  # the source's lease, extended while pages arrive
+    retry_s: float  # first pause after a failed run (doubles)
+    retry_max_s: float
+    seen_resolution_s: float
 
     @classmethod
     def from_config(cls, cfg: Config) -> CrawlSettings:

@@ -14,10 +14,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.abc import Params
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobpipe import embedded
@@ -31,6 +33,10 @@ MIGRATION_LOCK = 0x6A6F6270  # "jobp"
 # Exception classes a lost connection can surface as (db.connect raises DependencyDown). Not
 # every instance is one: OperationalError also covers a statement timeout, a deadlock, disk
 # full or an oversized index row; `connection_lost` tells them apart.
+# The one connection type of the package: rows are tuples unless a query asks for another row
+# factory, so the row type stays Any.
+Conn: TypeAlias = psycopg.Connection[Any]
+
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 UNREACHABLE = (*CONNECTION_ERRORS, DependencyDown)
 # SQLSTATEs that mean the server or the connection went away: class 08 (connection exception),
@@ -77,7 +83,7 @@ def connect(
     statement_timeout_s: float | None = None,
     application_name: str = "jobpipe",
     vector: bool = True,
-) -> psycopg.Connection[Any]:
+) -> Conn:
     """Open a connection; DependencyDown when the server cannot be reached, UserError (one line,
     credentials redacted) when `url` is not a connection string at all."""
     check_url(url)
@@ -100,6 +106,16 @@ def connect(
     return conn
 
 
+def one(conn: Conn, query: str | sql.SQL | sql.Composed, params: Params | None = None) -> Any:
+    """The row of a query that always returns one (an aggregate, `SELECT now()`, an EXISTS).
+    None there would be a bug in the query: it is raised as LookupError, not returned."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        shown = " ".join(str(query).split())[:200]
+        raise LookupError(f"no row from a query that always returns one: {shown}")
+    return row
+
+
 def check_url(url: str) -> None:
     """UserError unless `url` parses as a PostgreSQL URL or key=value connection string. libpq's
     parse error quotes the string, password included, so the message is redacted."""
@@ -109,7 +125,7 @@ def check_url(url: str) -> None:
         raise UserError(f"database.url is not a valid PostgreSQL connection URL: {first_line(exc)}") from None
 
 
-def close_quietly(conn: Any) -> None:
+def close_quietly(conn: Conn | None) -> None:
     """Close `conn` if there is one; a broken connection may fail to close, which is fine."""
     if conn is not None:
         try:
@@ -146,14 +162,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-def applied_versions(conn: psycopg.Connection[Any]) -> set[str]:
+def applied_versions(conn: Conn) -> set[str]:
     exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
     if not exists or not exists[0]:
         return set()
     return {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
 
 
-def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
+def pending_migrations(conn: Conn) -> list[Migration]:
     done = applied_versions(conn)
     return [m for m in available_migrations() if m.version not in done]
 
@@ -167,7 +183,7 @@ def migrate(url: str) -> list[str]:
             conn.execute(_VERSION_TABLE)
             for m in pending_migrations(conn):
                 with conn.transaction():
-                    conn.execute(m.sql)  # type: ignore[arg-type]  # trusted files shipped in the package
+                    conn.execute(m.sql)  # trusted files shipped in the package
                     conn.execute(
                         "INSERT INTO schema_migrations (version, checksum) VALUES (%s, %s)",
                         (m.version, m.checksum),
@@ -179,7 +195,7 @@ def migrate(url: str) -> list[str]:
     return applied
 
 
-def check_schema(conn: psycopg.Connection[Any]) -> None:
+def check_schema(conn: Conn) -> None:
     """Refuse to run against a schema that is behind (UserError with what to run)."""
     missing = [m.version for m in pending_migrations(conn)]
     if missing:
@@ -193,7 +209,7 @@ def url_for(url: str, dbname: str) -> str:
     """`url` with another database name (same server, user and options)."""
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 @contextmanager

@@ -31,13 +31,10 @@ import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from datetime import time as dtime
-from typing import Any
 
-import psycopg
-
+from jobpipe import db
+from jobpipe.db import Conn
 from jobpipe.errors import ConfigError, UserError
-
-Conn = psycopg.Connection[Any]
 
 # Advisory lock key (one for all demand snapshot work): "jp" + 0x0040 (the migration range).
 SNAPSHOT_LOCK = 0x6A700040
@@ -70,15 +67,13 @@ def parse_run_at(value: str, key: str = "snapshotter.run_at") -> dtime:
 
 def db_today(conn: Conn) -> date:
     """Today by the database clock (session time zone)."""
-    return conn.execute("SELECT localtimestamp::date").fetchone()[0]
+    return db.one(conn, "SELECT localtimestamp::date")[0]
 
 
 def latest_due_day(conn: Conn, run_at: dtime) -> date:
     """The newest day whose snapshot time has come: yesterday once `run_at` passed today (database
     clock), else the day before yesterday."""
-    today, passed = conn.execute(
-        "SELECT localtimestamp::date, localtimestamp::time >= %s::time", (run_at,)
-    ).fetchone()
+    today, passed = db.one(conn, "SELECT localtimestamp::date, localtimestamp::time >= %s::time", (run_at,))
     return today - timedelta(days=1 if passed else 2)
 
 
@@ -104,7 +99,7 @@ def due_days(conn: Conn, run_at: dtime, catch_up_days: int) -> list[date]:
     posting was seen (there is nothing to reconstruct there)."""
     last = latest_due_day(conn, run_at)
     first = last - timedelta(days=max(1, catch_up_days) - 1)
-    earliest = conn.execute("SELECT min(first_seen_at)::date FROM postings").fetchone()[0]
+    earliest = db.one(conn, "SELECT min(first_seen_at)::date FROM postings")[0]
     if earliest is None or earliest > first:
         first = last if earliest is None else min(earliest, last)
     return missing_days(conn, first, last)
@@ -153,7 +148,7 @@ def snapshot_day(
     with conn.transaction():
         if wait:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SNAPSHOT_LOCK,))
-        elif not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SNAPSHOT_LOCK,)).fetchone()[0]:
+        elif not db.one(conn, "SELECT pg_try_advisory_xact_lock(%s)", (SNAPSHOT_LOCK,))[0]:
             return SnapshotResult(day, SKIPPED_LOCKED)
         if only_if_missing and not missing_days(conn, day, day):
             return SnapshotResult(day, SKIPPED_PRESENT)
@@ -162,7 +157,7 @@ def snapshot_day(
                 "SELECT set_config('statement_timeout', %s, true)", (f"{int(statement_timeout_s * 1000)}",)
             )
         conn.execute("DELETE FROM demand_snapshots WHERE day = %s", (day,))
-        rows, active = conn.execute(_SNAPSHOT_SQL, {"day": day}).fetchone()
+        rows, active = db.one(conn, _SNAPSHOT_SQL, {"day": day})
         seconds = time.perf_counter() - started
         conn.execute(
             """INSERT INTO snapshot_runs (day, rows, started_at, finished_at, active_postings, seconds)

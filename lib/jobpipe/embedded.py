@@ -95,7 +95,7 @@ def _reaches(user: pwd.struct_passwd, path: Path, bits: int) -> bool:
     return bool(st.st_mode & bits)
 
 
-def _groups_of(name: str) -> list:  # type: ignore[type-arg]
+def _groups_of(name: str) -> list[grp.struct_group]:
     return [g for g in grp.getgrall() if name in g.gr_mem]
 
 

@@ -21,10 +21,9 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import psycopg
 from psycopg import sql
 
 from jobpipe import sweep
@@ -34,9 +33,11 @@ from jobpipe.models import make_embedding_client
 from jobpipe.models.base import EmbeddingClient
 from jobpipe.text import clean_text
 
+if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
+    from jobpipe.db import Conn
+
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[Any]
 
 INDEX_PREFIX = "posting_emb_hnsw_"
 STAGE = "embed"

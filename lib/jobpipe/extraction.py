@@ -40,6 +40,8 @@ from typing import Any
 
 import orjson
 
+from jobpipe import db
+from jobpipe.db import Conn
 from jobpipe.errors import ItemError
 from jobpipe.models import chat_client_for_role
 from jobpipe.models.base import ChatClient, schema_problem
@@ -535,7 +537,7 @@ class Job:
 
 
 def load_jobs(
-    conn: Any, posting_ids: Sequence[int], *, max_chars: int, version: str, model: str
+    conn: Conn, posting_ids: Sequence[int], *, max_chars: int, version: str, model: str
 ) -> dict[int, Job | str]:
     """{posting id: Job, or "skipped_external" / "empty"} for the postings that exist (one query for
     the texts, one for summaries to reuse). The description is cut in SQL to a bound of the budget,
@@ -583,7 +585,7 @@ def load_jobs(
 
 
 def write_summaries(
-    conn: Any, rows: Sequence[tuple[int, str, dict[str, Any]]], *, version: str, model: str
+    conn: Conn, rows: Sequence[tuple[int, str, dict[str, Any]]], *, version: str, model: str
 ) -> set[int]:
     """Store (posting id, text hash, summary) in ONE statement; return the posting ids written
     (postings deleted meanwhile are skipped). A posting whose description changed meanwhile was
@@ -616,13 +618,14 @@ def sweep_predicate(version: str, model: str) -> tuple[str, dict[str, Any]]:
     )
 
 
-def count_stale(conn: Any, version: str, model: str) -> int:
+def count_stale(conn: Conn, version: str, model: str) -> int:
     """Postings with a summary made by another model or schema version."""
-    return conn.execute(
+    return db.one(
+        conn,
         """SELECT count(*) FROM postings WHERE summary IS NOT NULL
              AND (summary_version <> %s OR summary_model <> %s)""",
         (version, model),
-    ).fetchone()[0]
+    )[0]
 
 
 # ------------------------------------------------------------------ client from config
@@ -650,7 +653,7 @@ SCALAR_FIELDS = ("experience_level", "years_experience", "education", "working_t
                  "contract_type", "contract_duration_months", "start_date", "salary.min", "salary.max",
                  "salary.period")  # fmt: skip
 LIST_FIELDS = ("tasks", "requirements.must", "requirements.nice", "languages", "benefits")
-_ABSENT = (None, "unspecified", [], "")
+_ABSENT: tuple[object, ...] = (None, "unspecified", [], "")
 
 
 @dataclass

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
+from jobpipe.db import Conn
 from jobpipe.errors import ConfigError
-
-Conn = psycopg.Connection[Any]
 
 FULL = "full"
 INCREMENTAL = "incremental"

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from jobpipe import db
 from jobpipe.alerts.conditions import (
     FAIL,
     STALE_INSTANCE_S,
@@ -37,10 +38,12 @@ from jobpipe.alerts.conditions import (
     gather,
     last_error,
     stage_conditions,
+    thresholds,
     validate_overrides,
 )
 from jobpipe.alerts.message import fmt_time
 from jobpipe.config import Config
+from jobpipe.db import Conn
 from jobpipe.text import fmt_duration
 
 OK_, WARN_, FAIL_ = "OK", "WARN", "FAIL"
@@ -125,12 +128,12 @@ def stage_verdict(f: StageFacts, th: Thresholds) -> tuple[str, list[str]]:
     return OK_, []
 
 
-def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
+def collect(conn: Conn, cfg: Config, *, host: str | None = None) -> Health:
     """Everything `jobpipe health` shows, from one connection, in well under a second."""
     t0 = time.perf_counter()
-    base = Thresholds.from_config(cfg)
+    base = thresholds(cfg)
     overrides = validate_overrides(cfg.alerts.overrides)
-    owners = dict(
+    owners: dict[str, str] = dict(
         conn.execute("SELECT DISTINCT ON (stage) stage, daemon FROM alert_samples ORDER BY stage, at DESC")
     )
     facts = gather(conn, None, base)
@@ -138,16 +141,16 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
     by_daemon: dict[str, list[str]] = {}
     for s in facts:
         d = owners.get(s)
-        if overrides.get(d):
+        if d is not None and overrides.get(d):
             by_daemon.setdefault(d, []).append(s)
     per_stage_th = dict.fromkeys(facts, base)
-    for d, stages in by_daemon.items():
-        th = Thresholds.from_config(cfg, d)
-        facts.update(gather(conn, stages, th))
-        for s in stages:
+    for d, own_stages in by_daemon.items():
+        th = thresholds(cfg, d)
+        facts.update(gather(conn, own_stages, th))
+        for s in own_stages:
             per_stage_th[s] = th
 
-    now = conn.execute("SELECT now()").fetchone()[0]
+    now = db.one(conn, "SELECT now()")[0]
     status_rows = conn.execute(
         """SELECT daemon, instance, host, pid, started_at, seen_at, coalesce(status, ''), dependencies,
                   extract(epoch FROM now() - seen_at)
@@ -241,7 +244,7 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
 FAILURE_SAMPLE = 10_000  # failed items counted by kind at most (bounds the cost with a huge backlog)
 
 
-def outcome_counts(conn: Any, stage: str, f: StageFacts) -> dict[str, int]:
+def outcome_counts(conn: Conn, stage: str, f: StageFacts) -> dict[str, int]:
     """Done outcomes of the last 24 h from the per-minute counts, and, when something failed, the
     failures by kind: the runtime stores an item error as "<kind>: <message>", so the failed
     items (pending retry or given up; at most FAILURE_SAMPLE of them) say whether answers were

@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 from psycopg import sql
 
+from jobpipe import db
 from jobpipe.backoff import Backoff
 from jobpipe.catalogue import embedding_text
 from jobpipe.classify import ExactIndex, load_exact_index
+from jobpipe.db import Conn
 from jobpipe.embeddings import as_vector, text_hash
 from jobpipe.errors import DependencyDown, ItemError
 
@@ -36,7 +38,7 @@ def occupation_index_name(model: str, dimensions: int) -> str:
     return f"{INDEX_PREFIX}{slug}_{hashlib.sha256(model.encode()).hexdigest()[:8]}_{dimensions}"
 
 
-def ensure_occupation_index(conn: Any, model: str, dimensions: int) -> str:
+def ensure_occupation_index(conn: Conn, model: str, dimensions: int) -> str:
     """An HNSW index over this model's occupation vectors (partial, by expression, like the postings').
 
     Small (thousands of rows): built in place in about a second, not concurrently.
@@ -58,7 +60,7 @@ class OccupationText:
     hash: str
 
 
-def occupations_to_embed(conn: Any, model: str, dimensions: int) -> tuple[list[OccupationText], int]:
+def occupations_to_embed(conn: Conn, model: str, dimensions: int) -> tuple[list[OccupationText], int]:
     """(occupations whose vector for `model` is missing, of another text or dimension; total count)."""
     rows = conn.execute(
         """SELECT o.id, o.name, o.full_name, e.text_hash, vector_dims(e.embedding)
@@ -77,7 +79,7 @@ def occupations_to_embed(conn: Any, model: str, dimensions: int) -> tuple[list[O
 
 
 def store_occupation_embeddings(
-    conn: Any, model: str, rows: Sequence[tuple[OccupationText, np.ndarray]]
+    conn: Conn, model: str, rows: Sequence[tuple[OccupationText, np.ndarray]]
 ) -> int:
     """Upsert a chunk of occupation vectors in one statement (occupations deleted meanwhile skipped)."""
     if not rows:
@@ -151,15 +153,16 @@ class CatalogueSync:
             return f"catalogue: embedding {self.total - len(self.todo)}/{self.total}"
         return f"catalogue: {self.total} occupations"
 
-    def _current_signature(self, conn: Any) -> tuple[Any, ...]:
-        row = conn.execute(
+    def _current_signature(self, conn: Conn) -> tuple[Any, ...]:
+        row = db.one(
+            conn,
             """SELECT (SELECT count(*) FROM occupations), (SELECT max(updated_at) FROM occupations),
-                      (SELECT count(*) FROM occupation_embeddings WHERE model = %s)""",
+            (SELECT count(*) FROM occupation_embeddings WHERE model = %s)""",
             (self.model,),
-        ).fetchone()
+        )
         return tuple(row)
 
-    def step(self, conn: Any, *, force_check: bool = False) -> bool:
+    def step(self, conn: Conn, *, force_check: bool = False) -> bool:
         """One piece of work; True when it did something worth repeating at once."""
         now = self.clock()
         if not self.todo and (force_check or self._signature is None or now >= self._next_check):
@@ -206,7 +209,7 @@ class CatalogueSync:
             self._finish(conn)
         return bool(self.todo)
 
-    def _finish(self, conn: Any) -> None:
+    def _finish(self, conn: Conn) -> None:
         # Every model's rows differ in dimension possibly: delete this model's wrong-dimension rows first.
         conn.execute(
             "DELETE FROM occupation_embeddings WHERE model = %s AND vector_dims(embedding) <> %s",
@@ -218,7 +221,7 @@ class CatalogueSync:
         else:
             self.ready_event.clear()
 
-    def run_until_ready(self, conn: Any, *, retries: int = 5, pause: threading.Event | None = None) -> None:
+    def run_until_ready(self, conn: Conn, *, retries: int = 5, pause: threading.Event | None = None) -> None:
         """Embed until complete (commands and benchmarks); a model server that drops a connection
         now and then is retried `retries` times in a row with a growing pause, then DependencyDown."""
         wait = pause or threading.Event()  # never set: wait() is a pause that a caller may cut short

@@ -31,13 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import psycopg
 
-from jobpipe import titles
+from jobpipe import db, titles
 from jobpipe.ba.wire import Location, PostingRecord, bounded
+from jobpipe.db import Conn
 from jobpipe.text import clean_text
-
-Conn = psycopg.Connection[Any]
 
 # Description states (postings.description_state); 'pending' is the default of a new posting.
 FETCHED = "fetched"
@@ -298,7 +296,8 @@ def upsert_postings(
         batch[key] = (record, fields, digest)
     if not batch:
         return UpsertStats(duplicates=seen)
-    unchanged, bumped, todo = conn.execute(
+    unchanged, bumped, todo = db.one(
+        conn,
         _CHECK,
         {
             "ids": list(batch),
@@ -306,7 +305,7 @@ def upsert_postings(
             "source": src,
             "resolution": float(seen_resolution_s),
         },
-    ).fetchone()
+    )
     inserted = updated = 0
     if todo:
         rows = [_complete(*batch[key], normalise) for key in todo]

@@ -21,18 +21,17 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from jobpipe.backoff import Backoff, Jitter
 from jobpipe.logs import redact
 from jobpipe.text import clean_text
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
+    from jobpipe.db import Conn
 
-FAILED = "failed"
-GIVEN_UP = "given_up"
+FAILED: Final = "failed"
+GIVEN_UP: Final = "given_up"
 LEASE_EXPIRED = "lease expired: the worker holding it stopped or hung"
 
 
@@ -46,9 +45,12 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    max_attempts: int = 5
-    backoff_base_s: float = 30.0
-    backoff_max_s: float = 6 * 3600.0
+    """When a failed item is retried, and when given up. No defaults: the values come from the
+    settings (queue.backoff_*_s, <daemon>.max_attempts) or the caller."""
+
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Backoff before retry number `attempts` (1 = after the first failure): exponential,
@@ -200,6 +202,14 @@ def _error_text(text: str) -> str:
     return clean_text(redact(text), 2000) or ""
 
 
+class Failed(TypedDict):
+    """What `fail` did: items to retry, items given up, and the subjects of those."""
+
+    failed: int
+    given_up: int
+    given_up_subjects: list[int]
+
+
 def fail(
     conn: Conn,
     stage: str,
@@ -207,7 +217,7 @@ def fail(
     errors: dict[int, str],
     policy: RetryPolicy,
     rng: random.Random | None = None,
-) -> dict[str, int]:
+) -> Failed:
     """Charge each item an attempt: retry later with backoff, or give up at max_attempts.
     Returns {"failed": n, "given_up": m, "given_up_subjects": [...]}."""
     if not errors:

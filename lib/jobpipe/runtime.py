@@ -39,17 +39,19 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from jobpipe import backoff, db, queue
 from jobpipe.alerts.alerter import Alerter
 from jobpipe.background import BackgroundJob
 from jobpipe.backoff import Backoff, Streak
 from jobpipe.config import Config
+from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, ItemError, UserError, first_line
 from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics, serve_metrics
@@ -68,16 +70,22 @@ class Skip:
     outcome: str
 
 
+P = TypeVar("P")  # a stage's payload: what `load` makes of an item and `call` gets
+R = TypeVar("R")  # a stage's result: what `call` returns per payload and `write` stores
+
+
 @dataclass
-class Stage:
+class Stage(Generic[P, R]):
     """`load(conn, items)` and `write(conn, results)` get a connection; `call(payloads)` none.
-    `write` runs on the writer thread (its own connection), concurrently with the daemon's
-    `load`/`tick` on the loop thread: it must not share unguarded state with them."""
+    `load` maps item id to payload (or Skip); `call` returns one result per payload, in order;
+    `write` gets (item, payload, result) triples and returns item id -> error for the items it
+    could not store. `write` runs on the writer thread (its own connection), concurrently with
+    the daemon's `load`/`tick` on the loop thread: it must not share unguarded state with them."""
 
     name: str
-    load: Callable[[Any, list[Item]], dict[int, Any]]
-    call: Callable[[list[Any]], list[Any]]
-    write: Callable[[Any, list[tuple[Item, Any, Any]]], dict[int, str]]
+    load: Callable[[Conn, list[Item]], Mapping[int, P | Skip]]
+    call: Callable[[list[P]], list[R]]
+    write: Callable[[Conn, list[tuple[Item, P, R]]], Mapping[int, str]]
     batch_size: int = 32
     workers: int = 1
     per_item: bool = False
@@ -114,7 +122,7 @@ class Context:
     def jobs_status(self) -> list[str]:
         return [f"{j.name}: {j.status}" for j in self.jobs if j.status]
 
-    def connect(self, purpose: str = "") -> Any:
+    def connect(self, purpose: str = "") -> Conn:
         return db.connect(
             self.url,
             connect_timeout=self.cfg.database.connect_timeout_s,
@@ -147,16 +155,16 @@ class Daemon:
     def section(self) -> Any:
         return getattr(self.ctx.cfg, self.name)
 
-    def stages(self) -> list[Stage]:
+    def stages(self) -> list[Stage[Any, Any]]:
         return []
 
-    def setup(self, conn: Any) -> None:
+    def setup(self, conn: Conn) -> None:
         """Once per connection, before READY (indexes, caches)."""
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         """Periodic work on the loop thread (schedules, sweeps); called every loop turn."""
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         """Work that is not in the queue (e.g. a crawl that is due); `--once` waits for 0."""
         return 0
 
@@ -164,7 +172,7 @@ class Daemon:
         """Release clients."""
 
     # -- alerting (jobpipe.alerts) ------------------------------------------------------------------
-    def alert_conditions(self, conn: Any) -> list[Any]:
+    def alert_conditions(self, conn: Conn) -> list[Any]:
         """Daemon-specific alert conditions (`jobpipe.alerts.conditions.Condition`, e.g. built with
         `age_condition` / `count_condition`), evaluated every alerts.eval_interval_s next to
         the built-in ones. Runs on the alert thread with that thread's connection: read the
@@ -173,8 +181,17 @@ class Daemon:
 
 
 @dataclass
+class _Periodic:
+    """A loop-thread task run every `interval_s` (Runner's `periodic`)."""
+
+    interval_s: float
+    fn: Callable[[Conn], object]
+    last: float = 0.0  # monotonic time of the last run
+
+
+@dataclass
 class _Batch:
-    stage: Stage
+    stage: Stage[Any, Any]
     items: list[Item]
     payloads: dict[int, Any]
     futures: list[tuple[list[Item], cf.Future[list[Any]]]] = field(default_factory=list)
@@ -266,7 +283,7 @@ class Runner:
         notifier: Notifier | None = None,
         metrics: DaemonMetrics | None = None,
         serve: bool = True,
-        periodic: Sequence[tuple[float, Callable[[Any], None]]] = (),
+        periodic: Sequence[tuple[float, Callable[[Conn], object]]] = (),
         metrics_port: int | None = None,
     ) -> None:
         self.daemon_cls = daemon_cls
@@ -276,13 +293,13 @@ class Runner:
         self.notifier = notifier or Notifier()
         self.metrics = metrics or DaemonMetrics(self.name)
         self.serve = serve
-        self.periodic = [[interval, fn, 0.0] for interval, fn in periodic]
+        self.periodic = [_Periodic(interval, fn) for interval, fn in periodic]
         self.db_url = db_url
         self.metrics_port = metrics_port
         self.stop = threading.Event()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.conn: Any = None
-        self.listen_conn: Any = None
+        self.conn: Conn | None = None
+        self.listen_conn: Conn | None = None
         self.waiter: queue.Waiter | None = None
         self.inflight: list[_Batch] = []  # claimed, calls not all finished
         self.writing: list[tuple[list[_Batch], cf.Future[None]]] = []  # handed to the writer
@@ -301,7 +318,7 @@ class Runner:
         self.signals = 0
         self.pool: cf.ThreadPoolExecutor | None = None
         self.daemon: Daemon | None = None
-        self.stage_list: list[Stage] = []
+        self.stage_list: list[Stage[Any, Any]] = []
         self.queue_stats: dict[str, queue.StageStats] = {}
         self._last_watchdog = 0.0
         self._last_status = 0.0
@@ -450,7 +467,7 @@ class Runner:
         self.notifier.status("; ".join(parts))
 
     def _heartbeat_row(self) -> None:
-        self.conn.execute(
+        self._db().execute(
             """INSERT INTO daemon_status (daemon, instance, host, pid, started_at, status, dependencies)
                VALUES (%s, %s, %s, %s, now(), %s, %s)
                ON CONFLICT (daemon, instance) DO UPDATE SET seen_at = now(), status = excluded.status,
@@ -461,7 +478,7 @@ class Runner:
                 socket.gethostname(),
                 os.getpid(),
                 self.last_error[:200] or "ok",
-                psycopg.types.json.Jsonb(
+                Jsonb(
                     {d: d not in self.dep_down for d in ("database", *self.daemon_cls.dependencies)}
                 ),
             ),
@@ -490,6 +507,24 @@ class Runner:
             if server is not None:
                 server.shutdown()
 
+    def _daemon(self) -> Daemon:
+        """The daemon, which `_run` creates before anything else uses it."""
+        if self.daemon is None:
+            raise RuntimeError("the daemon is not created yet (Runner.run creates it)")
+        return self.daemon
+
+    def _db(self) -> Conn:
+        """The loop's connection, for code that runs only while connected (`_connect` sets it)."""
+        if self.conn is None:
+            raise RuntimeError("not connected to the database")
+        return self.conn
+
+    def _pool(self) -> cf.ThreadPoolExecutor:
+        """The call pool, which `_run` creates before the first claim."""
+        if self.pool is None:
+            raise RuntimeError("the call pool is not created yet (Runner.run creates it)")
+        return self.pool
+
     def _run(self) -> int:
         self.daemon = self.daemon_cls(self.ctx)
         self.stage_list = self.daemon.stages()
@@ -504,8 +539,8 @@ class Runner:
         self._connect()
         if self.stop.is_set():
             return 0
-        db.check_schema(self.conn)  # UserError: exit 2 with what to run
-        self.daemon.setup(self.conn)
+        db.check_schema(self._db())  # UserError: exit 2 with what to run
+        self._daemon().setup(self._db())
         self.writer = BatchWriter(
             lambda: self.ctx.connect("writer"),
             self._write_batches,
@@ -555,7 +590,7 @@ class Runner:
             connect=connect,
             stages=[s.name for s in self.stage_list],
             dependencies=("database", *self.daemon_cls.dependencies),
-            hooks=self.daemon.alert_conditions,
+            hooks=self._daemon().alert_conditions,
             metrics=self.metrics,
         )
         self.alerter.start()
@@ -571,18 +606,18 @@ class Runner:
         self._status(force=True)
         self._connect()
         if self.conn is not None:
-            self.daemon.setup(self.conn)
+            self._daemon().setup(self.conn)
 
-    def _isolated(self, what: str, fn: Callable[[Any], None]) -> None:
+    def _isolated(self, what: str, fn: Callable[[Conn], object]) -> None:
         """Run the daemon's periodic work (`tick`, history pruning) so that its failure never stops
         the queue work: a sweep or repair statement that always times out, or a bug in one, is
         logged and retried (a tick after a backoff, dependency_backoff_s doubling up to its max;
         a periodic task at its next interval) while claims go on. Connection loss and
         DependencyDown still go to the loop's handlers."""
         try:
-            fn(self.conn)
+            fn(self._db())
         except Exception as exc:
-            if isinstance(exc, DependencyDown) or db.connection_lost(exc) or self.conn.closed:
+            if isinstance(exc, DependencyDown) or db.connection_lost(exc) or self._db().closed:
                 raise
             log.error(
                 "%s failed", what, exc_info=exc, extra={"event": f"{what}_failed", "error": first_line(exc)}
@@ -617,7 +652,7 @@ class Runner:
         for b in self._held():
             by_stage.setdefault(b.stage.name, []).extend(it.id for it in b.items)
         for ids in by_stage.values():
-            queue.extend_lease(self.conn, self.owner, ids, self.cfg.queue.lease_s)
+            queue.extend_lease(self._db(), self.owner, ids, self.cfg.queue.lease_s)
 
     def _turn(self) -> bool:
         """One loop turn; True when `once` and everything is drained."""
@@ -626,17 +661,16 @@ class Runner:
         self._heartbeat()
         self._status()
         now = time.monotonic()
-        for entry in self.periodic:
-            interval, fn, last = entry
-            if now - last >= interval:
-                entry[2] = now
-                self._isolated("periodic", fn)
+        for task in self.periodic:
+            if now - task.last >= task.interval_s:
+                task.last = now
+                self._isolated("periodic", task.fn)
         backing_off = now < self.backoff_until
         claimed = 0
         if not backing_off:
             try:
                 if now >= self._tick_retry_at:
-                    self._isolated("tick", self.daemon.tick)
+                    self._isolated("tick", self._daemon().tick)
                 claimed = self._claim_more()
             except DependencyDown as exc:
                 self._dependency_failed(exc)
@@ -644,7 +678,7 @@ class Runner:
             # Only futures still running: a per-item batch is handed off when all its items are
             # done, and one finished item of it would end every wait at once (a busy loop that
             # took a core from the workers while the batch's other calls ran).
-            futures = [f for b in self.inflight for _, f in b.futures if not f.done()]
+            futures: list[cf.Future[Any]] = [f for b in self.inflight for _, f in b.futures if not f.done()]
             futures += [f for _, f in self.writing if not f.done()]
             if futures:
                 cf.wait(futures, timeout=self._tick_s(), return_when=cf.FIRST_COMPLETED)
@@ -652,9 +686,9 @@ class Runner:
         if claimed:
             return False
         if self.once and not backing_off:
-            st = queue.stats(self.conn, [s.name for s in self.stage_list])
+            st = queue.stats(self._db(), [s.name for s in self.stage_list])
             due = sum(s.pending for s in st.values())
-            if due == 0 and self.daemon.pending_work(self.conn) == 0:
+            if due == 0 and self._daemon().pending_work(self._db()) == 0:
                 log_event(log, "drained")
                 return True
         wait = self._tick_s()
@@ -693,33 +727,33 @@ class Runner:
         self._rr += 1
         return total
 
-    def _policy(self, stage: Stage) -> RetryPolicy:
+    def _policy(self, stage: Stage[Any, Any]) -> RetryPolicy:
         return RetryPolicy(stage.max_attempts, self.cfg.queue.backoff_base_s, self.cfg.queue.backoff_max_s)
 
-    def _claim_batches(self, stage: Stage, n_batches: int) -> int:
+    def _claim_batches(self, stage: Stage[Any, Any], n_batches: int) -> int:
         """Claim up to `n_batches` batches of `stage`, load them at once, dispatch their calls."""
         policy = self._policy(stage)
         now = time.monotonic()
         # Expired leases are rare; looking for them once per status interval keeps claims cheap.
         if now - self._last_reclaim.get(stage.name, 0.0) >= self.cfg.runtime.status_interval_s:
             self._last_reclaim[stage.name] = now
-            reclaimed = queue.reclaim_expired(self.conn, stage.name, policy)
+            reclaimed = queue.reclaim_expired(self._db(), stage.name, policy)
             if reclaimed:
                 log_event(log, "leases_reclaimed", stage=stage.name, n=reclaimed)
         items = queue.claim(
-            self.conn, stage.name, self.owner, stage.batch_size * n_batches, self.cfg.queue.lease_s
+            self._db(), stage.name, self.owner, stage.batch_size * n_batches, self.cfg.queue.lease_s
         )
         if not items:
             return 0
         try:
-            payloads = stage.load(self.conn, items)
+            payloads = stage.load(self._db(), items)
         except Exception as exc:
             if db.connection_lost(exc):
                 raise
             log.exception("load failed", extra={"event": "load_failed"})
-            with self.conn.transaction():
+            with self._db().transaction():
                 queue.fail(
-                    self.conn, stage.name, self.owner, {i.id: f"load failed: {exc}" for i in items}, policy
+                    self._db(), stage.name, self.owner, {i.id: f"load failed: {exc}" for i in items}, policy
                 )
             return len(items)
         for k in range(0, len(items), stage.batch_size):
@@ -735,7 +769,7 @@ class Runner:
             if callable_items:
                 groups = [[it] for it in callable_items] if stage.per_item else [callable_items]
                 for g in groups:
-                    fut = self.pool.submit(stage.call, [payloads[it.id] for it in g])
+                    fut = self._pool().submit(stage.call, [payloads[it.id] for it in g])
                     batch.futures.append((g, fut))
             self.inflight.append(batch)
         return len(items)
@@ -798,13 +832,13 @@ class Runner:
         assert self.writer is not None
         self.writing.append((finished, self.writer.submit(finished)))
 
-    def _write_batches(self, conn: Any, batches: list[_Batch]) -> None:
+    def _write_batches(self, conn: Conn, batches: list[_Batch]) -> None:
         """On the writer thread: the finished batches of each stage in one transaction (a merged
         write that fails is redone batch by batch, so one bad batch costs only its own items)."""
         for stage in dict.fromkeys(b.stage.name for b in batches):
             self._write(conn, _Batch.merged([b for b in batches if b.stage.name == stage]))
 
-    def _write(self, conn: Any, b: _Batch) -> None:
+    def _write(self, conn: Conn, b: _Batch) -> None:
         """Write one (merged) batch: results and queue outcomes in one transaction.
 
         Only results of items whose lease this daemon still holds are written (checked and locked
@@ -983,6 +1017,6 @@ def run_daemon(
     return runner.run()
 
 
-def default_periodic(cfg: Config) -> list[tuple[float, Callable[[Any], None]]]:
+def default_periodic(cfg: Config) -> list[tuple[float, Callable[[Conn], object]]]:
     """Loop-thread tasks every daemon runs besides its own work (history pruning; alerting adds here)."""
     return [(3600.0, lambda conn: queue.prune(conn, cfg.queue.done_retention_days))]

@@ -28,10 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import psycopg
 from psycopg import sql
 
 from jobpipe import classify
@@ -40,7 +39,8 @@ from jobpipe.models.base import EmbeddingClient
 from jobpipe.text import clean_line, clean_text, normalise_whitespace, parse_int
 from jobpipe.titles import normalise
 
-Conn = psycopg.Connection[Any]
+if TYPE_CHECKING:  # for annotations only: jobpipe.db at run time would load pgvector and more
+    from jobpipe.db import Conn
 
 MAX_LIMIT = 1000  # hnsw.ef_search cannot go above 1000: more results than that cannot come from the index
 MAX_QUERY_CHARS = 300  # what is embedded and trigram-matched of a query (as for titles)

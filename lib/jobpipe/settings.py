@@ -7,7 +7,10 @@ This list is the single source of truth. `config/jobpipe.yaml` is rendered from 
 
 from __future__ import annotations
 
+import builtins
+import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -17,19 +20,20 @@ class Setting:
     name: str
     default: Any
     help: str
-    type: type | tuple[type, ...] = object  # derived from the default when left as object
+    # derived from the default when left as object (builtins.type: this field shadows the name)
+    type: builtins.type | tuple[builtins.type, ...] = object
     min: float | None = None
     max: float | None = None
     choices: tuple[Any, ...] | None = None
     secret: bool = False
-    item_type: type | None = None  # for lists: the type of each element
+    item_type: builtins.type | None = None  # for lists: the type of each element
 
     @property
     def key(self) -> str:
         return f"{self.section}.{self.name}"
 
     @property
-    def value_type(self) -> type | tuple[type, ...]:
+    def value_type(self) -> builtins.type | tuple[builtins.type, ...]:
         if self.type is not object:
             return self.type
         if isinstance(self.default, bool):
@@ -815,3 +819,77 @@ SECTIONS: tuple[Section, ...] = (
 
 def all_settings() -> dict[str, Setting]:
     return {s.key: s for sec in SECTIONS for s in sec.settings}
+
+
+# ---------------------------------------------------------------------------------- typed sections
+# `jobpipe.sections` is generated from SECTIONS (`python -m jobpipe.settings --write-types`;
+# a test keeps it current): one frozen dataclass per section, so a type checker sees every
+# setting's type and a misspelt one is an error. No defaults in it: values always come from
+# this registry through jobpipe.config.load.
+
+TYPES_PATH = Path(__file__).with_name("sections.py")
+
+
+def class_name(section: str) -> str:
+    """The generated dataclass of a section: `embedder` -> `EmbedderConfig`."""
+    return section.title().replace("_", "") + "Config"
+
+
+def type_hint(setting: Setting) -> str:
+    """The annotation of a setting's field, from its registry type (what check_value admits)."""
+    t = setting.value_type
+    if t == (float, int):
+        return "float"
+    if t is list:
+        items: dict[type | None, str] = {None: "Any", str: "str", dict: "dict[str, Any]"}
+        item = items[setting.item_type]
+        return f"list[{item}]"
+    if t is dict:
+        return "dict[str, Any]"
+    if isinstance(t, tuple):
+        raise TypeError(f"{setting.key}: no annotation for {t}")
+    return t.__name__
+
+
+def render_types() -> str:
+    """The source of jobpipe.sections."""
+    out = [
+        '"""Typed, frozen configuration sections. GENERATED from jobpipe.settings: do not edit.',
+        "",
+        "Regenerate with `python -m jobpipe.settings --write-types`. Values come from the registry",
+        "through jobpipe.config.load; these classes only give them names and types.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from dataclasses import dataclass",
+        "from typing import Any",
+    ]
+    for sec in SECTIONS:
+        out += ["", "", "@dataclass(frozen=True, slots=True)", f"class {class_name(sec.name)}:"]
+        out += [f"    {line}" for line in _wrap(f'"""{sec.help}"""', 100)]
+        out.append("")
+        for s in sec.settings:
+            out += [f"    {line}" for line in _wrap(f"# {s.help}{' (secret)' if s.secret else ''}", 100)]
+            out.append(f"    {s.name}: {type_hint(s)}")
+    out += ["", "", "class Sections:", '    """The sections of a Config, as attributes."""', ""]
+    out += [f"    {sec.name}: {class_name(sec.name)}" for sec in SECTIONS]
+    out += ["", "", "SECTION_TYPES: dict[str, type] = {"]
+    out += [f'    "{sec.name}": {class_name(sec.name)},' for sec in SECTIONS]
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """A comment or docstring cut at spaces into lines of at most `width` (ruff's line length)."""
+    lead = "# " if text.startswith("# ") else ""
+    return textwrap.wrap(text, width, subsequent_indent=lead, break_long_words=False) or [text]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--write-types"]:
+        sys.exit("usage: python -m jobpipe.settings --write-types")
+    TYPES_PATH.write_text(render_types())
+    print(f"wrote {TYPES_PATH}")

@@ -24,11 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
+from jobpipe import db
 from jobpipe.config import Config
-
-Conn = psycopg.Connection[Any]
+from jobpipe.db import Conn
 
 SIMILARITY_LOCK = 0x6A700041
 AGGREGATE_WORK_MEM = "128MB"
@@ -58,13 +56,14 @@ NO_VECTORS_RETRY_S = 3600.0
 def is_due(conn: Conn, interval_h: float, model: str) -> bool:
     """True when no similarity run of `model` finished within `interval_h` hours (database clock)."""
     interval_s = interval_h * 3600.0
-    row = conn.execute(
+    row = db.one(
+        conn,
         """SELECT NOT EXISTS (
                SELECT 1 FROM similarity_runs
                 WHERE model = %s AND finished_at > now() - make_interval(secs => %s)
                   AND (occupations > 0 OR finished_at > now() - make_interval(secs => %s)))""",
         (model, interval_s, min(interval_s, NO_VECTORS_RETRY_S)),
-    ).fetchone()
+    )
     return bool(row[0])
 
 
@@ -178,7 +177,7 @@ def compute(
     with conn.transaction():
         if wait:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SIMILARITY_LOCK,))
-        elif not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SIMILARITY_LOCK,)).fetchone()[0]:
+        elif not db.one(conn, "SELECT pg_try_advisory_xact_lock(%s)", (SIMILARITY_LOCK,))[0]:
             return SimilarityResult(SKIPPED_LOCKED)
         if only_if_due_h is not None and not is_due(conn, only_if_due_h, model):
             return SimilarityResult(SKIPPED_FRESH)
@@ -193,7 +192,7 @@ def compute(
         # previous run's rows deleted in this transaction would still be read (twice the work).
         conn.execute("TRUNCATE occupation_vectors")
         params = {"model": model, "dims": dims, "min": min_postings, "k": top_k, "min_score": min_score}
-        from_postings, from_names = conn.execute(_VECTORS_SQL, params).fetchone()
+        from_postings, from_names = db.one(conn, _VECTORS_SQL, params)
         vectors_s = time.perf_counter() - started
         n = from_postings + from_names
         if n == 0:
@@ -208,9 +207,9 @@ def compute(
                    SELECT occupation_id, embedding::halfvec FROM occupation_vectors"""
             )
             conn.execute("ANALYZE occupation_vectors_half")
-            pairs = conn.execute(_PAIRS_SQL, {**params, "candidates": 2 * top_k}).fetchone()[0]
+            pairs = db.one(conn, _PAIRS_SQL, {**params, "candidates": 2 * top_k})[0]
         else:
-            pairs = conn.execute(_EXACT_PAIRS_SQL, params).fetchone()[0]
+            pairs = db.one(conn, _EXACT_PAIRS_SQL, params)[0]
         seconds = time.perf_counter() - started
         pairs_s = seconds - vectors_s
         conn.execute(
@@ -283,11 +282,12 @@ def similar_to(conn: Conn, occupation_id: int, limit: int = 50) -> list[Similar]
 
 def result_age_s(conn: Conn, model: str) -> float | None:
     """Seconds since the last run of `model` that produced a result; None if there never was one."""
-    row = conn.execute(
+    row = db.one(
+        conn,
         """SELECT extract(epoch FROM now() - max(finished_at)) FROM similarity_runs
             WHERE model = %s AND occupations > 0""",
         (model,),
-    ).fetchone()
+    )
     return None if row[0] is None else max(0.0, float(row[0]))
 
 

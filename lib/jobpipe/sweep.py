@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobpipe import queue
+from jobpipe import db, queue
+from jobpipe.db import Conn
 
 
 @dataclass
@@ -39,17 +40,18 @@ class Sweep:
     def done(self) -> bool:
         return self.end is not None and self.cursor >= self.end
 
-    def step(self, conn: Any) -> int:
+    def step(self, conn: Conn) -> int:
         """One bounded step; returns how many postings it queued."""
         if self.end is None:
-            self.end = conn.execute("SELECT coalesce(max(id), 0) FROM postings").fetchone()[0]
+            self.end = db.one(conn, "SELECT coalesce(max(id), 0) FROM postings")[0]
         if self.done:
             return 0
-        waiting = conn.execute(
+        waiting = db.one(
+            conn,
             """SELECT count(*) FROM queue
                 WHERE stage = %s AND status = 'pending' AND priority <= %s""",
             (self.stage, self.priority),
-        ).fetchone()[0]
+        )[0]
         room = self.backlog - waiting
         if room < max(1, self.backlog // 2):  # top up in chunks, not one row per turn
             return 0

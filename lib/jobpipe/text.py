@@ -62,10 +62,10 @@ def clean_line(value: object, max_chars: int | None = None) -> str | None:
         return None
     if type(value) is str and value.isascii() and value.isprintable():
         # The common case (no control character, no NUL, nothing to re-encode): only whitespace.
-        text = " ".join(value.split()) if "  " in value or value[:1] == " " or value[-1:] == " " else value
-        if max_chars is not None and len(text) > max_chars:
-            text = text[:max_chars].rstrip()
-        return text or None
+        line = " ".join(value.split()) if "  " in value or value[:1] == " " or value[-1:] == " " else value
+        if max_chars is not None and len(line) > max_chars:
+            line = line[:max_chars].rstrip()
+        return line or None
     if max_chars is not None and isinstance(value, str | bytes | bytearray) and len(value) > 4 * max_chars:
         value = value[: 4 * max_chars]
     text = clean_text(value)

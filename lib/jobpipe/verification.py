@@ -25,12 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
-from jobpipe import queue
+from jobpipe import db, queue
+from jobpipe.db import Conn
 from jobpipe.text import parse_int
-
-Conn = psycopg.Connection[Any]
 
 STAGE = "verify"
 ON_DEMAND_PRIORITY = 10  # the same as jobpipe_request_verify() in the schema
@@ -95,11 +92,12 @@ def sweep(conn: Conn, *, max_age_h: float, per_minute: int, given_up_retry_h: fl
         if row is None:
             return SweepResult(0, 0, 0)  # another instance is sweeping right now
         tokens = int(per_minute * float(row[0]) / 60.0)
-        live = conn.execute(
+        live = db.one(
+            conn,
             """SELECT count(*) FROM queue WHERE stage = %s AND status IN ('pending', 'running')
                  AND priority <= %s""",
             (STAGE, BACKGROUND_PRIORITY),
-        ).fetchone()[0]
+        )[0]
         budget = max(0, min(tokens, per_minute - live))
         if budget < 1:
             return SweepResult(0, 0, live)  # keep last_at: the tokens keep accumulating
@@ -121,10 +119,11 @@ def sweep(conn: Conn, *, max_age_h: float, per_minute: int, given_up_retry_h: fl
 
 def stale_pending(conn: Conn, *, max_age_h: float, given_up_retry_h: float) -> int:
     """1 when the sweep has something left to enqueue, else 0 (for `--once`)."""
-    row = conn.execute(
+    row = db.one(
+        conn,
         f"SELECT EXISTS ({_CANDIDATES})",
         {"age_s": max_age_h * 3600.0, "retry_s": given_up_retry_h * 3600.0, "n": 1},
-    ).fetchone()
+    )
     return int(bool(row[0]))
 
 

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from jobpipe import backoff
 from jobpipe.backoff import Streak
-from jobpipe.db import close_quietly, connection_lost
+from jobpipe.db import Conn, close_quietly, connection_lost
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 
@@ -56,7 +56,7 @@ class BatchWriter(Generic[T]):
         self._closing = False
         self._abort = threading.Event()
         self._thread: threading.Thread | None = None
-        self.conn: Any = None
+        self.conn: Conn | None = None
         self.last_error = ""
 
     def start(self) -> BatchWriter[T]:

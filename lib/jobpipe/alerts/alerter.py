@@ -12,17 +12,17 @@ from dataclasses import replace
 from typing import Any
 
 from jobpipe import db
-from jobpipe.alerts.channels.signal import explain
+from jobpipe.alerts.channels.signal import SignalGateway, explain
 from jobpipe.alerts.conditions import (
     FAIL,
     Condition,
-    Thresholds,
     dependency_conditions,
     gather,
     instances,
     last_error,
     record_samples,
     stage_conditions,
+    thresholds,
 )
 from jobpipe.alerts.delivery import (
     DatabaseWatch,
@@ -34,6 +34,7 @@ from jobpipe.alerts.delivery import (
 )
 from jobpipe.alerts.state import Transition, apply
 from jobpipe.config import Config
+from jobpipe.db import Conn
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 
@@ -60,13 +61,13 @@ class Alerter:
         dependencies: Sequence[str] = (),
         hooks: Callable[[Any], list[Condition]] | None = None,
         metrics: Any = None,
-        gateway: Any = None,
+        gateway: SignalGateway | None = None,
         host: str | None = None,
         latch_path: Any = None,
     ) -> None:
         self.daemon = daemon
         self.cfg = cfg
-        self.th = Thresholds.from_config(cfg, daemon)
+        self.th = thresholds(cfg, daemon)
         self.connect = connect
         self.stages = list(stages)
         self.dependencies = list(dependencies)
@@ -89,7 +90,7 @@ class Alerter:
             retry_base_s=cfg.alerts.retry_base_s,
             retry_max_s=cfg.alerts.retry_max_s,
         )
-        self.conn: Any = None
+        self.conn: Conn | None = None
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -202,7 +203,7 @@ class Alerter:
         db.close_quietly(self.conn)
         self.conn = None
 
-    def evaluate(self, conn: Any) -> list[Transition]:
+    def evaluate(self, conn: Conn) -> list[Transition]:
         facts = gather(conn, self.stages, self.th) if self.stages else {}
         interval = self.cfg.alerts.eval_interval_s
         record_samples(

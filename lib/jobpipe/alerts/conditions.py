@@ -23,15 +23,17 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 from jobpipe import queue
 from jobpipe.alerts.message import fmt_time
 from jobpipe.config import Config, check_value
+from jobpipe.db import Conn
 from jobpipe.errors import ConfigError
 from jobpipe.logs import redact as redact_secrets
+from jobpipe.sections import AlertsConfig
 from jobpipe.settings import all_settings
 from jobpipe.text import fmt_duration
 
@@ -94,39 +96,39 @@ def count_condition(
 # ---------------------------------------------------------------------------------------- thresholds
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """The tunables of the conditions (`alerts.*`), with a daemon's `alerts.overrides` applied."""
+# The tunables of the conditions are the alerts section itself (jobpipe.sections), with a
+# daemon's `alerts.overrides` applied by `thresholds`: no second copy of types or defaults.
+Thresholds: TypeAlias = AlertsConfig
 
-    failure_ratio: float = 0.5
-    failure_min_count: int = 20
-    failure_window_s: float = 900.0
-    stall_minutes: float = 30.0
-    backlog_growing_minutes: float = 120.0
-    backlog_min_growth: int = 100
-    dependency_down_minutes: float = 5.0
-    given_up_min: int = 20
-    given_up_window_minutes: float = 60.0
-    oldest_pending_minutes: float = 1440.0
-    renotify_hours: float = 24.0
-    resolve_minutes: float = 5.0
+# The alerts.* settings `alerts.overrides.<daemon>` may change (the conditions' tunables; not
+# the delivery settings, which are one per installation).
+OVERRIDABLE = (
+    "failure_ratio",
+    "failure_min_count",
+    "failure_window_s",
+    "stall_minutes",
+    "backlog_growing_minutes",
+    "backlog_min_growth",
+    "dependency_down_minutes",
+    "given_up_min",
+    "given_up_window_minutes",
+    "oldest_pending_minutes",
+    "renotify_hours",
+    "resolve_minutes",
+)
 
-    @classmethod
-    def from_config(cls, cfg: Config, daemon: str | None = None) -> Thresholds:
-        """Thresholds for `daemon` (None: the global ones). Overrides are checked like settings:
-        an unknown key or a bad value is a ConfigError naming `alerts.overrides.<daemon>.<key>`."""
-        names = [f.name for f in fields(cls)]
-        values = {n: getattr(cfg.alerts, n) for n in names}
-        overrides = validate_overrides(cfg.alerts.overrides)
-        values.update(overrides.get(daemon or "", {}))
-        return cls(**values)
+
+def thresholds(cfg: Config, daemon: str | None = None) -> Thresholds:
+    """Thresholds for `daemon` (None: the global ones). Overrides are checked like settings:
+    an unknown key or a bad value is a ConfigError naming `alerts.overrides.<daemon>.<key>`."""
+    overrides = validate_overrides(cfg.alerts.overrides)
+    return replace(cfg.alerts, **overrides.get(daemon or "", {}))
 
 
 def validate_overrides(raw: Any) -> dict[str, dict[str, Any]]:
     """`alerts.overrides` as {daemon: {threshold: value}}, every value checked like its setting."""
     if not isinstance(raw, dict):
         raise ConfigError("alerts.overrides must be a mapping {daemon: {setting: value}}")
-    names = [f.name for f in fields(Thresholds)]
     registry = all_settings()
     out: dict[str, dict[str, Any]] = {}
     for daemon, body in raw.items():
@@ -134,10 +136,10 @@ def validate_overrides(raw: Any) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"alerts.overrides.{daemon} must be a mapping of alert settings")
         out[str(daemon)] = {}
         for key, value in body.items():
-            if key not in names:
+            if key not in OVERRIDABLE:
                 raise ConfigError(
                     f"alerts.overrides.{daemon}.{key}: not an overridable alert setting "
-                    f"(one of {', '.join(names)})"
+                    f"(one of {', '.join(OVERRIDABLE)})"
                 )
             out[str(daemon)][key] = check_value(
                 registry[f"alerts.{key}"], value, f"alerts.overrides.{daemon}"
@@ -182,7 +184,7 @@ class StageFacts:
         return self.due + self.scheduled
 
 
-def gather(conn: Any, stages: Sequence[str] | None, th: Thresholds) -> dict[str, StageFacts]:
+def gather(conn: Conn, stages: Sequence[str] | None, th: Thresholds) -> dict[str, StageFacts]:
     """Facts for `stages` (None: every stage with live items, given-up items or recent counts).
 
     Cheap with any amount of history: live counts come from the partial indexes over live queue
@@ -254,7 +256,7 @@ def gather(conn: Any, stages: Sequence[str] | None, th: Thresholds) -> dict[str,
 
 
 def _counts(
-    conn: Any, stages: Sequence[str] | None, th: Thresholds, span_s: float
+    conn: Conn, stages: Sequence[str] | None, th: Thresholds, span_s: float
 ) -> dict[str, tuple[Any, ...]]:
     # Minute buckets: "the last N seconds" starts at the bucket containing now - N.
     def w(seconds: float) -> str:
@@ -280,12 +282,12 @@ def _counts(
                  WHERE minute >= {w(span_s)} AND (%(all)s OR stage = ANY(%(stages)s))) s
          GROUP BY stage
     """
-    rows = conn.execute(sql, {"all": stages is None, "stages": list(stages or [])}).fetchall()  # type: ignore[arg-type]
+    rows = conn.execute(sql, {"all": stages is None, "stages": list(stages or [])}).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
 def record_samples(
-    conn: Any, daemon: str, facts: dict[str, StageFacts], min_gap_s: float, keep_s: float
+    conn: Conn, daemon: str, facts: dict[str, StageFacts], min_gap_s: float, keep_s: float
 ) -> None:
     """Add one pending-count sample per stage (skipped when another instance sampled within
     `min_gap_s`) and drop samples older than `keep_s`."""
@@ -434,7 +436,7 @@ class Instance:
     dependencies: dict[str, bool]
 
 
-def instances(conn: Any, daemon: str | None = None) -> list[Instance]:
+def instances(conn: Conn, daemon: str | None = None) -> list[Instance]:
     """Live instances (heartbeat within STALE_INSTANCE_S) from daemon_status."""
     rows = conn.execute(
         """SELECT daemon, instance, host, seen_at, coalesce(status, ''), dependencies FROM daemon_status
@@ -475,7 +477,7 @@ def dependency_conditions(insts: Sequence[Instance], deps: Sequence[str], th: Th
     return out
 
 
-def last_error(conn: Any, stage: str, insts: Sequence[Instance] = ()) -> str:
+def last_error(conn: Conn, stage: str, insts: Sequence[Instance] = ()) -> str:
     """The first line of the latest error of a stage (what a phone shows of the cause): a live
     instance's (the runner keeps "<stage>: <error>" in daemon_status), else the newest failed or
     given-up item's. Credentials and registered secrets are cut out."""

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from jobpipe.alerts.channels.signal import (
     RATE_LIMITED,
     UNREACHABLE,
     SendResult,
+    SignalGateway,
     explain,
     internal_group_id,
     make_gateway,
@@ -49,6 +50,7 @@ from jobpipe.alerts.channels.signal import (
 )
 from jobpipe.alerts.message import render_message
 from jobpipe.config import Config
+from jobpipe.db import Conn
 from jobpipe.logs import log_event, register_secret
 from jobpipe.queue import RetryPolicy
 
@@ -84,7 +86,7 @@ def register_secrets(cfg: Config) -> None:
             register_secret(internal_group_id(gid))
 
 
-def gateway_from_config(cfg: Config) -> Any:
+def gateway_from_config(cfg: Config) -> SignalGateway | None:
     """The configured gateway, or None when alerts.channel is none. ConfigError on bad settings."""
     a = cfg.alerts
     if a.channel == "none":
@@ -94,7 +96,7 @@ def gateway_from_config(cfg: Config) -> Any:
     )
 
 
-def safe_send(gateway: Any, text: str) -> SendResult:
+def safe_send(gateway: SignalGateway, text: str) -> SendResult:
     """gateway.send, with a bug in the client counted as "may have gone out" instead of a crash."""
     try:
         return gateway.send(text)
@@ -105,7 +107,7 @@ def safe_send(gateway: Any, text: str) -> SendResult:
 class Deliverer:
     """Sends the messages `jobpipe.alerts.state.apply` queued in the `alerts` table."""
 
-    def __init__(self, gateway: Any, cfg: Config, *, metrics: Any = None) -> None:
+    def __init__(self, gateway: SignalGateway | None, cfg: Config, *, metrics: Any = None) -> None:
         a = cfg.alerts
         self.gateway = gateway
         self.metrics = metrics
@@ -117,7 +119,7 @@ class Deliverer:
 
     # -- channel state -----------------------------------------------------------------------------
 
-    def degraded_until(self, conn: Any) -> datetime | None:
+    def degraded_until(self, conn: Conn) -> datetime | None:
         row = conn.execute(
             "SELECT degraded_until FROM alert_channel WHERE channel = %s AND degraded_until > now()",
             (CHANNEL,),
@@ -128,7 +130,7 @@ class Deliverer:
         if self.metrics is not None:
             self.metrics.set_signal_degraded(degraded)
 
-    def next_due_in(self, conn: Any) -> float | None:
+    def next_due_in(self, conn: Conn) -> float | None:
         """Seconds until the next delivery is due (None: nothing queued)."""
         row = conn.execute(
             """SELECT extract(epoch FROM greatest(min(a.next_delivery_at),
@@ -143,7 +145,7 @@ class Deliverer:
     # -- the pass ----------------------------------------------------------------------------------
 
     def deliver_due(
-        self, conn: Any, *, only: tuple[str, str] | None = None, max_messages: int = 10
+        self, conn: Conn, *, only: tuple[str, str] | None = None, max_messages: int = 10
     ) -> list[SendResult]:
         """Send what is due, one message per daemon's batch of changes; stop at the first message
         that does not go through (the next ones would meet the same gateway)."""
@@ -166,7 +168,7 @@ class Deliverer:
                 break
         return results
 
-    def claim(self, conn: Any, only: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    def claim(self, conn: Conn, only: tuple[str, str] | None = None) -> list[dict[str, Any]]:
         """Claim the due messages of one daemon (the one waiting longest): rows go to `sending`
         with a claim that expires after `lease_s`, committed before anything is sent."""
         filt = "" if only is None else " AND daemon = %(d)s AND condition = %(c)s"
@@ -199,7 +201,7 @@ class Deliverer:
         rows.sort(key=lambda r: (r["msg_kind"] != "start", r["condition"]))
         return rows
 
-    def record(self, conn: Any, rows: Sequence[dict[str, Any]], text: str, result: SendResult) -> None:
+    def record(self, conn: Conn, rows: Sequence[dict[str, Any]], text: str, result: SendResult) -> None:
         """Write what happened to each claimed row (only if no newer message replaced it meanwhile),
         to alert_log, and to the channel state."""
         status = result.status
@@ -288,7 +290,7 @@ class Deliverer:
             explain=why,
         )
 
-    def reclaim_stale(self, conn: Any) -> int:
+    def reclaim_stale(self, conn: Conn) -> int:
         """`sending` rows whose claim expired: the sender died mid-request. Ambiguous, not resent."""
         with conn.transaction():
             rows = conn.execute(
@@ -316,7 +318,7 @@ class Deliverer:
 
 
 def record_unit_failed(
-    conn: Any, daemon: str, host: str, title: str, numbers: str, detail: str, hint: str
+    conn: Conn, daemon: str, host: str, title: str, numbers: str, detail: str, hint: str
 ) -> None:
     """Queue the OnFailure message as the daemon's `unit_failed` alert (it resolves once the
     daemon runs again for alerts.resolve_minutes)."""
@@ -406,13 +408,13 @@ class DatabaseWatch:
         self,
         daemon: str,
         host: str,
-        gateway: Any,
+        gateway: SignalGateway | None,
         hold_s: float,
         latch: Latch,
         *,
-        retry_base_s: float = 30.0,
-        retry_max_s: float = 1800.0,
-        clock: Any = time.monotonic,
+        retry_base_s: float,
+        retry_max_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.daemon = daemon
         self.host = host
@@ -457,7 +459,7 @@ class DatabaseWatch:
                 state.update(firing=True, since=since, host=self.host, by=self.daemon)
                 self.firing = True
 
-    def up(self, conn: Any) -> None:
+    def up(self, conn: Conn) -> None:
         now = self.clock()
         was_down = self.down_since
         self.down_since = self.down_since_wall = None
@@ -512,7 +514,7 @@ class DatabaseWatch:
             explain=explain(result),
         )
 
-    def _flush(self, conn: Any) -> None:
+    def _flush(self, conn: Conn) -> None:
         if not self.log_rows:
             return
         rows, self.log_rows = self.log_rows, []

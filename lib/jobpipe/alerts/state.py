@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from jobpipe.alerts.conditions import Condition, Thresholds
+from jobpipe.db import Conn
 from jobpipe.logs import log_event
 
 log = logging.getLogger("jobpipe.alerting")  # the name operators filter the journal by
@@ -28,7 +28,7 @@ class Transition:
 
 
 def apply(
-    conn: Any,
+    conn: Conn,
     daemon: str,
     host: str,
     conditions: Sequence[Condition],
@@ -67,7 +67,7 @@ def apply(
 
 
 def _transition(
-    conn: Any, daemon: str, host: str, c: Condition, th: Thresholds, deliver: bool
+    conn: Conn, daemon: str, host: str, c: Condition, th: Thresholds, deliver: bool
 ) -> Transition | None:
     delivery = "pending" if deliver else "disabled"
     with conn.transaction():
@@ -151,7 +151,7 @@ def _transition(
         return Transition(c.key, "resolved", c.numbers)
 
 
-def _queue(conn: Any, key: tuple[str, str], kind: str, delivery: str) -> None:
+def _queue(conn: Conn, key: tuple[str, str], kind: str, delivery: str) -> None:
     conn.execute(
         """UPDATE alerts SET msg_kind = %s, msg_seq = msg_seq + 1, delivery = %s, next_delivery_at = now(),
                   delivery_attempts = 0, delivery_error = NULL, updated_at = now()

@@ -698,9 +698,10 @@ def parse_berufe_page(body: bytes) -> BerufePage:
     if not isinstance(data, dict) or not isinstance(data.get("page"), dict):
         raise SchemaError("BERUFENET page has no 'page' object", sample_of(body))
     meta = data["page"]
-    numbers = {k: _int(meta.get(k)) for k in ("number", "size", "totalElements", "totalPages")}
-    if any(v is None for v in numbers.values()):
-        missing = ", ".join(k for k, v in numbers.items() if v is None)
+    keys = ("number", "size", "totalElements", "totalPages")
+    numbers = {k: n for k in keys if (n := _int(meta.get(k))) is not None}
+    if len(numbers) < len(keys):
+        missing = ", ".join(k for k in keys if k not in numbers)
         raise SchemaError(f"BERUFENET 'page' object lacks an integer {missing}", sample_of(body))
     embedded = data.get("_embedded")
     raw_items = embedded.get("berufSucheList") if isinstance(embedded, dict) else None

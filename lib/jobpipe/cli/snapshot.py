@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import date, timedelta
-from typing import Any
 
 from jobpipe import db, demand, similarity
 from jobpipe.cli.args import int_arg, load_config
 from jobpipe.cli.core import connect
+from jobpipe.db import Conn
 from jobpipe.errors import UserError
 from jobpipe.text import cell, clean_text, parse_int
 
@@ -100,15 +100,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         else:
             days = [yesterday]
         for day in days:
-            r = demand.snapshot_day(conn, day, wait=True, statement_timeout_s=sec.statement_timeout_s)
+            done = demand.snapshot_day(conn, day, wait=True, statement_timeout_s=sec.statement_timeout_s)
             if args.json:
                 print(
                     json.dumps(
                         {
                             "day": str(day),
-                            "rows": r.rows,
-                            "active_postings": r.active_postings,
-                            "seconds": round(r.seconds, 3),
+                            "rows": done.rows,
+                            "active_postings": done.active_postings,
+                            "seconds": round(done.seconds, 3),
                             "partial": day >= today,
                         }
                     ),
@@ -121,13 +121,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
                     else ""
                 )
                 print(
-                    f"{day}: {r.rows} rows, {r.active_postings} active postings, {r.seconds:.2f}s{note}",
+                    f"{day}: {done.rows} rows, {done.active_postings} active postings, "
+                    f"{done.seconds:.2f}s{note}",
                     flush=True,
                 )
     return 0
 
 
-def resolve_occupation(conn: Any, text: str) -> tuple[int, str]:
+def resolve_occupation(conn: Conn, text: str) -> tuple[int, str]:
     """An occupation by id, exact name (case-insensitive) or a unique part of its name."""
     text = (clean_text(text) or "").strip()
     if not text:

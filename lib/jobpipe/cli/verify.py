@@ -11,6 +11,7 @@ from typing import Any
 from jobpipe import db, queue, verification
 from jobpipe.cli.args import float_arg, load_config
 from jobpipe.cli.core import connect
+from jobpipe.db import Conn
 from jobpipe.errors import UserError
 from jobpipe.text import clean_text
 
@@ -84,14 +85,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 2 if unknown else 0
 
 
-def _status(conn: Any, cfg: Any, as_json: bool) -> int:
+def _status(conn: Conn, cfg: Any, as_json: bool) -> int:
     sec = cfg.verifier
     st = verification.staleness(conn, sec.max_age_h, sec.alert_margin_h)
-    stale = conn.execute(
+    stale = db.one(
+        conn,
         """SELECT count(*) FROM postings WHERE active
               AND coalesce(verified_at, first_seen_at) < now() - make_interval(secs => %s)""",
         (sec.max_age_h * 3600.0,),
-    ).fetchone()[0]
+    )[0]
     q = queue.stats(conn, [verification.STAGE])[verification.STAGE]
     out = {
         "oldest_unverified_age_s": round(st.oldest_age_s, 1),
@@ -105,7 +107,7 @@ def _status(conn: Any, cfg: Any, as_json: bool) -> int:
     if as_json:
         print(json.dumps(out))
     else:
-        active = conn.execute("SELECT EXISTS (SELECT 1 FROM postings WHERE active)").fetchone()[0]
+        active = db.one(conn, "SELECT EXISTS (SELECT 1 FROM postings WHERE active)")[0]
         oldest = f"{st.oldest_age_s / 3600:.1f} h" if active else "none (no active postings)"
         print(
             f"oldest unverified active posting: {oldest} "

@@ -36,6 +36,7 @@ from prometheus_client import Gauge
 
 from jobpipe import occupation_vectors, classify, db, embeddings
 from jobpipe.alerts.conditions import FAIL, Condition, count_condition
+from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -109,16 +110,16 @@ class ClassifierDaemon(Daemon):
 
     # -- the catalogue, kept embedded in the background -------------------------------------------
 
-    def setup(self, conn: Any) -> None:
+    def setup(self, conn: Conn) -> None:
         if not self.sync_job.running:
             self.sync_job.start()
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         now = time.monotonic()
         if now - self._last_repair >= REPAIR_INTERVAL_S:
             self._last_repair = now
             # Postings that raced their title's classification (see migration 0061).
-            fixed = conn.execute("SELECT jobpipe_repair_posting_occupations(interval '1 day')").fetchone()[0]
+            fixed = db.one(conn, "SELECT jobpipe_repair_posting_occupations(interval '1 day')")[0]
             if fixed:
                 log_event(log, "posting_occupations_repaired", n=fixed)
         s, m = self.sync, self.ctx.metrics
@@ -127,12 +128,12 @@ class ClassifierDaemon(Daemon):
         self.catalogue_gauge.labels(m.daemon, "embedded").set(max(0, s.total - len(s.todo) - len(s.failed)))
         self.ctx.set_status_extra(f"{s.describe()}; llm {self.llm_model}")
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         return self.sync.pending + len(self._deferred)
 
     # -- stage classify: evidence and candidates ---------------------------------------------------
 
-    def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+    def load(self, conn: Conn, items: list[Item]) -> dict[int, Any]:
         jobs = classify.load_title_jobs(conn, [it.subject for it in items])
         self._deferred.difference_update(it.subject for it in items if it.subject not in jobs)  # deleted
         return {it.id: jobs[it.subject] for it in items if it.subject in jobs}
@@ -184,7 +185,7 @@ class ClassifierDaemon(Daemon):
                 out[i] = exc
         return out
 
-    def write(self, conn: Any, done: list[tuple[Item, classify.TitleJob, Any]]) -> dict[int, str]:
+    def write(self, conn: Conn, done: list[tuple[Item, classify.TitleJob, Any]]) -> dict[int, str]:
         decided, vectors = [], []
         for _item, job, res in done:
             self._deferred.discard(job.title_id)
@@ -207,7 +208,7 @@ class ClassifierDaemon(Daemon):
 
     # -- stage classify_llm: the LLM verifies or picks ---------------------------------------------
 
-    def load_llm(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+    def load_llm(self, conn: Conn, items: list[Item]) -> dict[int, Any]:
         jobs = classify.load_llm_jobs(conn, [it.subject for it in items])
         out: dict[int, Any] = {}
         for it in items:
@@ -233,7 +234,7 @@ class ClassifierDaemon(Daemon):
                 return [exc]
 
     def write_llm(
-        self, conn: Any, done: list[tuple[Item, classify.LLMJob, classify.Decision]]
+        self, conn: Conn, done: list[tuple[Item, classify.LLMJob, classify.Decision]]
     ) -> dict[int, str]:
         outcomes = classify.write_llm_results(
             conn,
@@ -244,11 +245,11 @@ class ClassifierDaemon(Daemon):
         )
         return {item.id: outcomes.get(job.title_id, "missing") for item, job, _ in done}
 
-    def alert_conditions(self, conn: Any) -> list[Condition]:
+    def alert_conditions(self, conn: Conn) -> list[Condition]:
         """Titles waiting on an empty catalogue; results left stale by a model or prompt change."""
-        waiting, occupations = conn.execute(
-            "SELECT (SELECT count(*) FROM titles WHERE outcome IS NULL), (SELECT count(*) FROM occupations)"
-        ).fetchone()
+        waiting, occupations = db.one(
+            conn, "SELECT (SELECT count(*) FROM titles WHERE outcome IS NULL), (SELECT count(*) FROM occupations)"
+        )
         stale = classify.count_stale(conn, self.versions)
         return [
             Condition(

@@ -24,7 +24,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from jobpipe import embeddings
+from jobpipe import db, embeddings
+from jobpipe.db import Conn
 from jobpipe.errors import ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -92,7 +93,7 @@ class EmbedderDaemon(Daemon):
 
     # -- the index ---------------------------------------------------------------------------------
 
-    def setup(self, conn: Any) -> None:
+    def setup(self, conn: Conn) -> None:
         """Check this model's index before READY: a dimension conflict is a ConfigError (exit, fix
         the config). A missing index is built by `tick`, in the background."""
         if embeddings.index_valid(conn, self.model, self.dimensions):
@@ -100,7 +101,7 @@ class EmbedderDaemon(Daemon):
             return
         embeddings.check_index_conflicts(conn, self.model, self.dimensions)
 
-    def _maybe_build_index(self, conn: Any, idle: bool = False) -> None:
+    def _maybe_build_index(self, conn: Conn, idle: bool = False) -> None:
         """Start the HNSW build once the embedder has caught up (or has waited too long).
 
         Why wait: inserting into an HNSW graph one vector at a time costs 2-4 ms per 768-d vector
@@ -116,10 +117,11 @@ class EmbedderDaemon(Daemon):
         if self._index_error is not None or (not idle and now - self._index_checked < INDEX_CHECK_S):
             return
         self._index_checked = now
-        backlog = conn.execute(
+        backlog = db.one(
+            conn,
             "SELECT count(*) FROM queue WHERE stage = %s AND status IN ('pending', 'running')",
             (embeddings.STAGE,),
-        ).fetchone()[0]
+        )[0]
         caught_up = idle or (self.sweep.done and backlog <= self._catch_up)
         if not caught_up and now - self._started < INDEX_DEFER_MAX_S:
             self._index_waiting = True
@@ -127,7 +129,7 @@ class EmbedderDaemon(Daemon):
         self._index_waiting = False
         self.index_job.start()
 
-    def _build_index(self, conn: Any) -> str:
+    def _build_index(self, conn: Conn) -> str:
         """The index job (its own connection; run again after a lost connection: ensure_index
         drops the INVALID index an interrupted build leaves)."""
         conn.execute("SET statement_timeout = 0")  # a build over many rows takes minutes
@@ -159,7 +161,7 @@ class EmbedderDaemon(Daemon):
 
     # -- the stage --------------------------------------------------------------------------------
 
-    def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+    def load(self, conn: Conn, items: list[Item]) -> dict[int, Any]:
         by_posting: dict[int, list[Item]] = {}
         for it in items:
             by_posting.setdefault(it.subject, []).append(it)
@@ -199,7 +201,7 @@ class EmbedderDaemon(Daemon):
                 out.append(exc)
         return out
 
-    def write(self, conn: Any, done: list[tuple[Item, Any, Any]]) -> dict[int, str]:
+    def write(self, conn: Conn, done: list[tuple[Item, Any, Any]]) -> dict[int, str]:
         # Vectors can always be computed again, so this transaction need not wait for its WAL
         # flush (a few ms per batch on the loop thread). A crash can lose the last few hundred ms
         # of commits, never half of one: their items come back when the leases expire.
@@ -210,7 +212,7 @@ class EmbedderDaemon(Daemon):
 
     # -- periodic work ----------------------------------------------------------------------------
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         if not self.sweep.done:
             n = self.sweep.step(conn)
             if n:
@@ -218,7 +220,7 @@ class EmbedderDaemon(Daemon):
         self._maybe_build_index(conn)
         self.ctx.set_status_extra(self._status_text())
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         """Asked when no queue item is due: the sweep, a due index build."""
         if not self.sweep.done:
             return 1

@@ -29,7 +29,8 @@ from typing import Any
 from prometheus_client import Counter
 
 from jobpipe import extraction, sweep
-from jobpipe.alerts.conditions import WARN, Condition, Thresholds, count_condition
+from jobpipe.alerts.conditions import WARN, Condition, Thresholds, count_condition, thresholds
+from jobpipe.db import Conn
 from jobpipe.errors import ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -105,7 +106,7 @@ class ExtractorDaemon(Daemon):
 
     # -- the stage --------------------------------------------------------------------------------
 
-    def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+    def load(self, conn: Conn, items: list[Item]) -> dict[int, Any]:
         jobs = extraction.load_jobs(
             conn,
             list({it.subject for it in items}),
@@ -145,6 +146,7 @@ class ExtractorDaemon(Daemon):
             if leader is None:
                 mine: cf.Future[Any] = cf.Future()
                 self._in_flight[job.text_hash] = mine
+        res: Any
         if leader is not None:  # an identical text is being summarised: share its answer
             res = leader.result()
             if isinstance(res, BaseException):
@@ -152,7 +154,6 @@ class ExtractorDaemon(Daemon):
             if isinstance(res, ItemError):
                 return [res]
             return [("reused", res.summary)]
-        res: Any
         try:
             with self._slots:
                 res = extraction.extract(self.chat, self.schema, job.text)
@@ -187,7 +188,7 @@ class ExtractorDaemon(Daemon):
             self.dropped.labels(d, path.split("[")[0].split(".")[0]).inc()
         return [(res.outcome, res.summary)]
 
-    def write(self, conn: Any, done: list[tuple[Item, extraction.Job, Any]]) -> dict[int, str]:
+    def write(self, conn: Conn, done: list[tuple[Item, extraction.Job, Any]]) -> dict[int, str]:
         rows = {job.posting_id: (job.posting_id, job.text_hash, summary) for _, job, (_, summary) in done}
         written = extraction.write_summaries(conn, list(rows.values()), version=self.schema.version,
                                              model=self.model)  # fmt: skip
@@ -198,7 +199,7 @@ class ExtractorDaemon(Daemon):
 
     # -- periodic work ----------------------------------------------------------------------------
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         if not self.sweep.done:
             n = self.sweep.step(conn)
             if n:
@@ -208,10 +209,10 @@ class ExtractorDaemon(Daemon):
             text += f", sweep {100 * self.sweep.cursor // max(1, self.sweep.end)}%"
         self.ctx.set_status_extra(text)
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         return 0 if self.sweep.done else 1
 
-    def alert_conditions(self, conn: Any) -> list[Condition]:
+    def alert_conditions(self, conn: Conn) -> list[Condition]:
         """Summaries left stale by a model or schema change (the sweep re-queues them), and a stage
         that completes postings but never summarises one (see `no_summary_condition`)."""
         stale = extraction.count_stale(conn, self.schema.version, self.model)
@@ -224,7 +225,7 @@ class ExtractorDaemon(Daemon):
                 what="stale summaries",
                 hint=f"the extractor's sweep re-queues them for {self.model} / schema {self.schema.version}",
             ),
-            no_summary_condition(conn, Thresholds.from_config(self.ctx.cfg, self.name)),
+            no_summary_condition(conn, thresholds(self.ctx.cfg, self.name)),
         ]
 
     def close(self) -> None:
@@ -236,7 +237,7 @@ WITHOUT_CALL = ("skipped_external", "empty")
 WITH_SUMMARY = ("extracted", "partial", "reused")
 
 
-def no_summary_condition(conn: Any, th: Thresholds) -> Condition:
+def no_summary_condition(conn: Conn, th: Thresholds) -> Condition:
     """WARN when, in the last 24 h, at least `failure_min_count` postings were completed without
     a model call (external, empty) and not one got a summary. Such a stage fails nothing, so the
     failure-ratio rules never see it: this is the predecessor's silent failure in another form

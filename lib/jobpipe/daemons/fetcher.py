@@ -33,6 +33,7 @@ from jobpipe import crawl, fetch_sources, runtime
 from jobpipe.alerts.conditions import FAIL, Condition, count_condition
 from jobpipe.ba.client import BAClient, Gone
 from jobpipe.ba.wire import SchemaError
+from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
 from jobpipe.metrics import DaemonMetrics
@@ -165,11 +166,11 @@ class FetcherDaemon(runtime.Daemon):
             )
         ]
 
-    def setup(self, conn: Any) -> None:
+    def setup(self, conn: Conn) -> None:
         fetch_sources.sync_sources(conn, self.sources)
         self.metrics.set_truncated(fetch_sources.truncated_counts(conn))
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         self._collect()
         self._keep_crawl_lease(conn)
         if self.crawl_job.busy or self.ctx.stop.is_set():
@@ -182,7 +183,7 @@ class FetcherDaemon(runtime.Daemon):
         if runs:
             self._start(runs[0])
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         # A finished crawl not yet collected still counts: the next tick collects it (and may
         # raise its DependencyDown there, where the runtime handles it).
         running = 1 if self.crawl_job.busy else 0
@@ -193,7 +194,7 @@ class FetcherDaemon(runtime.Daemon):
         self.crawl_job.stop(self.ctx.cfg.runtime.drain_timeout_s + self.cfg.timeout_s)
         self.client.close()
 
-    def alert_conditions(self, conn: Any) -> list[Condition]:
+    def alert_conditions(self, conn: Conn) -> list[Condition]:
         """Alert-worthy, from fetch_sources (shared by every instance): partitions still truncated
         at the result cap, a source whose last run hit schema drift, a source failing repeatedly."""
         rows = conn.execute(
@@ -237,7 +238,7 @@ class FetcherDaemon(runtime.Daemon):
 
     # ------------------------------------------------------------ crawls
 
-    def _keep_crawl_lease(self, conn: Any) -> None:
+    def _keep_crawl_lease(self, conn: Conn) -> None:
         """Extend the running crawl's source lease from the loop, every lease_s / 3.
 
         Why here and not only in the crawl: the crawl extends it after each page, but one page can
@@ -258,7 +259,7 @@ class FetcherDaemon(runtime.Daemon):
         self.crawl_job.report(f"{run.name} ({run.kind}) starting")
         self.crawl_job.start(run)
 
-    def _crawl(self, conn: Any, run: fetch_sources.DueRun) -> crawl.CrawlResult | None:
+    def _crawl(self, conn: Conn, run: fetch_sources.DueRun) -> crawl.CrawlResult | None:
         """The crawl job (its own connection); the outcome is picked up by `_collect`."""
         job = self.crawl_job
 
@@ -303,7 +304,7 @@ class FetcherDaemon(runtime.Daemon):
 
     # ------------------------------------------------------------ the description stage
 
-    def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+    def load(self, conn: Conn, items: list[Item]) -> dict[int, Any]:
         rows = conn.execute(
             "SELECT id, external_id, description_state, external_url FROM postings WHERE id = ANY(%s)",
             ([i.subject for i in items],),
@@ -353,7 +354,7 @@ class FetcherDaemon(runtime.Daemon):
                 out.append(DescriptionResult(pid, FETCHED, None))
         return out
 
-    def write(self, conn: Any, done: list[tuple[Item, Any, DescriptionResult]]) -> dict[int, str]:
+    def write(self, conn: Conn, done: list[tuple[Item, Any, DescriptionResult]]) -> dict[int, str]:
         stored = store_descriptions(conn, [r for _, _, r in done])
         outcomes: dict[int, str] = {}
         for item, _, r in done:

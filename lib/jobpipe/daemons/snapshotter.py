@@ -24,6 +24,7 @@ from jobpipe import db, demand, queue, similarity
 from jobpipe.alerts.conditions import Condition, age_condition, count_condition
 from jobpipe.background import Outcome
 from jobpipe.backoff import Backoff, Streak
+from jobpipe.db import Conn
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 from jobpipe.runtime import Context, Daemon
@@ -95,12 +96,12 @@ class SnapshotterDaemon(Daemon):
             g.labels(d).set(0)
 
     # ------------------------------------------------------------------ what is due (loop thread)
-    def due(self, conn: Any) -> tuple[list[date], bool]:
+    def due(self, conn: Conn) -> tuple[list[date], bool]:
         sec = self.ctx.cfg.snapshotter
         days = demand.due_days(conn, self.run_at, sec.catch_up_days)
         return days, similarity.is_due(conn, sec.similarity_interval_h, self.ctx.cfg.embedder.model)
 
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         if self.job.busy:
             outcome = self.job.take()
             if outcome is None:
@@ -115,7 +116,7 @@ class SnapshotterDaemon(Daemon):
         if (days or sim_due) and now >= self.retry_at and not self.ctx.stop.is_set():
             self.job.start(days, sim_due)
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         if self.job.busy:
             return 1  # running, or finished and not yet collected by tick
         if self.clock() < self.retry_at:
@@ -123,7 +124,7 @@ class SnapshotterDaemon(Daemon):
         days, sim_due = self.due(conn)
         return len(days) + int(sim_due)
 
-    def alert_conditions(self, conn: Any) -> list[Condition]:
+    def alert_conditions(self, conn: Conn) -> list[Condition]:
         """Alert-worthy: a due day still without its snapshot a day later (the newest due day may be
         computing right now, so it does not count), and a similarity result older than two
         intervals (plus an hour) while there is one."""
@@ -152,7 +153,7 @@ class SnapshotterDaemon(Daemon):
         ]
 
     # ------------------------------------------------------------------ the work (job thread)
-    def _work(self, conn: Any, days: list[date], sim_due: bool) -> _JobResult:
+    def _work(self, conn: Conn, days: list[date], sim_due: bool) -> _JobResult:
         """The job (run again after a lost connection: a day already written is skipped)."""
         sec = self.ctx.cfg.snapshotter
         out = _JobResult()
@@ -193,7 +194,7 @@ class SnapshotterDaemon(Daemon):
             )
         return out
 
-    def _collect(self, conn: Any, outcome: Outcome[_JobResult]) -> None:
+    def _collect(self, conn: Conn, outcome: Outcome[_JobResult]) -> None:
         """Pick up a finished job. Its outcomes also go to stage_counts (as the crawl's do): a job
         that fails run after run is then a failure streak that `jobpipe health` shows as FAIL and
         alerts on within minutes, not only `snapshot_overdue` a day later."""
@@ -239,7 +240,7 @@ class SnapshotterDaemon(Daemon):
         if not locked:
             self.next_check = 0.0  # look again at once (e.g. to publish the new state)
 
-    def _publish(self, conn: Any, missing: int) -> None:
+    def _publish(self, conn: Conn, missing: int) -> None:
         d = self.ctx.metrics.daemon
         self.m_missing.labels(d).set(missing)
         parts = []

@@ -27,6 +27,7 @@ from jobpipe import postings, verification
 from jobpipe.alerts.conditions import Condition, age_condition
 from jobpipe.ba.client import BAClient, Gone
 from jobpipe.ba.wire import PostingDetails, SchemaError
+from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.queue import Item
 from jobpipe.runtime import Context, Daemon, Skip, Stage
@@ -106,7 +107,7 @@ class VerifierDaemon(Daemon):
         ]
 
     # ------------------------------------------------------------------ sweep (loop thread)
-    def tick(self, conn: Any) -> None:
+    def tick(self, conn: Conn) -> None:
         now = self.clock()
         if now < self.next_sweep:
             return
@@ -122,7 +123,7 @@ class VerifierDaemon(Daemon):
             self.m_swept.labels(self.ctx.metrics.daemon).inc(res.enqueued)
         self.publish(conn, res.enqueued)
 
-    def publish(self, conn: Any, swept: int = 0) -> verification.Staleness:
+    def publish(self, conn: Conn, swept: int = 0) -> verification.Staleness:
         sec = self.ctx.cfg.verifier
         st = verification.staleness(conn, sec.max_age_h, sec.alert_margin_h)
         self.m_oldest.labels(self.ctx.metrics.daemon).set(st.oldest_age_s)
@@ -133,7 +134,7 @@ class VerifierDaemon(Daemon):
         )
         return st
 
-    def alert_conditions(self, conn: Any) -> list[Condition]:
+    def alert_conditions(self, conn: Conn) -> list[Condition]:
         """Alert-worthy: an active posting unverified for longer than max_age + alert_margin."""
         sec = self.ctx.cfg.verifier
         return [
@@ -148,7 +149,7 @@ class VerifierDaemon(Daemon):
             )
         ]
 
-    def pending_work(self, conn: Any) -> int:
+    def pending_work(self, conn: Conn) -> int:
         sec = self.ctx.cfg.verifier
         self.publish(conn)  # asked when the queue looks drained: the gauge ends up current
         return verification.stale_pending(
@@ -156,7 +157,7 @@ class VerifierDaemon(Daemon):
         )
 
     # ------------------------------------------------------------------ the stage
-    def load(self, conn: Any, items: list[Item]) -> dict[int, Any]:
+    def load(self, conn: Conn, items: list[Item]) -> dict[int, Any]:
         rows = conn.execute(
             "SELECT id, source, external_id, active FROM postings WHERE id = ANY(%s)",
             ([i.subject for i in items],),
@@ -189,7 +190,7 @@ class VerifierDaemon(Daemon):
                 out.append(exc if exc.kind in _UNREACHABLE else ItemError(str(exc), kind=exc.kind))
         return out
 
-    def write(self, conn: Any, done: list[tuple[Item, Any, Any]]) -> dict[int, str]:
+    def write(self, conn: Conn, done: list[tuple[Item, Any, Any]]) -> dict[int, str]:
         records = []
         results: list[postings.DescriptionResult] = []
         for _item, (posting_id, refnr), res in done:
@@ -208,8 +209,8 @@ class VerifierDaemon(Daemon):
         stored = postings.store_descriptions(conn, results)
         outcome = {}
         for item, (posting_id, _), _res in done:
-            state = stored.get(posting_id)
-            outcome[item.id] = "missing" if state is None else (GONE if state == postings.GONE else VERIFIED)
+            kept = stored.get(posting_id)
+            outcome[item.id] = "missing" if kept is None else (GONE if kept == postings.GONE else VERIFIED)
         return outcome
 
     def close(self) -> None:

@@ -100,4 +100,5 @@ class OpenAIChatClient(_OpenAIMixin, ChatClient):
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
             raise bad_response("/v1/chat/completions answer without choices[0].message.content")
-        return content, first.get("finish_reason")
+        # first is a dict here (content came from it); the check tells the type checker so
+        return content, first.get("finish_reason") if isinstance(first, dict) else None

@@ -110,7 +110,7 @@ class City:
 
 
 def _cities() -> tuple[City, ...]:
-    out = []
+    out: list[City] = []
     for enum, display, _w, cities in STATES:
         for name, plz, lat, lon in cities:
             out.append(City(len(out), name, plz, enum, display, "Deutschland", lat, lon))

@@ -84,7 +84,8 @@ def summarise(text: str) -> dict[str, Any]:
     """The simulated model's reading of one description (every field of the schema)."""
     low = text.casefold()
     lines = [ln.strip() for ln in text.splitlines()]
-    section, lists = None, {"tasks": [], "profile": [], "benefits": []}
+    section: str | None = None
+    lists: dict[str, list[str]] = {"tasks": [], "profile": [], "benefits": []}
     for ln in lines:
         head = ln.strip("*: \t").strip()
         hit = next((k for k, rx in _SECTIONS.items() if rx.match(head) and len(head) < 40), None)
@@ -115,12 +116,12 @@ def summarise(text: str) -> dict[str, Any]:
     years = None
     if ym := _YEARS.search(low):
         years = _WORDS.get(ym.group(1)) or int(ym.group(1))
-    salary = None
+    salary: dict[str, Any] | None = None
     if sm := _SALARY_RANGE.search(text):
         salary = {"min": _number(sm.group(1), sm.group(2)), "max": _number(sm.group(3), sm.group(4))}
     elif sm := _SALARY_ONE.search(text):
         salary = {"min": _number(sm.group(1), sm.group(2)), "max": None}
-    if salary is not None:
+    if salary is not None and sm is not None:  # a salary was read from sm
         ctx = low[max(0, sm.start() - 80) : sm.end() + 60]
         period = (
             "hour" if re.search(r"stunde|std\.|/h\b", ctx)
@@ -134,8 +135,8 @@ def summarise(text: str) -> dict[str, Any]:
         n = _WORDS.get(dm.group(1)) or int(dm.group(1))
         duration = n * 12 if dm.group(2).startswith("jahr") else n
     start = None
-    if _DATE.search(text):
-        d, mo, y = _DATE.search(text).groups()
+    if date_m := _DATE.search(text):
+        d, mo, y = date_m.groups()
         start = f"{int(y):04d}-{int(mo):02d}-{int(d):02d}"
     elif re.search(r"ab sofort|zum nächstmöglichen|schnellstmöglich", low):
         start = "sofort"

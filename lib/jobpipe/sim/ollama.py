@@ -197,7 +197,7 @@ def example_for_schema(schema: Any, text: str) -> Any:
     for key in ("anyOf", "oneOf"):
         if schema.get(key):
             return example_for_schema(schema[key][0], text)
-    typ = schema.get("type")
+    typ: Any = schema.get("type")  # a name, a list of names, or absent: any JSON value
     if isinstance(typ, list):
         typ = next((t for t in typ if t != "null"), "null")
     if typ == "object" or (typ is None and "properties" in schema):
@@ -445,7 +445,7 @@ class FakeOllama(ListenerAddress):
 
     # -- request handling ------------------------------------------------------------------------
 
-    def _handle(self, h: _Handler, method: str) -> None:
+    def _handle(self, h: SimHandler, method: str) -> None:
         path = h.path.split("?", 1)[0]
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length > 0 else b""
@@ -508,7 +508,7 @@ class FakeOllama(ListenerAddress):
 
     def _send(
         self,
-        h: _Handler,
+        h: SimHandler,
         status: int,
         payload: bytes,
         ctype: str = "application/json",
@@ -793,14 +793,15 @@ class FakeOllama(ListenerAddress):
                 [{"role": "system", "content": req["system"]}] if isinstance(req.get("system"), str) else []
             ) + [{"role": "user", "content": prompt}]
         else:
-            messages = req.get("messages")
-            if not isinstance(messages, list) or not all(
+            given = req.get("messages")
+            if not isinstance(given, list) or not all(
                 isinstance(m, dict)
                 and isinstance(m.get("role"), str)
                 and isinstance(m.get("content", ""), str)
-                for m in messages
+                for m in given
             ):
                 raise self._fail(path, 400, "invalid message format")
+            messages = given
         if path.startswith("/v1/"):
             rf = req.get("response_format") or {}
             fmt: Any = None
@@ -914,7 +915,7 @@ class FakeOllama(ListenerAddress):
 
     # -- control API (for a fake running as a separate process) ---------------------------------
 
-    def _control(self, h: _Handler, method: str, path: str, body: bytes) -> None:
+    def _control(self, h: SimHandler, method: str, path: str, body: bytes) -> None:
         def answer(status: int, doc: Any) -> None:
             payload = orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS)
             h.send_response(status)

@@ -262,7 +262,7 @@ class FakeSignalGateway(ListenerAddress):
 
     # -- HTTP ------------------------------------------------------------------------------------
 
-    def _handle(self, h: _Handler, method: str) -> None:
+    def _handle(self, h: SimHandler, method: str) -> None:
         path = h.path.split("?", 1)[0]
         length = h.headers.get("Content-Length")
         try:
@@ -292,7 +292,7 @@ class FakeSignalGateway(ListenerAddress):
         route(h, body)
 
     def _reply(
-        self, h: _Handler, status: int, body: bytes, ctype: str = "application/json; charset=utf-8"
+        self, h: SimHandler, status: int, body: bytes, ctype: str = "application/json; charset=utf-8"
     ) -> None:
         try:
             h.send_response(status)
@@ -306,16 +306,16 @@ class FakeSignalGateway(ListenerAddress):
         except OSError:  # the client gave up (timeout) or we went down meanwhile
             h.close_connection = True
 
-    def _json(self, h: _Handler, status: int, obj: Any) -> None:
+    def _json(self, h: SimHandler, status: int, obj: Any) -> None:
         self._reply(h, status, json.dumps(obj).encode())
 
-    def _record(self, h: _Handler, body: bytes, parsed: Any) -> None:
+    def _record(self, h: SimHandler, body: bytes, parsed: Any) -> None:
         req = ReceivedRequest(h.command, h.path, {k: v for k, v in h.headers.items()}, body, parsed)
         with self._cond:
             self._requests.append(req)
             self._cond.notify_all()
 
-    def _pre_fault(self, h: _Handler, fault: str | None, opts: dict[str, Any]) -> bool:
+    def _pre_fault(self, h: SimHandler, fault: str | None, opts: dict[str, Any]) -> bool:
         """Faults that happen before any answer. False: the request is over (no answer at all)."""
         if fault == "hang":
             self._release.wait(opts["hang_max"])
@@ -330,7 +330,7 @@ class FakeSignalGateway(ListenerAddress):
                 return False
         return True
 
-    def _raw(self, h: _Handler, fault: str | None, opts: dict[str, Any]) -> bool:
+    def _raw(self, h: SimHandler, fault: str | None, opts: dict[str, Any]) -> bool:
         """The `raw` fault: answer the configured bytes as they are. True when it answered."""
         if fault != "raw":
             return False
@@ -344,7 +344,7 @@ class FakeSignalGateway(ListenerAddress):
 
     # signal-cli-rest-api ------------------------------------------------------------------------
 
-    def _rest_about(self, h: _Handler, body: bytes) -> None:
+    def _rest_about(self, h: SimHandler, body: bytes) -> None:
         self._json(
             h,
             200,
@@ -357,10 +357,10 @@ class FakeSignalGateway(ListenerAddress):
             },
         )
 
-    def _rest_health(self, h: _Handler, body: bytes) -> None:
+    def _rest_health(self, h: SimHandler, body: bytes) -> None:
         self._reply(h, 204, b"")
 
-    def _rest_send(self, h: _Handler, body: bytes) -> None:
+    def _rest_send(self, h: SimHandler, body: bytes) -> None:
         try:
             req = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -488,10 +488,10 @@ class FakeSignalGateway(ListenerAddress):
 
     # signal-cli JSON-RPC ------------------------------------------------------------------------
 
-    def _rpc_check(self, h: _Handler, body: bytes) -> None:
+    def _rpc_check(self, h: SimHandler, body: bytes) -> None:
         self._reply(h, 200, b"", "text/plain")
 
-    def _rpc(self, h: _Handler, body: bytes) -> None:
+    def _rpc(self, h: SimHandler, body: bytes) -> None:
         ctype = (h.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
             self._record(h, body, None)

@@ -671,9 +671,9 @@ class RestGateway(_GatewayBase):
                 f"/v1/about answered HTTP {about.status} without a JSON object",
                 http_status=about.status,
             )
-        versions = info.get("versions") if isinstance(info.get("versions"), list) else []
-        mode = info.get("mode") if isinstance(info.get("mode"), str) else None
-        version = info.get("version") if isinstance(info.get("version"), str | int) else None
+        versions = got if isinstance(got := info.get("versions"), list) else []
+        mode = got if isinstance(got := info.get("mode"), str) else None
+        version = got if isinstance(got := info.get("version"), str | int) else None
         mode_s = self._gateway_text(mode) if mode else None
         version_s = self._gateway_text(str(version)) if version is not None else None
         if "v2" not in versions:
@@ -764,7 +764,7 @@ class JsonRpcGateway(_GatewayBase):
             )
         ts = result.get("timestamp")
         timestamp = str(ts) if isinstance(ts, int | str) and not isinstance(ts, bool) else None
-        results = result.get("results") if isinstance(result.get("results"), list) else []
+        results = got if isinstance(got := result.get("results"), list) else []
         failures: list[tuple[str, Status, str, str]] = []
         token: str | None = None
         for r in results:
@@ -774,7 +774,7 @@ class JsonRpcGateway(_GatewayBase):
             if rtype == "SUCCESS":
                 continue
             status, kind = _RESULT_TYPES.get(rtype, (FAILED, "recipient_failed"))
-            addr = r.get("recipientAddress") if isinstance(r.get("recipientAddress"), dict) else {}
+            addr = got if isinstance(got := r.get("recipientAddress"), dict) else {}
             who = str(addr.get("number") or addr.get("uuid") or "?")
             if rtype == "RATE_LIMIT_FAILURE" and isinstance(r.get("token"), str):
                 token = r["token"]
@@ -803,9 +803,9 @@ class JsonRpcGateway(_GatewayBase):
         code = error.get("code")
         raw = clean_text(error.get("message") if isinstance(error.get("message"), str) else "") or ""
         text = self._gateway_text(raw) or "(no message)"
-        data = error.get("data") if isinstance(error.get("data"), dict) else {}
-        response = data.get("response") if isinstance(data.get("response"), dict) else {}
-        results = response.get("results") if isinstance(response.get("results"), list) else []
+        data = got if isinstance(got := error.get("data"), dict) else {}
+        response = got if isinstance(got := data.get("response"), dict) else {}
+        results = got if isinstance(got := response.get("results"), list) else []
         tokens = [r.get("token") for r in results if isinstance(r, dict)]
         failed = tuple(
             redact_number(str((r.get("recipientAddress") or {}).get("number") or "?"))
