@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobpipe.cli_sim import SIMULATORS
+from jobpipe.cli.sim import SIMULATORS
 
 
 def sim(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
