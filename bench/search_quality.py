@@ -110,6 +110,40 @@ QUERIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("misspelling", "Erzieherinn", ("Erzieher/in",)),
     ("misspelling", "Bäker", ("Bäcker/in",)),
 )  # fmt: skip
+# Held out (issue 18, second round): 25 further queries of the same kinds, written with their
+# occupations before any of them was run and before search.py's second round of changes; never
+# tuned on, reported apart from QUERIES.
+CARPENTER = ("Tischler/in", "Schreiner/in")
+GARDENER = ("Gärtner/in", "Gärtner/in im Garten- und Landschaftsbau", "Landschaftsgärtner/in")
+HELDOUT_QUERIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("occupation", "Tischler", CARPENTER),
+    ("occupation", "Maurer", ("Maurer/in",)),
+    ("occupation", "Physiotherapeutin", ("Physiotherapeut/in",)),
+    ("occupation", "Kfz-Mechatroniker", ("Kfz-Mechatroniker/in", "Kfz-Mechaniker/in")),
+    ("occupation", "Krankenschwester", ("Gesundheits- und Krankenpfleger/in",)),
+    ("occupation+place", "Dachdecker Dresden", ("Dachdecker/in",)),
+    ("occupation+place", "Zahnarzthelferin in Frankfurt", ("Zahnmedizinische/r Fachangestellte/r",)),
+    ("occupation+place", "Gärtner Bremen", GARDENER),
+    ("occupation+place", "Maler Nürnberg", ("Maler/in und Lackierer/in",)),
+    ("occupation+employment", "Reinigungskraft Teilzeit", ("Gebäudereiniger/in",)),
+    ("occupation+employment", "Kassiererin Minijob", ("Kassierer/in im Handel",)),
+    ("occupation+employment", "Fachinformatiker Systemintegration Vollzeit",
+     ("Fachinformatiker/in für Systemintegration",)),
+    ("occupation+employment", "Arzthelferin in Teilzeit", ("Medizinische/r Fachangestellte/r", "Arzthelfer/in")),
+    ("skill", "Wunden versorgen und Medikamente verabreichen", (*NURSE, "Altenpfleger/in")),
+    ("skill", "Kinder betreuen im Kindergarten", ("Erzieher/in", "Kinderpflegehelfer/in")),
+    ("skill", "Rohre verlegen Heizung Sanitär",
+     ("Anlagenmechaniker/in in Sanitär-, Heizungs- und Klimatechnik", "Anlagenmechaniker/in")),
+    ("skill", "Steuererklärungen erstellen", ("Steuerfachangestellte/r", "Steuerberater/in")),
+    ("skill", "CNC Maschinen programmieren", ("CNC-Fräser/in", "CNC-Dreher/in", "Zerspanungsmechaniker/in")),
+    ("skill", "Gäste im Restaurant bedienen", ("Kellner/in", "Restaurantfach/mann/frau")),
+    ("misspelling", "Tischlerr", CARPENTER),
+    ("misspelling", "Mauerer", ("Maurer/in",)),
+    ("misspelling", "Fisiotherapeut", ("Physiotherapeut/in",)),
+    ("misspelling", "Kranknpfleger", NURSE),
+    ("misspelling", "Elektroinstalateur", ELECTRIC),
+    ("misspelling", "Dachdekker", ("Dachdecker/in",)),
+)  # fmt: skip
 # The demo's searches: which occupation each asks for.
 DEMO_EXPECTED = {"Koch in Vollzeit": COOK, "Softwareentwickler Java": IT, "Pflegefachkraft Altenpflege": (
     "Altenpfleger/in",)}  # fmt: skip
