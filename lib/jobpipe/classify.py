@@ -455,6 +455,20 @@ def search_candidates(
     """{key: [(occupation id, cosine similarity), ...] best fused score first} for each query
     vector (read only). `texts` (the normalised titles, by the same keys) adds the lexical
     candidates; without them the candidates are the nearest vectors only."""
+    scored = scored_candidates(conn, vectors, model, dimensions, k, texts)
+    return {key: [(occ, sim) for occ, sim, _ in cands] for key, cands in scored.items()}
+
+
+def scored_candidates(
+    conn: Any,
+    vectors: Mapping[int, np.ndarray],
+    model: str,
+    dimensions: int,
+    k: int,
+    texts: Mapping[int, str] | None = None,
+) -> dict[int, list[tuple[int, float, float]]]:
+    """search_candidates with each candidate's fused score: {key: [(occupation id, cosine
+    similarity, fused score), ...] best score first}."""
     if not vectors:
         return {}
     texts = texts or {}
@@ -462,7 +476,6 @@ def search_candidates(
         "WITH q AS (SELECT * FROM unnest(%(ids)s::bigint[], %(vecs)b::vector[], %(txts)s::text[]) "
         "AS q(title_id, vec, txt)) {search}"
     ).format(search=_search_sql(model, dimensions))
-    out: dict[int, list[tuple[int, float]]] = {key: [] for key in vectors}
     params = {
         "ids": list(vectors),
         "vecs": list(vectors.values()),
@@ -470,12 +483,11 @@ def search_candidates(
         "k": k,
     }
     rows = conn.execute(query, params).fetchall()
-    scored: dict[int, list[tuple[float, int, float]]] = {key: [] for key in vectors}
+    out: dict[int, list[tuple[int, float, float]]] = {key: [] for key in vectors}
     for key, occ, sim, score, _best in rows:
-        scored[key].append((float(score), occ, float(sim)))
-    for key, cands in scored.items():
-        cands.sort(key=lambda c: (-c[0], c[1]))
-        out[key] = [(occ, sim) for _, occ, sim in cands]
+        out[key].append((occ, float(sim), float(score)))
+    for cands in out.values():
+        cands.sort(key=lambda c: (-c[2], c[0]))
     return out
 
 
