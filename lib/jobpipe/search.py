@@ -10,11 +10,13 @@ of). Then three ranked lists of candidates, each at most POOL long and each alre
    reading the index when filters drop rows, so a filter does not starve the list);
 2. **title**: trigram matches of the normalised query and the normalised posting title
    (`postings_title_norm_trgm`, pg_trgm `%>` and `%`): the posting that says "Koch";
-3. **occupation**: postings of the OCCUPATIONS occupations the query names, found by the
-   classifier's own candidate stage run on the query (classify.search_candidates: occupation-name
-   vectors blended with trigram matches on every name an occupation is known by): "Brot backen"
-   names Bäcker/in even where no posting title says "Brot"; the "Koch/Köchin" posting titled
-   "Jungkoch Restaurant" is found by its classified occupation.
+3. **occupation**: postings of the (at most OCCUPATIONS) occupations the query names, found by
+   the classifier's own candidate stage run on the query (classify.scored_candidates:
+   occupation-name vectors blended with trigram matches on every name an occupation is known by),
+   those within OCCUPATION_MARGIN of the best blended score; then the postings of their KldB 2010
+   Berufsgruppe (KLDB_GROUP_DIGITS). The "Koch/Köchin" posting titled "Jungkoch Restaurant" is
+   found by its classified occupation; "Softwareentwickler" also finds Anwendungsprogrammierer/in,
+   a sibling a small embedding model ranks below Gießereimechaniker/in.
 
 Fusion is reciprocal-rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009):
 score(p) = sum over the lists that contain p of 1 / (RRF_K + rank), rank from 1. Ranks, not
