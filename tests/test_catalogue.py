@@ -254,3 +254,45 @@ def test_cli_fetch(pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert fake.last_headers.get("X-API-Key") == "infosysbub-berufenet"
     out = json.loads(capsys.readouterr().out)
     assert (out["occupations"], out["inserted"], out["problems"]) == (25, 25, [])
+
+
+def test_coordinated_compounds_become_lexical_terms_not_aliases(db_conn: Any) -> None:
+    """Issue 18: "Anlagenfahrer" must reach "Maschinen- und Anlagenführer/in" by trigrams, so the
+    coordination is read out ("anlagenführer", "maschinenführer"); the head "führer" comes from the
+    catalogue's other names (Kran-, Bagger-, Zugführer), never from a list. The terms feed
+    occupation_terms only: exact evidence (aliases) stays with names the catalogue states."""
+    names = [
+        "Maschinen- und Anlagenführer/in",
+        "Kranführer/in",
+        "Baggerführer/in",
+        "Zugführer/in",
+        "Koch/Köchin",
+    ]
+    occs = [catalogue.Occupation(9100 + i, n) for i, n in enumerate(names)]
+    catalogue.upsert(db_conn, occs)
+    terms = {r[0] for r in db_conn.execute("SELECT term FROM occupation_terms WHERE occupation_id = 9100")}
+    assert {"maschinenführer", "anlagenführer"} <= terms
+    aliases, lexical = db_conn.execute(
+        "SELECT aliases, lexical_terms FROM occupations WHERE id = 9100"
+    ).fetchone()
+    assert lexical == ["anlagenführer", "maschinenführer"] and "anlagenführer" not in aliases
+    assert db_conn.execute("SELECT lexical_terms FROM occupations WHERE id = 9104").fetchone()[0] == []
+    # without the other "-führer" names there is no evidence that "führer" is a head: no terms
+    heads = catalogue.compound_heads(names[:1])
+    assert catalogue.coordination_terms(names[0], heads) == []
+
+
+def test_compound_head_is_where_the_preceding_letters_vary_most() -> None:
+    heads = catalogue.compound_heads(
+        ["Kranführer/in", "Baggerführer/in", "Zugführer/in", "Maurer/in", "Betonbauer/in", "Kfz-Bauer/in",
+         "Maschinenbauer/in", "Orgelbauer/in", "Stahlbetonbauer/in", "Holzbauer/in"]
+    )  # fmt: skip
+    assert catalogue.compound_head("anlagenführer", heads) == "führer"
+    assert catalogue.compound_head("stahlbetonbauer", heads) == "bauer"
+    assert catalogue.coordination_terms("Beton- und Stahlbetonbauer/in", heads) == [
+        "betonbauer",
+        "stahlbetonbauer",
+    ]
+    assert (
+        catalogue.coordination_terms("Kfz-Mechatroniker/in", heads) == []
+    )  # a hyphen compound, no coordination

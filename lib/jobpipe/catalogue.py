@@ -15,7 +15,9 @@ jobpipe.ba.wire, the one module that knows the wire format (the checks here only
 Upserts are idempotent and keep ids (the BERUFENET id is the primary key): a reload updates names
 and codes; a list page never erases what a detail answer added (full name, KldB code, raw).
 Every occupation gets `name_norm` (titles.normalise of its name) and `aliases`: both gender forms
-of its names, normalised, plus curated abbreviations from data/occupation_aliases.csv ("MFA").
+of its names, normalised, plus curated abbreviations from data/occupation_aliases.csv ("MFA"),
+and `lexical_terms`: the parts of a coordinated compound ("Maschinen- und Anlagenführer/in" ->
+"maschinenführer", "anlagenführer"), for the classifier's lexical candidates only.
 """
 
 from __future__ import annotations
@@ -289,6 +291,77 @@ def aliases_for(occ: Occupation, curated: Mapping[str, Sequence[str]] | None = N
     return sorted(found)
 
 
+# "fliesen- platten- und mosaikleger": conjuncts that end in a hyphen, then the one that holds the
+# shared head (normalise has dropped the commas).
+_COORDINATION = re.compile(r"((?:\w+- (?:(?:und|oder|sowie|u) )?)+)(\w+)")
+HEAD_MIN_CHARS = 5  # "leger", "bauer"; shorter endings ("iker", "mann") are suffixes, not heads
+HEAD_MIN_VARIETY = 3  # different letters that must precede a head somewhere in the catalogue
+
+
+def compound_heads(names: Iterable[str]) -> dict[str, int]:
+    """{word ending: how many different letters precede it} over the words of the names'
+    masculine readings: the statistic compound_head reads a head from."""
+    words: set[str] = set()
+    for name in names:
+        words.update(normalise(gender_forms(name)[0]).replace("-", " ").split())
+    before: dict[str, set[str]] = {}
+    for word in words:
+        for i in range(1, len(word) - HEAD_MIN_CHARS + 1):
+            before.setdefault(word[i:], set()).add(word[i - 1])
+    return {ending: len(letters) for ending, letters in before.items()}
+
+
+def compound_head(word: str, heads: Mapping[str, int]) -> str | None:
+    """The head of a German compound: the ending (HEAD_MIN_CHARS+ letters, 3+ before it) that the
+    most different letters precede in the catalogue, at a peak of that variety (more than the
+    ending one letter shorter, at least as many as the one a letter longer): Harris's (1955)
+    successor variety read backwards. "anlagenführer" -> "führer" (Kranführer, Baggerführer, ...),
+    not "nführer" nor "ührer"; "stahlbetonbauer" -> "bauer". None when no ending qualifies."""
+    best: tuple[int, str] | None = None
+    for i in range(3, len(word) - HEAD_MIN_CHARS + 1):
+        ending = word[i:]
+        v = heads.get(ending, 0)
+        if (v >= HEAD_MIN_VARIETY and v > heads.get(ending[1:], 0) and v >= heads.get(word[i - 1 :], 0)
+                and (best is None or v > best[0])):  # fmt: skip
+            best = (v, ending)
+    return best[1] if best else None
+
+
+def coordination_terms(name: str, heads: Mapping[str, int]) -> list[str]:
+    """Normalised readings of a name whose compounds share a head ("Maschinen- und Anlagenführer/in"
+    -> ["anlagenführer", "maschinenführer"]), each coordination resolved on its own, masculine
+    form (a title's "-in" costs a trigram or two, not the match); sorted, [] when there is none."""
+    text = normalise(gender_forms(name)[0])
+    found: set[str] = set()
+    for m in _COORDINATION.finditer(text):
+        last = m.group(2)
+        head = compound_head(last, heads)
+        if head is None:
+            continue
+        for part in [*re.findall(r"(\w+)-", m.group(1)), last[: -len(head)]]:
+            found.add(text[: m.start()] + part + head + text[m.end() :])
+    return sorted(found)
+
+
+def refresh_lexical_terms(conn: Any) -> int:
+    """Recompute every occupation's `lexical_terms` from the whole catalogue's names (the heads
+    are a statistic of all of them); writes only rows whose terms changed, returns how many."""
+    rows = conn.execute("SELECT id, name, lexical_terms FROM occupations").fetchall()
+    heads = compound_heads(name for _, name, _ in rows)
+    changed = []
+    for ident, name, old in rows:
+        terms = coordination_terms(name, heads)
+        if terms != list(old):
+            changed.append({"id": ident, "terms": terms})
+    if changed:
+        conn.execute(
+            """UPDATE occupations o SET lexical_terms = ARRAY(SELECT jsonb_array_elements_text(u.terms))
+                 FROM jsonb_to_recordset(%s) AS u(id bigint, terms jsonb) WHERE o.id = u.id""",
+            (Jsonb(changed),),
+        )
+    return len(changed)
+
+
 def embedding_text(name: str, full_name: str | None = None) -> str:
     """What is embedded for an occupation (as a passage): its masculine and feminine reading,
     and the full name when it says more. Plain words embed better than "Koch/Köchin"."""
@@ -387,6 +460,7 @@ def upsert(
                 stats.inserted += 1
             else:
                 stats.updated += 1
+        refresh_lexical_terms(conn)  # also fills rows loaded before migration 0090
     stats.unchanged = stats.occupations - stats.inserted - stats.updated
     return stats
 

@@ -10,11 +10,13 @@ of). Then three ranked lists of candidates, each at most POOL long and each alre
    reading the index when filters drop rows, so a filter does not starve the list);
 2. **title**: trigram matches of the normalised query and the normalised posting title
    (`postings_title_norm_trgm`, pg_trgm `%>` and `%`): the posting that says "Koch";
-3. **occupation**: postings of the OCCUPATIONS occupations the query names, found by the
-   classifier's own candidate stage run on the query (classify.search_candidates: occupation-name
-   vectors blended with trigram matches on every name an occupation is known by): "Brot backen"
-   names Bäcker/in even where no posting title says "Brot"; the "Koch/Köchin" posting titled
-   "Jungkoch Restaurant" is found by its classified occupation.
+3. **occupation**: postings of the (at most OCCUPATIONS) occupations the query names, found by
+   the classifier's own candidate stage run on the query (classify.scored_candidates:
+   occupation-name vectors blended with trigram matches on every name an occupation is known by),
+   those within OCCUPATION_MARGIN of the best blended score; then the postings of their KldB 2010
+   Berufsgruppe (KLDB_GROUP_DIGITS). The "Koch/Köchin" posting titled "Jungkoch Restaurant" is
+   found by its classified occupation; "Softwareentwickler" also finds Anwendungsprogrammierer/in,
+   a sibling a small embedding model ranks below Gießereimechaniker/in.
 
 Fusion is reciprocal-rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009):
 score(p) = sum over the lists that contain p of 1 / (RRF_K + rank), rank from 1. Ranks, not
@@ -49,7 +51,19 @@ POOL = 100  # candidates per list before fusion (at least `limit`)
 TITLE_MIN_WORD_SIMILARITY = 0.5  # pg_trgm.word_similarity_threshold: the query within a title
 TITLE_MIN_SIMILARITY = 0.3  # pg_trgm.similarity_threshold: a title like the whole query
 OCCUPATION_MIN_SIMILARITY = 0.3  # trigram similarity an occupation name needs (no vectors yet)
-OCCUPATIONS = 3  # occupations the query is taken to name (the occupation list holds their postings)
+OCCUPATIONS = 3  # at most this many occupations are taken as named by the query
+# An occupation counts as named only when its fused candidate score is within this of the best one:
+# the candidate score of a clearly named occupation stands far above the rest (0.96 vs 0.49 for
+# "Softwareentwickler"), and the runners-up of a blend whose cosines barely vary are noise whose
+# postings would otherwise outrank relevant ones. Chosen on the tuned queries (0.10-0.20 alike).
+OCCUPATION_MARGIN = 0.15
+# The occupation list goes on with the named occupations' siblings: the occupations of the same
+# KldB 2010 Berufsgruppe (first three digits of the code; "Softwareentwicklung und Programmierung"
+# holds Softwareentwickler/in, Fachinformatiker/in für Anwendungsentwicklung and
+# Anwendungsprogrammierer/in). The official classification knows these are one trade where a small
+# embedding model cannot tell them from Gießereimechaniker/in. The Berufsuntergruppe (four digits)
+# splits trades people search as one (the electricians 2621x and 2625x).
+KLDB_GROUP_DIGITS = 3
 MODES = ("hybrid", "vector")
 
 
@@ -150,11 +164,13 @@ def _title_list(conn: Conn, text: str, where: sql.Composed, params: dict[str, An
 
 def _nearest_occupations(conn: Conn, q: np.ndarray, text: str, model: str, dimensions: int) -> list[int]:
     """The occupations the query names, best first: the classifier's candidate stage run on the
-    query (vector + trigram blend over the catalogue, classify.search_candidates), or, before the
-    catalogue has vectors of this model, the names nearest by trigrams alone."""
-    found = classify.search_candidates(conn, {0: q}, model, dimensions, OCCUPATIONS, texts={0: text})[0]
+    query (vector + trigram blend over the catalogue, classify.scored_candidates), those within
+    OCCUPATION_MARGIN of the best score; or, before the catalogue has vectors of this model, the
+    names nearest by trigrams alone."""
+    found = classify.scored_candidates(conn, {0: q}, model, dimensions, OCCUPATIONS, texts={0: text})[0]
     if found:
-        return [occ for occ, _ in found]
+        best = found[0][2]
+        return [occ for occ, _, score in found if score >= best - OCCUPATION_MARGIN]
     rows = conn.execute(
         """SELECT occupation_id FROM (SELECT occupation_id, term FROM occupation_terms
                                         ORDER BY term <-> %(text)s LIMIT 40) t
@@ -167,22 +183,48 @@ def _nearest_occupations(conn: Conn, q: np.ndarray, text: str, model: str, dimen
     return [int(r[0]) for r in rows]
 
 
-def _occupation_list(conn: Conn, occupations: list[int], text: str, where: sql.Composed,
-                     params: dict[str, Any], pool: int) -> list[int]:  # fmt: skip
-    """Postings of `occupations` in their order; within one, best title match first, then newest."""
+def _occupation_list(
+    conn: Conn,
+    occupations: list[int],
+    text: str,
+    q: np.ndarray,
+    model: str,
+    dimensions: int,
+    where: sql.Composed,
+    params: dict[str, Any],
+    pool: int,
+) -> list[int]:
+    """Postings of `occupations` in their order, then of their siblings (same KldB 2010 group, not
+    named themselves), each sibling after the named occupation it belongs to first and nearer the
+    query vector first (no vector of this model: last); within one occupation, best title match
+    first, then newest. An occupation without a KldB code has no siblings."""
     if not occupations:
         return []
     query = sql.SQL(
-        """SELECT p.id FROM unnest(%(occs)s::bigint[]) WITH ORDINALITY AS o(id, ord)
-             JOIN postings p ON p.occupation_id = o.id
+        """WITH n AS (SELECT o.id, n.ord, left(o.kldb2010, {digits}) AS grp
+                        FROM unnest(%(occs)s::bigint[]) WITH ORDINALITY AS n(id, ord)
+                        JOIN occupations o ON o.id = n.id),
+                f AS (SELECT n.id, n.ord, false AS sibling, 0::float8 AS d FROM n
+                      UNION ALL
+                      (SELECT DISTINCT ON (o.id) o.id, n.ord, true,
+                              coalesce(e.embedding::vector({dim}) <=> %(q)s::vector({dim}), 2)
+                         FROM n JOIN occupations o ON left(o.kldb2010, {digits}) = n.grp
+                         LEFT JOIN occupation_embeddings e ON e.occupation_id = o.id AND e.model = {model}
+                        WHERE o.id <> ALL(%(occs)s::bigint[])
+                        ORDER BY o.id, n.ord))
+           SELECT p.id FROM f JOIN postings p ON p.occupation_id = f.id
             WHERE {where}
-            ORDER BY o.ord, word_similarity(%(text)s, coalesce(p.title_norm, '')) DESC,
+            ORDER BY f.sibling, f.ord, f.d, f.id, word_similarity(%(text)s, coalesce(p.title_norm, '')) DESC,
                      p.published_at DESC NULLS LAST, p.id
             LIMIT %(pool)s"""
-    ).format(where=where)
-    return [
-        int(r[0]) for r in conn.execute(query, {**params, "occs": occupations, "text": text, "pool": pool})
-    ]
+    ).format(
+        where=where,
+        dim=sql.Literal(dimensions),
+        model=sql.Literal(model),
+        digits=sql.Literal(KLDB_GROUP_DIGITS),
+    )
+    args = {**params, "occs": occupations, "text": text, "q": q, "pool": pool}
+    return [int(r[0]) for r in conn.execute(query, args)]
 
 
 def resolve_occupations(conn: Conn, wanted: str | None) -> list[int] | None:
@@ -285,7 +327,9 @@ def search(
         if mode == "hybrid":
             lists["title"] = _title_list(conn, query, where, params, pool)
             occupations_named = _nearest_occupations(conn, q, query, client.model, client.dimensions)
-            lists["occupation"] = _occupation_list(conn, occupations_named, query, where, params, pool)
+            lists["occupation"] = _occupation_list(
+                conn, occupations_named, query, q, client.model, client.dimensions, where, params, pool
+            )
         distance = dict(near)
         ranks: dict[int, dict[str, int]] = {}
         for name, ids in lists.items():
