@@ -343,7 +343,7 @@ def coordination_terms(name: str, heads: Mapping[str, int]) -> list[str]:
     return sorted(found)
 
 
-def refresh_lexical_terms(conn: Any) -> int:
+def refresh_lexical_terms(conn: Conn) -> int:
     """Recompute every occupation's `lexical_terms` from the whole catalogue's names (the heads
     are a statistic of all of them); writes only rows whose terms changed, returns how many."""
     rows = conn.execute("SELECT id, name, lexical_terms FROM occupations").fetchall()

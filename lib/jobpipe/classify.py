@@ -247,7 +247,7 @@ def search_candidates(
 
 
 def scored_candidates(
-    conn: Any,
+    conn: Conn,
     vectors: Mapping[int, np.ndarray],
     model: str,
     dimensions: int,
