@@ -82,6 +82,7 @@ def test_alert_test_jsonrpc(pg_url):
         assert len(g.wait_for_messages(1)) == 1
 
 
+@pytest.mark.system
 def test_alert_test_explains_an_unreachable_gateway(tmp_path, gw):
     gw.go_down()
     res = jobpipe(env_for(no_database(tmp_path), gw), "alert", "test")
@@ -90,6 +91,7 @@ def test_alert_test_explains_an_unreachable_gateway(tmp_path, gw):
     assert "nothing sent" in res.stdout
 
 
+@pytest.mark.system
 def test_alert_test_explains_an_unregistered_sender(tmp_path):
     with FakeSignalGateway(account="+4915199999999") as g:  # the gateway knows another number
         res = jobpipe(env_for(no_database(tmp_path), g), "alert", "test")
@@ -98,6 +100,7 @@ def test_alert_test_explains_an_unregistered_sender(tmp_path):
     assert "is not registered with the gateway: register and verify it" in res.stdout
 
 
+@pytest.mark.system
 def test_alert_test_explains_an_unregistered_recipient(tmp_path):
     with FakeSignalGateway(unregistered={RECIPIENTS[1]}) as g:
         res = jobpipe(env_for(no_database(tmp_path), g), "alert", "test")
@@ -106,6 +109,7 @@ def test_alert_test_explains_an_unregistered_recipient(tmp_path):
     assert "+49…432" in res.stdout  # named, but cut
 
 
+@pytest.mark.system
 def test_alert_test_explains_a_captcha_and_shows_the_token(tmp_path, gw):
     gw.set_fault("captcha")
     res = jobpipe(env_for(no_database(tmp_path), gw), "alert", "test")
@@ -115,6 +119,7 @@ def test_alert_test_explains_a_captcha_and_shows_the_token(tmp_path, gw):
     assert gw.messages == []
 
 
+@pytest.mark.system
 def test_alert_test_without_a_channel_says_what_to_set(tmp_path):
     res = jobpipe(env_for(no_database(tmp_path), None), "alert", "test")
     assert res.returncode == 2
@@ -165,6 +170,7 @@ def test_unit_failed_names_systemds_values(pg_url, db_conn, gw):
     assert row == (True, "sent", "unit_failed")
 
 
+@pytest.mark.system
 def test_unit_failed_without_database_sends_directly(tmp_path, gw):
     env = env_for(
         no_database(tmp_path),
@@ -199,6 +205,7 @@ def test_unit_failed_with_gateway_down_waits_for_the_daemons(pg_url, db_conn, gw
     assert len(gw.messages) == 1 and "FAILED unit jobpipe@embedder.service" in gw.messages[0].message
 
 
+@pytest.mark.system
 def test_unit_failed_needs_a_unit(tmp_path):
     res = jobpipe(env_for(no_database(tmp_path), None), "alert", "unit-failed")
     assert res.returncode == 2 and "name the failed unit" in res.stderr

@@ -62,6 +62,7 @@ def loaded_by(args: list[str], env: dict[str, str] | None = None) -> tuple[int, 
     return report["rc"], set(report["modules"]), r.stdout + r.stderr
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("args", "own"),
     [
@@ -87,6 +88,7 @@ def test_health_loads_neither_numpy_nor_metrics_nor_model_clients(pg_url: str) -
     assert modules == {"jobpipe.cli_alerts", "jobpipe.cli_core"}  # cli_core: its connect/load_config
 
 
+@pytest.mark.system
 def test_a_heavy_command_still_loads_what_it_needs() -> None:
     """The check can fail: `sim ollama --help` does import numpy (the simulated embeddings)."""
     rc, modules, _ = loaded_by(["sim", "ollama", "--help"])

@@ -207,6 +207,7 @@ def test_exit_codes_and_json(pg_url, db_conn):
     assert data["elapsed_s"] < 1.0
 
 
+@pytest.mark.system
 def test_database_down_is_fail(tmp_path):
     url = f"postgresql:///jobpipe?host={tmp_path}&connect_timeout=1"
     res = cli(url)

@@ -85,6 +85,7 @@ def recording_rules() -> list[str]:
 # --------------------------------------------------------------------------- offline checks
 
 
+@pytest.mark.system
 @needs_promtool
 def test_promtool_check_and_test_rules() -> None:
     res = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
@@ -95,6 +96,7 @@ def test_promtool_check_and_test_rules() -> None:
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
 
 
+@pytest.mark.system
 @needs_promtool
 def test_promtool_check_config() -> None:
     res = subprocess.run(

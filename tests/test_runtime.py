@@ -313,6 +313,7 @@ def test_ollama_outage_keeps_daemon_up_and_charges_nothing(pg_url, db_conn, noti
             proc.wait(timeout=15)
 
 
+@pytest.mark.system
 def test_database_restart_under_running_daemon(pg_home, ollama, notify):
     data_dir = pg_home / "pg"
     data_dir.mkdir()

@@ -562,6 +562,7 @@ def test_concurrent_sends_are_all_recorded(rest):
     assert len({m.timestamp for m in msgs}) == 8
 
 
+@pytest.mark.system
 def test_fake_as_a_process_prints_messages():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
