@@ -22,11 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The tier rules (unit / integration / system); registered for assert rewriting before the import below.
+pytest_plugins = ("tests.tiers",)
+pytest.register_assert_rewrite("tests.tiers")
+
 from jobpipe import db, embedded  # noqa: E402
 from tests.tiers import server_processes  # noqa: E402
-
-# unit / integration / system: see tests/tiers.py.
-pytest_plugins = ("tests.tiers",)
 
 TEMPLATE = "jobpipe_template"
 

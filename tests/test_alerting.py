@@ -1,6 +1,6 @@
 """Alerting as the operator meets it: a real daemon process whose handler fails every item at once
 (the predecessor's "0 success, 56 failed in 0.0 s"), a real PostgreSQL holding the alert state, and
-a fake Signal gateway that follows the contract and misbehaves like real ones.
+a fake Signal gateway that follows docs/contracts/signal.md and misbehaves like real ones.
 
 Intervals are shortened through the environment (alerts.eval_interval_s 0.3 s, resolve after 0.6 s);
 "the alerter evaluated again" is observed through its pending-count samples in alert_samples (one

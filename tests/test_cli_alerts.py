@@ -1,5 +1,5 @@
 """The alert commands as an operator (or systemd's OnFailure unit) runs them: real `jobpipe`
-processes against a real database and a fake Signal gateway that follows the contract."""
+processes against a real database and a fake Signal gateway that follows docs/contracts/signal.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Signal delivery against the fake gateways: every answer of the contract maps to the right status."""
+"""Signal delivery against the fake gateways: every answer of the contract (docs/contracts/signal.md)
+maps to the right status."""
 
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ CRAWL_STAGE = "crawl"  # stage name for the crawl's page outcomes in stage_count
 # few, the cause is the database (disk full, timeouts), and dropping more would lose real data.
 MAX_DROPPED_PER_PAGE = 10
 
-# Search parameters a source may set (the contract's list); page and size belong to the crawler.
+# Search parameters a source may set (the list in docs/contracts/ba-jobsuche.md); page and size
+# belong to the crawler.
 SEARCH_PARAMS = frozenset(
     {
         "was",
