@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     # Byte-compiled first, as an installed package is (pip compiles it, and pgai's venv was
     # installed by pip): with PYTHONDONTWRITEBYTECODE set, a source checkout would otherwise be
     # compiled again at every start, and start-up counts in the rate.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "lib"), str(ROOT / "daemons")],
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "lib")],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     tmp = None
     admin = a.db_url

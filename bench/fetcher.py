@@ -50,7 +50,7 @@ def _proc_cpu_s(pid: int) -> float | None:
 def child(url: str, db_url: str, page_size: int, resolution: float) -> None:
     """One crawl, in this (fresh) process; prints one JSON line with its figures."""
     from jobpipe import crawl, db
-    from jobpipe.ba import BAClient
+    from jobpipe.ba.client import BAClient
 
     t0 = time.perf_counter()
     with db.connect(db_url) as conn, BAClient(url, rate_limit_per_s=None, max_retries=2) as client:

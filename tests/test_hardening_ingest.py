@@ -14,8 +14,18 @@ import orjson
 import psycopg
 import pytest
 
-from jobpipe import alerting, ba_wire, config, crawl, db, postings, queue, runtime
-from jobpipe.ba_wire import parse_details, parse_search_page
+from jobpipe import config, crawl, db, postings, queue, runtime
+from jobpipe.alerts.conditions import FAIL
+from jobpipe.ba import wire
+from jobpipe.ba.wire import (
+    MAX_RAW_DEPTH,
+    MAX_RAW_TEXT_CHARS,
+    MAX_TITLE_CHARS,
+    SchemaError,
+    _int,
+    parse_details,
+    parse_search_page,
+)
 from jobpipe.daemons.fetcher import FetcherDaemon
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.runtime import Context
@@ -59,7 +69,7 @@ def test_hostile_items_among_2000_postings_cost_only_themselves(pg_url, db_conn)
     (title_len,) = db_conn.execute(
         "SELECT length(title) FROM postings WHERE external_id = %s", (hostile["long_title"],)
     ).fetchone()
-    assert title_len == ba_wire.MAX_TITLE_CHARS
+    assert title_len == MAX_TITLE_CHARS
     (raw,) = db_conn.execute(
         "SELECT raw FROM postings WHERE external_id = %s", (hostile["deep_nesting"],)
     ).fetchone()
@@ -70,7 +80,7 @@ def test_a_page_whose_write_fails_is_written_in_halves(db_conn, monkeypatch):
     """With the parser's id cap lifted, the 4,000-character id reaches the database and fails the
     page's INSERT (index row too large): the page is written again in halves, only that posting
     is left out, counted and logged with a sample."""
-    monkeypatch.setattr(ba_wire, "MAX_ID_CHARS", 100_000)
+    monkeypatch.setattr(wire, "MAX_ID_CHARS", 100_000)
     pop = population(250, seed=3)
     bad = pop.postings[120].refnr
     pop.make_dirty(bad, "long_refnr")
@@ -85,7 +95,7 @@ def test_a_page_whose_write_fails_is_written_in_halves(db_conn, monkeypatch):
 def test_too_many_failing_postings_fail_the_run_instead(db_conn, monkeypatch):
     """Beyond MAX_DROPPED_PER_PAGE postings failing one by one, the database is the problem: the
     run fails (and is retried later) instead of dropping a whole page."""
-    monkeypatch.setattr(ba_wire, "MAX_ID_CHARS", 100_000)
+    monkeypatch.setattr(wire, "MAX_ID_CHARS", 100_000)
     monkeypatch.setattr(crawl, "MAX_DROPPED_PER_PAGE", 2)
     pop = population(100, seed=4)
     for p in pop.postings[10:14]:
@@ -125,7 +135,7 @@ def test_a_crashing_crawl_is_a_recorded_failure_with_backoff(pg_url, db_conn):
             conditions = {c.key: c for c in daemon.alert_conditions(db_conn)}
         finally:
             daemon.close()
-    assert conditions["crawl_failing"].active and conditions["crawl_failing"].severity == alerting.FAIL
+    assert conditions["crawl_failing"].active and conditions["crawl_failing"].severity == FAIL
 
 
 def test_the_fetcher_once_returns_when_every_crawl_crashes(pg_url, db_conn, monkeypatch):
@@ -173,18 +183,18 @@ def test_nesting_is_bounded_without_recursion():
         got = parse_search_page(body)
         assert [r.external_id for r in got.items] == ["a", "b"], got.problems
         assert "nested deeper than" in json.dumps(got.items[0].raw)
-    with pytest.raises(ba_wire.SchemaError, match=r"malformed JSON|nested too deeply"):  # unbalanced
+    with pytest.raises(SchemaError, match=r"malformed JSON|nested too deeply"):  # unbalanced
         parse_search_page(b'{"maxErgebnisse":1,"ergebnisliste":[' + b"[" * 5000 + b"]}")
     # postings' own cleaner (raw built elsewhere) is iterative too
     cleaned = postings._deep_clean({"a": nested(50_000, "\x00")})
-    assert json.dumps(cleaned).count("[") <= ba_wire.MAX_RAW_DEPTH + 1
+    assert json.dumps(cleaned).count("[") <= MAX_RAW_DEPTH + 1
 
 
 def test_unicode_digits_are_not_numbers():
     body = orjson.dumps({"ergebnisliste": [], "maxErgebnisse": "²", "page": 1, "size": 1})
-    with pytest.raises(ba_wire.SchemaError, match="maxErgebnisse"):
+    with pytest.raises(SchemaError, match="maxErgebnisse"):
         parse_search_page(body)
-    assert ba_wire._int("1" * 5000) is None and ba_wire._int(2**70) is None and ba_wire._int("42") == 42
+    assert _int("1" * 5000) is None and _int(2**70) is None and _int("42") == 42
 
 
 # ---------------------------------------------------------------- item 7: postings.raw is capped
@@ -204,13 +214,13 @@ def test_details_raw_is_capped_like_the_description(db_conn):
     details = parse_details(body, 100_000)
     assert details.record is not None and len(details.description or "") <= 100_000
     assert details.record.raw["stellenangebotsBeschreibung"] == details.description
-    assert len(details.record.raw["arbeitgeberdarstellung"]) == ba_wire.MAX_RAW_TEXT_CHARS
+    assert len(details.record.raw["arbeitgeberdarstellung"]) == MAX_RAW_TEXT_CHARS
     postings.upsert_postings(db_conn, [details.record])
     desc_len, other_len, size = db_conn.execute(
         "SELECT length(raw->>'stellenangebotsBeschreibung'), length(raw->>'arbeitgeberdarstellung'), "
         "pg_column_size(raw::text) FROM postings"
     ).fetchone()
-    assert desc_len <= 100_000 and other_len == ba_wire.MAX_RAW_TEXT_CHARS and size < 200_000
+    assert desc_len <= 100_000 and other_len == MAX_RAW_TEXT_CHARS and size < 200_000
 
 
 # ---------------------------------------------------------------- item 2: errors that are not an outage

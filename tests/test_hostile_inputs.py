@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobpipe import classify, cli, config
-from jobpipe.cli_core import float_arg, int_arg
+from jobpipe.cli.core import float_arg, int_arg
 from jobpipe.errors import ConfigError, DependencyDown, ItemError
-from jobpipe.ollama import OllamaChatClient, OllamaEmbeddingClient
-from jobpipe.openai_compat import OpenAIChatClient, OpenAIEmbeddingClient
+from jobpipe.models.ollama import OllamaChatClient, OllamaEmbeddingClient
+from jobpipe.models.openai import OpenAIChatClient, OpenAIEmbeddingClient
 from jobpipe.text import parse_int, terminal_safe
 
 SETTINGS = settings(

@@ -14,8 +14,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobpipe import ba_wire, postings
-from jobpipe.ba_wire import SchemaError
+from jobpipe import postings
+from jobpipe.ba.wire import (
+    MAX_ID_CHARS,
+    MAX_TEXT_CHARS,
+    MAX_TITLE_CHARS,
+    SchemaError,
+    SearchPage,
+    decode_refnr,
+    error_messages,
+    is_gone,
+    parse_beruf_detail,
+    parse_berufe_page,
+    parse_details,
+    parse_search_page,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +115,7 @@ def page_body(hostile: dict[str, Any], depth: int, damage: tuple[int, int] | Non
     return body
 
 
-def check_page(page: ba_wire.SearchPage) -> None:
+def check_page(page: SearchPage) -> None:
     ids = [r.external_id for r in page.items]
     # every good item is there, as sent; the hostile one at most once more
     goods = sorted((r.external_id, r.title) for r in page.items if r.external_id.startswith("good-"))
@@ -113,10 +126,10 @@ def check_page(page: ba_wire.SearchPage) -> None:
     assert {f"good-{n}" for n in range(5)} <= set(ids)
     assert len(page.items) <= 6
     for r in page.items:
-        assert len(r.external_id) <= ba_wire.MAX_ID_CHARS
-        assert r.title is None or (len(r.title) <= ba_wire.MAX_TITLE_CHARS and "\x1b" not in r.title)
+        assert len(r.external_id) <= MAX_ID_CHARS
+        assert r.title is None or (len(r.title) <= MAX_TITLE_CHARS and "\x1b" not in r.title)
         for text in (r.employer, r.occupation_label, r.external_url, r.salary):
-            assert text is None or (len(text) <= ba_wire.MAX_TEXT_CHARS and "\x00" not in text)
+            assert text is None or (len(text) <= MAX_TEXT_CHARS and "\x00" not in text)
         orjson.dumps(r.raw)  # storable as jsonb: no lone surrogate, not nested beyond orjson's limit
 
 
@@ -127,7 +140,7 @@ def check_page(page: ba_wire.SearchPage) -> None:
 def test_search_page_with_one_hostile_item(hostile, depth, damage):
     body = page_body(hostile, depth, damage)
     try:
-        page = ba_wire.parse_search_page(body)
+        page = parse_search_page(body)
     except SchemaError as exc:
         assert "\n" not in exc.reason and exc.reason
         return
@@ -139,7 +152,7 @@ def test_search_page_with_one_hostile_item(hostile, depth, damage):
 def test_a_hostile_item_never_costs_the_page_its_storage(db_conn, hostile, depth):
     """Parsed pages are stored in the real database: the good items always, nothing raises."""
     try:
-        page = ba_wire.parse_search_page(page_body(hostile, depth, None))
+        page = parse_search_page(page_body(hostile, depth, None))
     except SchemaError:
         return  # e.g. the hostile item lacks referenznummer: drift, the whole page is refused
     postings.upsert_postings(db_conn, page.items)
@@ -156,7 +169,7 @@ def test_details_answer(details, depth, cap):
     if depth:
         body = body[:-1] + b',"tief":' + b"[" * depth + b"1" + b"]" * depth + b"}"
     try:
-        d = ba_wire.parse_details(body, cap)
+        d = parse_details(body, cap)
     except SchemaError as exc:
         assert exc.reason
         return
@@ -171,17 +184,17 @@ def test_details_answer(details, depth, cap):
 def test_every_parser_takes_any_bytes(body):
     """Arbitrary bytes or JSON values: each parser returns or raises SchemaError, nothing else."""
     for parse in (
-        ba_wire.parse_search_page,
-        lambda b: ba_wire.parse_details(b, 1000),
-        ba_wire.parse_berufe_page,
-        ba_wire.parse_beruf_detail,
+        parse_search_page,
+        lambda b: parse_details(b, 1000),
+        parse_berufe_page,
+        parse_beruf_detail,
     ):
         try:
             parse(body)
         except SchemaError:
             pass
-    ba_wire.error_messages(body)
-    ba_wire.is_gone(404, body)
+    error_messages(body)
+    is_gone(404, body)
 
 
 @FAST
@@ -196,13 +209,13 @@ def test_berufenet_answers(items, meta, depth):
     if depth:
         body = body[:-1] + b',"tief":' + b"[" * depth + b"1" + b"]" * depth + b"}"
     try:
-        parsed = ba_wire.parse_berufe_page(body)
+        parsed = parse_berufe_page(body)
         for item in parsed.items:
             orjson.dumps(item.raw)
     except SchemaError as exc:
         assert exc.reason
     try:
-        for d in ba_wire.parse_beruf_detail(dumps(items)):
+        for d in parse_beruf_detail(dumps(items)):
             assert d.kldb2010 is None or (d.kldb2010.isascii() and d.kldb2010.isdigit())
     except SchemaError as exc:
         assert exc.reason
@@ -212,6 +225,6 @@ def test_berufenet_answers(items, meta, depth):
 @given(segment=nasty_text)
 def test_decode_refnr(segment):
     try:
-        ba_wire.decode_refnr(segment)
+        decode_refnr(segment)
     except ValueError as exc:
         assert "not a base64 referenznummer" in str(exc)

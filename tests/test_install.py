@@ -196,12 +196,12 @@ def test_cli_rejects_a_bad_user_with_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.system
 def test_wheel_ships_the_unit_templates_and_the_simulators(tmp_path: Path) -> None:
-    """A non-editable install must find the units: they are package data (jobpipe.units).
+    """A non-editable install must find the units: they are package data (jobpipe.units), and
+    every module of lib/jobpipe (a subpackage missing from pyproject's list would be left out).
     Built from a copy of the sources, so no build/ directory lands in the working tree."""
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for part in ("lib", "daemons", "units"):
-        shutil.copytree(ROOT / part, src / part, ignore=ignore)
+    shutil.copytree(ROOT / "lib", src / "lib", ignore=ignore)  # daemons/ and units/ link into it
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     res = subprocess.run(
@@ -216,7 +216,9 @@ def test_wheel_ships_the_unit_templates_and_the_simulators(tmp_path: Path) -> No
     names = set(zipfile.ZipFile(wheel).namelist())
     for unit in install.UNIT_FILES:
         assert f"jobpipe/units/{unit}" in names
-    assert "jobpipe/install.py" in names
+    modules = {str(p.relative_to(ROOT / "lib")) for p in (ROOT / "lib" / "jobpipe").rglob("*.py")}
+    assert modules - names == set()
+    assert {n for n in names if n.endswith(".py")} == modules  # each once, nothing from elsewhere
     # The simulators and their reference data, for `jobpipe demo` / `jobpipe sim` from a wheel.
     for sim in ("server.py", "ba.py", "ba_data.py", "ollama.py", "signal.py"):
         assert f"jobpipe/sim/{sim}" in names

@@ -14,17 +14,11 @@ import numpy as np
 import orjson
 import pytest
 
-from jobpipe.endpoints import EndpointPool
 from jobpipe.errors import DependencyDown, ItemError
-from jobpipe.models import (
-    ChatClient,
-    EmbeddingClient,
-    known_prefixes,
-    make_chat_client,
-    make_embedding_client,
-    schema_problem,
-)
-from jobpipe.ollama import OllamaEmbeddingClient
+from jobpipe.models import make_chat_client, make_embedding_client
+from jobpipe.models.base import ChatClient, EmbeddingClient, known_prefixes, schema_problem
+from jobpipe.models.endpoints import EndpointPool
+from jobpipe.models.ollama import OllamaEmbeddingClient
 from jobpipe.sim.ollama import FakeOllama
 from jobpipe.text import clean_text
 

@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from jobpipe import ba_wire, queue
+from jobpipe import queue
+from jobpipe.ba.wire import PostingRecord, SearchPage, parse_search_page
 from jobpipe.postings import (
     EXTERNAL,
     FETCHED,
@@ -37,8 +38,8 @@ def page_body(pop: Population, postings: list[Any], extra: list[bytes] = ()) -> 
     return b'{"maxErgebnisse":%d,"ergebnisliste":[%s]}' % (len(items), b",".join(items))
 
 
-def parse(pop: Population, postings: list[Any], extra: list[bytes] = ()) -> ba_wire.SearchPage:
-    return ba_wire.parse_search_page(page_body(pop, postings, extra))
+def parse(pop: Population, postings: list[Any], extra: list[bytes] = ()) -> SearchPage:
+    return parse_search_page(page_body(pop, postings, extra))
 
 
 def live(conn: Any, stage: str) -> set[int]:
@@ -179,8 +180,8 @@ def test_query_dependent_fields_do_not_count_as_change(db_conn, pop):
     plain = page_body(pop, [p])
     with_distance = plain.replace(b'"ergebnisliste":[{', b'"ergebnisliste":[{"entfernung":"12",', 1)
     assert plain != with_distance
-    upsert_postings(db_conn, ba_wire.parse_search_page(plain).items)
-    stats = upsert_postings(db_conn, ba_wire.parse_search_page(with_distance).items)
+    upsert_postings(db_conn, parse_search_page(plain).items)
+    stats = upsert_postings(db_conn, parse_search_page(with_distance).items)
     assert stats.unchanged == 1
 
 
@@ -213,7 +214,7 @@ def test_bad_input_stored_cleanly(db_conn):
 def test_giant_and_hostile_records(db_conn, pop):
     """A record built outside the wire parser with NUL in raw and a 1 MB title still stores."""
     base = parse(pop, pop.postings[:1]).items[0]
-    hostile = ba_wire.PostingRecord(
+    hostile = PostingRecord(
         **{
             **{f: getattr(base, f) for f in base.__slots__ if f != "__weakref__"},
             "external_id": "X-1\x00",
@@ -309,7 +310,7 @@ def test_row_hash_is_stable_and_sensitive(pop):
     r = parse(pop, pop.postings[:1]).items[0]
     again = parse(pop, pop.postings[:1]).items[0]
     assert row_of(r)["content_hash"] == row_of(again)["content_hash"]
-    changed = ba_wire.PostingRecord(
+    changed = PostingRecord(
         **{**{f: getattr(r, f) for f in r.__slots__}, "modified_at": r.modified_at + timedelta(seconds=1)}
     )
     assert row_of(changed)["content_hash"] != row_of(r)["content_hash"]

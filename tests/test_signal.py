@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from jobpipe.errors import ConfigError
-from jobpipe.signal import (
+from jobpipe.alerts.channels.signal import (
     AMBIGUOUS,
     DELIVERED,
     FAILED,
@@ -36,6 +35,7 @@ from jobpipe.signal import (
     redact_number,
     rest_group_id,
 )
+from jobpipe.errors import ConfigError
 from jobpipe.sim.signal import FakeSignalGateway
 
 SENDER = "+4915100000001"

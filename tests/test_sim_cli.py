@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobpipe.cli_sim import SIMULATORS
+from jobpipe.cli.sim import SIMULATORS
 
 pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
 

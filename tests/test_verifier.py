@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from jobpipe import ba_wire, cli, config, db, postings, queue, runtime, verification
+from jobpipe import cli, config, db, postings, queue, runtime, verification
+from jobpipe.ba.wire import decode_refnr, parse_search_page
 from jobpipe.daemons.verifier import VerifierDaemon
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.sim.ba import Answer, FakeBA
@@ -41,7 +42,7 @@ class RecordingBA(FakeBA):
 
     def _details(self, segment: str, decision: Any) -> Answer:
         try:
-            refnr = ba_wire.decode_refnr(segment)
+            refnr = decode_refnr(segment)
         except ValueError:
             return super()._details(segment, decision)
         with self._asked_lock:
@@ -83,7 +84,7 @@ def store_population(conn: Any, pop: Population) -> dict[str, int]:
             + b",".join(pop.item_json(p) for p in chunk)
             + b'],"maxErgebnisse":%d,"page":1,"size":%d}' % (len(chunk), len(chunk))
         )
-        postings.upsert_postings(conn, ba_wire.parse_search_page(body).items)
+        postings.upsert_postings(conn, parse_search_page(body).items)
     return dict(conn.execute("SELECT external_id, id FROM postings").fetchall())
 
 

@@ -10,7 +10,7 @@ what `curl` saved:
 Files are checked strictly before anything is written: a wrong shape is a CatalogueError naming
 the file and the JSON path inside it (`$._embedded.berufSucheList[3].id`), and a load of several
 files is one transaction, so nothing is ever half-loaded. The field values are then read by
-jobpipe.ba_wire, the one module that knows the wire format (the checks here only know the shape).
+jobpipe.ba.wire, the one module that knows the wire format (the checks here only know the shape).
 
 Upserts are idempotent and keep ids (the BERUFENET id is the primary key): a reload updates names
 and codes; a list page never erases what a detail answer added (full name, KldB code, raw).
@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from psycopg.types.json import Jsonb
 
-from jobpipe import ba_wire
+from jobpipe.ba.wire import SchemaError, parse_beruf_detail, parse_berufe_page
 from jobpipe.errors import DependencyDown, UserError
 from jobpipe.text import BIGINT_MAX, clean_text, parse_int
 from jobpipe.titles import gender_forms, normalise
@@ -189,12 +189,12 @@ def parse_document(body: bytes, source: str) -> list[Occupation]:
     if isinstance(doc, dict) and ("page" in doc or "_embedded" in doc):
         _check_page(source, doc)
         try:
-            page = ba_wire.parse_berufe_page(body)
-        except ba_wire.SchemaError as exc:  # the checks above should have caught it: still name the file
+            page = parse_berufe_page(body)
+        except SchemaError as exc:  # the checks above should have caught it: still name the file
             raise CatalogueError(source, "$", exc.reason) from None
         return [Occupation(s.id, s.name, raw=s.raw) for s in page.items]
     if isinstance(doc, dict) and "kurzBezeichnungNeutral" in doc:
-        doc = [doc]  # one bare detail object: tolerated, as ba_wire does
+        doc = [doc]  # one bare detail object: tolerated, as jobpipe.ba.wire does
     if not isinstance(doc, list):
         raise CatalogueError(
             source,
@@ -214,8 +214,8 @@ def parse_document(body: bytes, source: str) -> list[Occupation]:
     if not flat:
         return []
     try:
-        details = ba_wire.parse_beruf_detail(orjson.dumps(flat))
-    except ba_wire.SchemaError as exc:
+        details = parse_beruf_detail(orjson.dumps(flat))
+    except SchemaError as exc:
         raise CatalogueError(source, "$", exc.reason) from None
     return [
         Occupation(d.id, d.name, d.full_name, d.kldb2010, d.codenr, raw=d.raw, from_detail=True)
@@ -414,7 +414,7 @@ def fetch(
 ) -> tuple[list[Occupation], list[str]]:
     """Page through `GET /berufe` (and `GET /berufe/{id}` per occupation with `details`).
 
-    `client` is a jobpipe.ba.BAClient: its rate limit, concurrency cap and retries make this polite.
+    `client` is a jobpipe.ba.client.BAClient: its rate limit, concurrency cap and retries make this polite.
     Returns (occupations, problems). DependencyDown propagates: the caller writes nothing then.
     """
     summaries: dict[int, Occupation] = {}

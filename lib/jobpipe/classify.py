@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,9 @@ import numpy as np
 from psycopg import sql
 
 from jobpipe.catalogue import DATA_PACKAGE, embedding_text
-from jobpipe.embeddings import as_vector, text_hash
+from jobpipe.embeddings import as_vector, client_from_config, text_hash
 from jobpipe.errors import DependencyDown, ItemError, UserError
+from jobpipe.models import chat_client_for_role
 from jobpipe.text import clean_text, normalise_whitespace, parse_int
 from jobpipe.titles import normalise
 
@@ -868,8 +870,6 @@ def evaluate(
     deduplicated by normalised form like postings are. chat None: no LLM stage (outcome
     "needs_llm"), for measuring the candidate stage alone.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     sync = CatalogueSync(embed_client, embedding_model, dimensions)
     sync.run_until_ready(conn)
     if sync.total == 0:
@@ -957,15 +957,11 @@ def evaluate(
 
 def chat_client_from_config(cfg: Any, *, observer: Any = None) -> Any:
     """The LLM client the `classifier` section describes (its own servers, else ollama.urls)."""
-    from jobpipe.models import chat_client_for_role
-
     return chat_client_for_role(cfg.classifier, cfg.ollama, observer=observer)
 
 
 def evaluate_from_config(conn: Any, cfg: Any, rows: Sequence[Labelled]) -> EvalReport:
     """`jobpipe classifier eval`: the configured embedding model, LLM, prompt and thresholds."""
-    from jobpipe.embeddings import client_from_config
-
     c = cfg.classifier
     with client_from_config(cfg, concurrency=2) as embed_client, chat_client_from_config(cfg) as chat:
         return evaluate(

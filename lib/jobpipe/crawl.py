@@ -20,7 +20,7 @@ of the crawl. A page whose shape is not the v6 format (SchemaError) is retried a
 truncated body is transient), then the run stops: nothing from that page is stored, the error
 is counted and logged with a sample, and the source is retried later with backoff.
 
-One bad posting never costs its page: ba_wire drops or cuts what cannot be stored (counted as a
+One bad posting never costs its page: jobpipe.ba.wire drops or cuts what cannot be stored (counted as a
 problem), and a page whose write still fails is written again in halves down to single postings,
 so only the postings that fail on their own are left out (counted, logged with a sample). More
 than MAX_DROPPED_PER_PAGE of them means the database, not the postings, is the problem: the run
@@ -45,8 +45,8 @@ from prometheus_client import Counter, Gauge
 from psycopg.types.json import Jsonb
 
 from jobpipe import db, postings, queue
-from jobpipe.ba import BAClient
-from jobpipe.ba_wire import PostingRecord, SchemaError, SearchPage
+from jobpipe.ba.client import BAClient
+from jobpipe.ba.wire import PostingRecord, SchemaError, SearchPage
 from jobpipe.config import Config
 from jobpipe.errors import ConfigError, DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
@@ -410,7 +410,7 @@ class CrawlAborted(Exception):
 class Crawler:
     """Crawls one source at a time: split under the cap, fetch, upsert page by page.
 
-    `client` is a jobpipe.ba.BAClient (anything with `search(params, page, size)`); `conn` an
+    `client` is a jobpipe.ba.client.BAClient (anything with `search(params, page, size)`); `conn` an
     autocommit connection this crawler owns while it runs (it turns synchronous_commit off).
     `metrics` (FetcherMetrics), `on_page`, `stop` and `keep_lease` are optional hooks; `logger`
     defaults to this module's logger.

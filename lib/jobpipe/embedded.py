@@ -16,6 +16,7 @@ the data directory itself is 0700. As root the default data directory is therefo
 from __future__ import annotations
 
 import fcntl
+import grp
 import logging
 import os
 import pwd
@@ -95,8 +96,6 @@ def _reaches(user: pwd.struct_passwd, path: Path, bits: int) -> bool:
 
 
 def _groups_of(name: str) -> list:  # type: ignore[type-arg]
-    import grp
-
     return [g for g in grp.getgrall() if name in g.gr_mem]
 
 

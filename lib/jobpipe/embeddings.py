@@ -30,7 +30,8 @@ from psycopg import sql
 from jobpipe import sweep
 from jobpipe.config import Config
 from jobpipe.errors import ConfigError, ItemError
-from jobpipe.models import EmbeddingClient, make_embedding_client
+from jobpipe.models import make_embedding_client
+from jobpipe.models.base import EmbeddingClient
 from jobpipe.text import clean_text
 
 log = logging.getLogger(__name__)

@@ -40,9 +40,10 @@ from typing import Any
 
 import orjson
 
-from jobpipe.endpoints import ANSWER_TOO_LARGE
 from jobpipe.errors import ItemError
-from jobpipe.models import ChatClient, chat_client_for_role, schema_problem
+from jobpipe.models import chat_client_for_role
+from jobpipe.models.base import ChatClient, schema_problem
+from jobpipe.models.endpoints import ANSWER_TOO_LARGE
 from jobpipe.text import clean_line, clean_text, normalise_whitespace, read_capped
 
 STAGE = "extract"

@@ -14,7 +14,7 @@ its reasons:
   instance of the daemon that owns the stage.
 - Given-up items alone never make a stage FAIL: they are finished work that needs a decision.
 
-The same condition functions as the alerts (jobpipe.alerting) decide, so health and Signal agree.
+The same condition functions as the alerts (jobpipe.alerts.conditions) decide, so health and Signal agree.
 Everything comes from live-row indexes and the per-minute counts: fast with any history (bench/health.py).
 Exit code 0 / 1 / 2 for OK / WARN / FAIL.
 """
@@ -28,8 +28,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jobpipe import alerting
-from jobpipe.alerting import FAIL, StageFacts, Thresholds, fmt_duration, fmt_time
+from jobpipe.alerts.conditions import (
+    FAIL,
+    STALE_INSTANCE_S,
+    Instance,
+    StageFacts,
+    Thresholds,
+    gather,
+    last_error,
+    stage_conditions,
+    validate_overrides,
+)
+from jobpipe.alerts.message import fmt_duration, fmt_time
 from jobpipe.config import Config
 
 OK_, WARN_, FAIL_ = "OK", "WARN", "FAIL"
@@ -76,7 +86,7 @@ def stage_verdict(f: StageFacts, th: Thresholds) -> tuple[str, list[str]]:
     fails: list[str] = []
     warns: list[str] = []
     streak: list[str] = []
-    for c in alerting.stage_conditions(f, th):
+    for c in stage_conditions(f, th):
         if c.active:
             target = streak if c.key.startswith("failure_streak:") else fails if c.severity == FAIL else warns
             target.append(f"{c.title}: {c.numbers}")
@@ -118,11 +128,11 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
     """Everything `jobpipe health` shows, from one connection, in well under a second."""
     t0 = time.perf_counter()
     base = Thresholds.from_config(cfg)
-    overrides = alerting.validate_overrides(cfg.alerts.overrides)
+    overrides = validate_overrides(cfg.alerts.overrides)
     owners = dict(
         conn.execute("SELECT DISTINCT ON (stage) stage, daemon FROM alert_samples ORDER BY stage, at DESC")
     )
-    facts = alerting.gather(conn, None, base)
+    facts = gather(conn, None, base)
     # Stages of daemons with their own thresholds are measured again with those.
     by_daemon: dict[str, list[str]] = {}
     for s in facts:
@@ -132,7 +142,7 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
     per_stage_th = dict.fromkeys(facts, base)
     for d, stages in by_daemon.items():
         th = Thresholds.from_config(cfg, d)
-        facts.update(alerting.gather(conn, stages, th))
+        facts.update(gather(conn, stages, th))
         for s in stages:
             per_stage_th[s] = th
 
@@ -144,12 +154,12 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
     ).fetchall()
     daemons: list[dict[str, Any]] = []
     live: set[str] = set()
-    insts: list[alerting.Instance] = []
+    insts: list[Instance] = []
     for d, inst, h, pid, started, seen, status, deps, age in status_rows:
-        alive = float(age) <= alerting.STALE_INSTANCE_S
+        alive = float(age) <= STALE_INSTANCE_S
         if alive:
             live.add(d)
-            insts.append(alerting.Instance(inst, h, seen, status, dict(deps or {})))
+            insts.append(Instance(inst, h, seen, status, dict(deps or {})))
         daemons.append(
             {
                 "daemon": d,
@@ -174,7 +184,7 @@ def collect(conn: Any, cfg: Config, *, host: str | None = None) -> Health:
             reasons.append(
                 f"{f.due:,} due and no live instance of {owner} (systemctl status jobpipe@{owner})"
             )
-        err = alerting.last_error(conn, s, insts) if f.failed_24h and verdict != OK_ else ""
+        err = last_error(conn, s, insts) if f.failed_24h and verdict != OK_ else ""
         stages.append(StageHealth(s, owner, verdict, reasons, f, err, outcome_counts(conn, s, f)))
 
     alerts = [

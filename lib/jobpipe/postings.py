@@ -34,7 +34,7 @@ import orjson
 import psycopg
 
 from jobpipe import titles
-from jobpipe.ba_wire import Location, PostingRecord, bounded
+from jobpipe.ba.wire import Location, PostingRecord, bounded
 from jobpipe.text import clean_text
 
 Conn = psycopg.Connection[Any]
@@ -117,7 +117,7 @@ def _dumps(value: Any) -> bytes:
 def _payload(rows: list[dict[str, Any]]) -> str:
     """The rows as one JSON array for jsonb_to_recordset.
 
-    jsonb rejects `\\u0000` and orjson rejects lone surrogates. ba_wire already cleans both, so
+    jsonb rejects `\\u0000` and orjson rejects lone surrogates. jobpipe.ba.wire already cleans both, so
     the page is serialised once and checked once; only a page that fails (records built
     elsewhere) has its raw items cleaned and is serialised again.
     """
@@ -131,7 +131,7 @@ def _payload(rows: list[dict[str, Any]]) -> str:
 
 
 def _deep_clean(value: Any) -> Any:
-    # Iterative and bounded (ba_wire.bounded): a raw item nested 10,000 deep costs no recursion.
+    # Iterative and bounded (jobpipe.ba.wire.bounded): a raw item nested 10,000 deep costs no recursion.
     return bounded(value)[0]
 
 

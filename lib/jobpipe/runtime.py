@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import psycopg
 
 from jobpipe import db, queue
+from jobpipe.alerts.alerter import Alerter
 from jobpipe.config import Config
 from jobpipe.errors import DependencyDown, ItemError, UserError, first_line
 from jobpipe.logs import log_event
@@ -143,10 +144,10 @@ class Daemon:
     def close(self) -> None:
         """Release clients."""
 
-    # -- alerting (jobpipe.alerting) ----------------------------------------------------------------
+    # -- alerting (jobpipe.alerts) ------------------------------------------------------------------
     def alert_conditions(self, conn: Any) -> list[Any]:
-        """Daemon-specific alert conditions (`jobpipe.alerting.Condition`, e.g. built with
-        `alerting.age_condition` / `count_condition`), evaluated every alerts.eval_interval_s next to
+        """Daemon-specific alert conditions (`jobpipe.alerts.conditions.Condition`, e.g. built with
+        `age_condition` / `count_condition`), evaluated every alerts.eval_interval_s next to
         the built-in ones. Runs on the alert thread with that thread's connection: read the
         database only, touch no state of the work loop."""
         return []
@@ -514,13 +515,11 @@ class Runner:
         return 0
 
     def _start_alerter(self) -> None:
-        """Alert evaluation and delivery run on their own thread (jobpipe.alerting.Alerter): they
+        """Alert evaluation and delivery run on their own thread (jobpipe.alerts.alerter.Alerter): they
         must go on while this loop waits for a database that is down, and a slow gateway must
         never delay a claim. Not in --once runs (they end before an evaluation would matter)."""
         if self.once:
             return
-        from jobpipe import alerting
-
         def connect() -> Any:
             url = self.ctx.url or db.resolve_url(self.cfg, start_embedded=False)
             return db.connect(
@@ -530,7 +529,7 @@ class Runner:
                 application_name=f"jobpipe-{self.name}-alerts",
             )
 
-        self.alerter = alerting.Alerter(
+        self.alerter = Alerter(
             self.name,
             self.cfg,
             connect=connect,

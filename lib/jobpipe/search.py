@@ -36,7 +36,7 @@ from psycopg import sql
 
 from jobpipe import classify
 from jobpipe.errors import ItemError, UserError
-from jobpipe.models import EmbeddingClient
+from jobpipe.models.base import EmbeddingClient
 from jobpipe.text import clean_line, clean_text, normalise_whitespace, parse_int
 from jobpipe.titles import normalise
 

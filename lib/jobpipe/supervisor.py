@@ -7,6 +7,7 @@ backoff; one child failing never stops the others. Ctrl-C (or SIGTERM) stops the
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -26,8 +27,6 @@ def die_with_parent() -> None:
     """In a child before exec: receive SIGTERM when the parent dies, even by SIGKILL (Linux
     PR_SET_PDEATHSIG), so supervised processes never outlive their supervisor."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
     except (OSError, AttributeError):
         pass

@@ -6,7 +6,7 @@ deterministic, and fast: 100,000 postings generate in a few seconds, their searc
 is serialised lazily and cached per posting, descriptions are generated on request.
 
 This module knows the BA wire format on its own, on purpose: the fake must not share parsing
-code with the client it tests (jobpipe.ba_wire), or a shared mistake would go unnoticed.
+code with the client it tests (jobpipe.ba.wire), or a shared mistake would go unnoticed.
 """
 
 from __future__ import annotations

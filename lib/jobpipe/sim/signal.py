@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from jobpipe.signal import redact_number
+from jobpipe.alerts.channels.signal import redact_number
 from jobpipe.sim.server import Listener, SimHandler, port_number, stop_on_signals
 
 LABEL = "[simulated Signal gateway]"

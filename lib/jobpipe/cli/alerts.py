@@ -11,11 +11,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from jobpipe import alert_delivery, health
-from jobpipe.alerting import fmt_time, render_message
-from jobpipe.cli_core import connect, float_arg, load_config
+from jobpipe import health
+from jobpipe.alerts.channels.signal import DELIVERED, UNREACHABLE, explain
+from jobpipe.alerts.delivery import (
+    Deliverer,
+    gateway_from_config,
+    record_unit_failed,
+    register_secrets,
+    safe_send,
+)
+from jobpipe.alerts.message import fmt_time, render_message
+from jobpipe.cli.core import connect, float_arg, load_config
 from jobpipe.errors import DependencyDown, UserError
-from jobpipe.signal import DELIVERED, UNREACHABLE, explain
 
 # What systemd's $MONITOR_SERVICE_RESULT values mean (systemd.exec(5), "$SERVICE_RESULT").
 SERVICE_RESULTS = {
@@ -69,13 +76,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _gateway(cfg: Any) -> Any:
-    alert_delivery.register_secrets(cfg)
+    register_secrets(cfg)
     if cfg.alerts.channel == "none":
         raise UserError(
             "alerts.channel is none: set alerts.channel (signal-rest or signal-jsonrpc), "
             "alerts.gateway_url, alerts.sender and alerts.recipients or alerts.group_id"
         )
-    return alert_delivery.gateway_from_config(cfg)
+    return gateway_from_config(cfg)
 
 
 def _try_connect(args: argparse.Namespace) -> Any:
@@ -101,7 +108,7 @@ def cmd_alert_test(args: argparse.Namespace) -> int:
             f"{fmt_time(datetime.now().astimezone())}."
             "\nIf you read this, alerts reach you.\nRun: jobpipe health"
         )
-        result = alert_delivery.safe_send(gw, text)
+        result = safe_send(gw, text)
     finally:
         gw.close()
     print(f"send: {explain(result)}")
@@ -161,8 +168,8 @@ def cmd_unit_failed(args: argparse.Namespace, env: Mapping[str, str] | None = No
     if not unit:
         raise UserError("name the failed unit: jobpipe alert unit-failed UNIT (or set MONITOR_UNIT)")
     cfg = load_config(args)
-    alert_delivery.register_secrets(cfg)
-    gw = alert_delivery.gateway_from_config(cfg)
+    register_secrets(cfg)
+    gw = gateway_from_config(cfg)
     daemon, host = daemon_of(unit), socket.gethostname()
     numbers, detail = describe_failure(unit, env)
     title = f"unit {unit}"
@@ -170,7 +177,7 @@ def cmd_unit_failed(args: argparse.Namespace, env: Mapping[str, str] | None = No
     conn = _try_connect(args)
     if conn is not None:
         with conn:
-            alert_delivery.record_unit_failed(conn, daemon, host, title, numbers, detail, hint)
+            record_unit_failed(conn, daemon, host, title, numbers, detail, hint)
             if gw is None:
                 conn.execute(
                     "UPDATE alerts SET delivery = 'disabled' WHERE daemon = %s AND condition = 'unit_failed'",
@@ -178,7 +185,7 @@ def cmd_unit_failed(args: argparse.Namespace, env: Mapping[str, str] | None = No
                 )
                 print(f"recorded {unit} as failed; not sent: alerts.channel is none")
                 return 0
-            results = alert_delivery.Deliverer(gw, cfg).deliver_due(conn, only=(daemon, "unit_failed"))
+            results = Deliverer(gw, cfg).deliver_due(conn, only=(daemon, "unit_failed"))
         gw.close()
         if not results:
             print(f"recorded {unit} as failed; Signal is rate-limited, the message waits (jobpipe alerts)")
@@ -210,7 +217,7 @@ def cmd_unit_failed(args: argparse.Namespace, env: Mapping[str, str] | None = No
     delay = min(cfg.alerts.retry_base_s, 10.0)
     try:
         for attempt in range(3):
-            result = alert_delivery.safe_send(gw, text)
+            result = safe_send(gw, text)
             print(f"send: {explain(result)}")
             if result.status != UNREACHABLE or attempt == 2:
                 break

@@ -21,7 +21,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from jobpipe import alerting, db, demand, queue, similarity
+from jobpipe import db, demand, queue, similarity
+from jobpipe.alerts.conditions import Condition, age_condition, count_condition
 from jobpipe.errors import first_line
 from jobpipe.logs import log_event
 from jobpipe.runtime import Context, Daemon
@@ -121,7 +122,7 @@ class SnapshotterDaemon(Daemon):
         days, sim_due = self.due(conn)
         return len(days) + int(sim_due)
 
-    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+    def alert_conditions(self, conn: Any) -> list[Condition]:
         """Alert-worthy: a due day still without its snapshot a day later (the newest due day may be
         computing right now, so it does not count), and a similarity result older than two
         intervals (plus an hour) while there is one."""
@@ -131,7 +132,7 @@ class SnapshotterDaemon(Daemon):
         age = similarity.result_age_s(conn, self.ctx.cfg.embedder.model)
         first = min(overdue, default="-")
         return [
-            alerting.count_condition(
+            count_condition(
                 "snapshot_overdue",
                 "daily demand snapshot overdue",
                 len(overdue),
@@ -139,7 +140,7 @@ class SnapshotterDaemon(Daemon):
                 what=f"day(s) without a snapshot a day after their run time (first {first})",
                 hint="see the snapshotter's log; `jobpipe snapshot --since DAY` fills the gap by hand",
             ),
-            alerting.age_condition(
+            age_condition(
                 "similarity_stale",
                 "occupation similarity not recomputed",
                 age,

@@ -27,9 +27,10 @@ import threading
 import time
 from typing import Any
 
-from jobpipe import alerting, crawl, runtime
-from jobpipe.ba import BAClient, Gone
-from jobpipe.ba_wire import SchemaError
+from jobpipe import crawl, runtime
+from jobpipe.alerts.conditions import FAIL, Condition, count_condition
+from jobpipe.ba.client import BAClient, Gone
+from jobpipe.ba.wire import SchemaError
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.logs import log_event
 from jobpipe.postings import EXTERNAL, FETCHED, GONE, PENDING, DescriptionResult, store_descriptions
@@ -111,7 +112,7 @@ class FetcherDaemon(runtime.Daemon):
             thread.join(self.ctx.cfg.runtime.drain_timeout_s + self.cfg.timeout_s)
         self.client.close()
 
-    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+    def alert_conditions(self, conn: Any) -> list[Condition]:
         """Alert-worthy, from fetch_sources (shared by every instance): partitions still truncated
         at the result cap, a source whose last run hit schema drift, a source failing repeatedly."""
         rows = conn.execute(
@@ -122,7 +123,7 @@ class FetcherDaemon(runtime.Daemon):
         drift = [name for name, _, _, err, _ in rows if err and err.startswith("schema error")]
         failing = {name: f for name, _, _, err, f in rows if f >= 3 and not (err or "").startswith("schema")}
         return [
-            alerting.count_condition(
+            count_condition(
                 "truncated_partitions",
                 "crawl partitions above the 10,000-result cap",
                 sum(truncated.values()),
@@ -132,23 +133,23 @@ class FetcherDaemon(runtime.Daemon):
                 hint="`jobpipe fetch sources` lists them; narrow those sources (e.g. add `was` or "
                 "`umkreis`) or split them into several sources",
             ),
-            alerting.Condition(
+            Condition(
                 "schema_drift",
                 "BA answers no longer match the v6 format",
                 bool(drift),
                 f"last run failed on the answer's shape: {', '.join(drift)}" if drift else "no source",
-                alerting.FAIL,
+                FAIL,
                 hint="the BA changed its API: see the schema_error log lines (with a sample of the "
-                "body) and update jobpipe/ba_wire.py; nothing was stored from those pages",
+                "body) and update jobpipe/ba/wire.py; nothing was stored from those pages",
             ),
-            alerting.count_condition(
+            count_condition(
                 "crawl_failing",
                 "crawls failing again and again",
                 len(failing),
                 1,
                 what="source(s) with 3+ failed runs in a row"
                 + (f" ({', '.join(f'{n}: {f}' for n, f in sorted(failing.items()))})" if failing else ""),
-                severity=alerting.FAIL,
+                severity=FAIL,
                 hint="`jobpipe fetch sources` shows the last error of each source",
             ),
         ]

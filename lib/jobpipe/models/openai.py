@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobpipe.endpoints import EndpointPool
-from jobpipe.models import ChatClient, EmbeddingClient, Role, bad_response
+from jobpipe.models.base import ChatClient, EmbeddingClient, Role, bad_response
+from jobpipe.models.endpoints import EndpointPool
 
 _INPUT_TYPE: dict[str, str] = {"query": "query", "document": "passage"}
 

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from jobpipe import config as config_mod
-from jobpipe import runtime
-from jobpipe.cli_core import int_arg
+from jobpipe import db, embedded, runtime
+from jobpipe.cli.core import int_arg
 from jobpipe.logs import setup_logging
 from jobpipe.settings import DAEMONS
+from jobpipe.supervisor import Supervisor
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +50,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     command started is stopped again on the way out (also on a Ctrl-C/SIGTERM before the daemons
     run); one that was already running is left alone.
     A second `jobpipe up` on the same embedded database stops at once with one line (exit 2)."""
-    from jobpipe import embedded
-
     cfg = config_mod.load(args.config)
     setup_logging("up", cfg.logging.level, cfg.logging.format)
     # Until the supervisor installs its own handlers, SIGTERM unwinds like Ctrl-C (exit 130), so a
@@ -66,9 +65,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace, cfg: config_mod.Config, url: str) -> int:
-    from jobpipe import db, embedded
-    from jobpipe.supervisor import Supervisor
-
     applied = db.migrate(url)
     if applied:
         print(f"migrated: {', '.join(applied)}")

@@ -15,8 +15,8 @@ import json
 import sys
 from typing import Any
 
-from jobpipe import catalogue, classify, db
-from jobpipe.cli_core import connect, int_arg, load_config
+from jobpipe import catalogue, classify, crawl, db
+from jobpipe.cli.core import connect, int_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.text import InputTooLarge, read_capped
 
@@ -103,8 +103,6 @@ def cmd_occupations_load(args: argparse.Namespace) -> int:
 
 def make_ba_client(cfg: Any) -> Any:
     """The BA client with the fetcher's politeness settings and the BERUFENET endpoint of the classifier."""
-    from jobpipe import crawl  # imported on use: the other commands do not need the crawler
-
     c = cfg.classifier
     return crawl.make_client(cfg, berufenet_url=c.berufenet_url, berufenet_api_key=c.berufenet_api_key)
 

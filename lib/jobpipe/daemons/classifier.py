@@ -34,7 +34,8 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from jobpipe import alerting, classify, db, embeddings
+from jobpipe import classify, db, embeddings
+from jobpipe.alerts.conditions import FAIL, Condition, count_condition
 from jobpipe.errors import DependencyDown, ItemError, first_line
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -284,23 +285,23 @@ class ClassifierDaemon(Daemon):
         )
         return {item.id: outcomes.get(job.title_id, "missing") for item, job, _ in done}
 
-    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+    def alert_conditions(self, conn: Any) -> list[Condition]:
         """Titles waiting on an empty catalogue; results left stale by a model or prompt change."""
         waiting, occupations = conn.execute(
             "SELECT (SELECT count(*) FROM titles WHERE outcome IS NULL), (SELECT count(*) FROM occupations)"
         ).fetchone()
         stale = classify.count_stale(conn, self.versions)
         return [
-            alerting.Condition(
+            Condition(
                 "catalogue_empty",
                 "titles wait for an occupation catalogue",
                 occupations == 0 and waiting > 0,
                 f"{occupations} occupations, {waiting:,} titles waiting",
-                alerting.FAIL,
+                FAIL,
                 hint="load one: `jobpipe occupations fetch` (live BERUFENET) or "
                 "`jobpipe occupations load FILE...` (saved answers)",
             ),
-            alerting.count_condition(
+            count_condition(
                 "stale_results",
                 "classifications made with another LLM, prompt or embedding model",
                 stale,

@@ -28,7 +28,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from jobpipe import alerting, extraction, sweep
+from jobpipe import extraction, sweep
+from jobpipe.alerts.conditions import WARN, Condition, Thresholds, count_condition
 from jobpipe.errors import ItemError
 from jobpipe.logs import log_event
 from jobpipe.queue import Item
@@ -210,12 +211,12 @@ class ExtractorDaemon(Daemon):
     def pending_work(self, conn: Any) -> int:
         return 0 if self.sweep.done else 1
 
-    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+    def alert_conditions(self, conn: Any) -> list[Condition]:
         """Summaries left stale by a model or schema change (the sweep re-queues them), and a stage
         that completes postings but never summarises one (see `no_summary_condition`)."""
         stale = extraction.count_stale(conn, self.schema.version, self.model)
         return [
-            alerting.count_condition(
+            count_condition(
                 "stale_summaries",
                 "summaries made with another model or schema version",
                 stale,
@@ -223,7 +224,7 @@ class ExtractorDaemon(Daemon):
                 what="stale summaries",
                 hint=f"the extractor's sweep re-queues them for {self.model} / schema {self.schema.version}",
             ),
-            no_summary_condition(conn, alerting.Thresholds.from_config(self.ctx.cfg, self.name)),
+            no_summary_condition(conn, Thresholds.from_config(self.ctx.cfg, self.name)),
         ]
 
     def close(self) -> None:
@@ -235,7 +236,7 @@ WITHOUT_CALL = ("skipped_external", "empty")
 WITH_SUMMARY = ("extracted", "partial", "reused")
 
 
-def no_summary_condition(conn: Any, th: alerting.Thresholds) -> alerting.Condition:
+def no_summary_condition(conn: Any, th: Thresholds) -> Condition:
     """WARN when, in the last 24 h, at least `failure_min_count` postings were completed without
     a model call (external, empty) and not one got a summary. Such a stage fails nothing, so the
     failure-ratio rules never see it: this is the predecessor's silent failure in another form
@@ -252,13 +253,13 @@ def no_summary_condition(conn: Any, th: alerting.Thresholds) -> alerting.Conditi
     skipped = sum(int(counts.get(o, 0)) for o in WITHOUT_CALL)
     summarised = sum(int(counts.get(o, 0)) for o in WITH_SUMMARY)
     detail = ", ".join(f"{o} {int(counts.get(o, 0)):,}" for o in WITHOUT_CALL)
-    return alerting.Condition(
+    return Condition(
         "no_summaries",
         "extractor completes postings but summarises none",
         skipped >= th.failure_min_count and summarised == 0,
         f"{skipped:,} postings completed without a model call in 24 h ({detail}), {summarised:,} summarised "
         f"(threshold {th.failure_min_count:,})",
-        alerting.WARN,
+        WARN,
         hint="check why every description is external or empty (the fetcher's description_state, "
         "extractor.max_chars)",
         stage=extraction.STAGE,

@@ -1,15 +1,15 @@
 """Ollama's native API (`/api/embed`, `/api/chat`, `/api/tags`, `GET /`): see docs/contracts/ollama.md.
 
 Only payloads and answers live here; routing, breaker, timeouts and error mapping are in
-`jobpipe.endpoints`, the batch splitting and checks in `jobpipe.models`.
+`jobpipe.models.endpoints`, the batch splitting and checks in `jobpipe.models.base`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jobpipe.endpoints import EndpointPool
-from jobpipe.models import ChatClient, EmbeddingClient, Role, bad_response
+from jobpipe.models.base import ChatClient, EmbeddingClient, Role, bad_response
+from jobpipe.models.endpoints import EndpointPool
 
 
 class _OllamaMixin:

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from jobpipe import db, demand, similarity
-from jobpipe.cli_core import connect, int_arg, load_config
+from jobpipe.cli.core import connect, int_arg, load_config
 from jobpipe.errors import UserError
 from jobpipe.text import cell, clean_text, parse_int
 

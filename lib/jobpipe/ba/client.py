@@ -1,6 +1,6 @@
 """HTTP client for the BA Jobsuche and BERUFENET APIs: politeness, retries, error mapping.
 
-What it does (the wire format itself lives in jobpipe.ba_wire):
+What it does (the wire format itself lives in jobpipe.ba.wire):
 - a global request-rate limit (shared by all threads) and a small concurrency cap, because the
   BA's web firewall answers bursts with 403;
 - exponential backoff with full jitter on 403/429/5xx, a plain 404 and network errors,
@@ -24,8 +24,21 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from jobpipe import ba_wire
-from jobpipe.ba_wire import BerufDetail, BerufePage, PostingDetails, SchemaError, SearchPage
+from jobpipe.ba.wire import (
+    BerufDetail,
+    BerufePage,
+    PostingDetails,
+    SchemaError,
+    SearchPage,
+    encode_refnr,
+    error_messages,
+    is_gone,
+    parse_beruf_detail,
+    parse_berufe_page,
+    parse_details,
+    parse_search_page,
+    sample_of,
+)
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.httpio import BodyLimitExceeded, deadline_after, read_body
 
@@ -194,15 +207,15 @@ class BAClient:
             )
         query = {**params, "page": page, "size": size}
         return self._call(
-            "search", "jobsuche", f"{self.base_url}/pc/v6/jobs", query, ba_wire.parse_search_page
+            "search", "jobsuche", f"{self.base_url}/pc/v6/jobs", query, parse_search_page
         )
 
     def details(self, refnr: str) -> PostingDetails | Gone:
         """`GET /pc/v4/jobdetails/{base64}`: the posting with its description, or Gone."""
-        url = f"{self.base_url}/pc/v4/jobdetails/{ba_wire.encode_refnr(refnr)}"
+        url = f"{self.base_url}/pc/v4/jobdetails/{encode_refnr(refnr)}"
 
         def parse(body: bytes) -> PostingDetails:
-            return ba_wire.parse_details(body, self.max_description_chars)
+            return parse_details(body, self.max_description_chars)
 
         return self._call("details", "jobsuche", url, None, parse, gone=refnr)
 
@@ -212,13 +225,13 @@ class BAClient:
             raise ValueError("BERUFENET pages are 0-based: n must be >= 0")
         query = {"suchwoerter": "*", **(params or {}), "page": n}
         return self._call(
-            "berufe_page", "berufenet", f"{self.berufenet_url}/berufe", query, ba_wire.parse_berufe_page
+            "berufe_page", "berufenet", f"{self.berufenet_url}/berufe", query, parse_berufe_page
         )
 
     def beruf_detail(self, beruf_id: int) -> list[BerufDetail]:
         """`GET /berufe/{id}` of BERUFENET: the occupation's objects (usually one)."""
         url = f"{self.berufenet_url}/berufe/{int(beruf_id)}"
-        return self._call("beruf_detail", "berufenet", url, None, ba_wire.parse_beruf_detail)
+        return self._call("beruf_detail", "berufenet", url, None, parse_beruf_detail)
 
     def close(self) -> None:
         if self._own_session:
@@ -304,7 +317,7 @@ class BAClient:
                     raise SchemaError(f"{op} {response.url}: {exc.reason}", exc.sample) from None
                 self._observe(op, seconds, "ok")
                 return result
-            if gone is not None and ba_wire.is_gone(status, body):
+            if gone is not None and is_gone(status, body):
                 self._observe(op, seconds, "gone")
                 return Gone(gone)
             kind = f"http_{status}"
@@ -317,7 +330,7 @@ class BAClient:
                 raise DependencyDown(
                     DEPENDENCY, f"{op}: unexpected HTTP {status} from {response.url}", kind=kind
                 )
-            detail = f"HTTP {status} from {response.url}: {ba_wire.sample_of(body, 120)!r}"
+            detail = f"HTTP {status} from {response.url}: {sample_of(body, 120)!r}"
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
         raise DependencyDown(
             DEPENDENCY,
@@ -328,13 +341,13 @@ class BAClient:
 
     @staticmethod
     def _query_error(op: str, response: requests.Response, body: bytes) -> BAQueryError:
-        messages = ba_wire.error_messages(body)
+        messages = error_messages(body)
         first = messages[0] if messages else {}
         text = "; ".join(
             f"{m.get('code', '?')} at {m.get('path', '?')}" + (f" ({m['detail']})" if m.get("detail") else "")
             for m in messages
         )
-        text = text or ba_wire.sample_of(body, 200) or "empty body"
+        text = text or sample_of(body, 200) or "empty body"
         return BAQueryError(
             f"{op}: the BA rejected the request as invalid (400 {text}) for {response.url}",
             code=first.get("code"),

@@ -34,10 +34,8 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from jobpipe.config import Config
-from jobpipe.logs import log_event, register_secret
-from jobpipe.queue import RetryPolicy
-from jobpipe.signal import (
+from jobpipe import embedded
+from jobpipe.alerts.channels.signal import (
     AMBIGUOUS,
     DELIVERED,
     FAILED,
@@ -49,6 +47,10 @@ from jobpipe.signal import (
     make_gateway,
     rest_group_id,
 )
+from jobpipe.alerts.message import render_message
+from jobpipe.config import Config
+from jobpipe.logs import log_event, register_secret
+from jobpipe.queue import RetryPolicy
 
 log = logging.getLogger("jobpipe.alerts")
 
@@ -101,7 +103,7 @@ def safe_send(gateway: Any, text: str) -> SendResult:
 
 
 class Deliverer:
-    """Sends the messages `alerting.apply` queued in the `alerts` table."""
+    """Sends the messages `jobpipe.alerts.state.apply` queued in the `alerts` table."""
 
     def __init__(self, gateway: Any, cfg: Config, *, metrics: Any = None) -> None:
         a = cfg.alerts
@@ -156,8 +158,6 @@ class Deliverer:
             rows = self.claim(conn, only)
             if not rows:
                 break
-            from jobpipe.alerting import render_message
-
             text = render_message(rows)
             result = safe_send(self.gateway, text)
             self.record(conn, rows, text, result)
@@ -345,8 +345,6 @@ def default_latch_path(cfg: Config) -> Path | None:
     state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     if state and os.path.isdir(state):
         return Path(state) / "alert-database.json"
-    from jobpipe import embedded
-
     parent = embedded.resolve_data_dir(cfg.database.data_dir).parent
     if parent.is_dir() and os.access(parent, os.W_OK):
         return parent / "alert-database.json"

@@ -1,4 +1,4 @@
-"""The `jobpipe` command. Each area adds its subcommands from its own `cli_<area>` module.
+"""The `jobpipe` command. Each area adds its subcommands from its own module, `jobpipe.cli.<area>`.
 
 Only the module of the command that runs is imported: `COMMANDS` names each top-level command's
 module and help line, so `jobpipe --help`, `--version`, `config show` and `health` start without
@@ -27,46 +27,46 @@ from jobpipe.text import terminal_safe
 # Top-level command -> (the module whose `add_commands(sub)` defines it, its help line).
 # A module may define several commands; its `add_commands` registers all of them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "config": ("jobpipe.cli_core", "show, check or print the documented defaults of the configuration"),
-    "db": ("jobpipe.cli_core", "manage the embedded PostgreSQL (when database.url is empty)"),
-    "migrate": ("jobpipe.cli_core", "apply pending schema migrations"),
-    "queue": ("jobpipe.cli_core", "inspect and manage the work queue"),
-    "run": ("jobpipe.cli_run", "run one daemon in the foreground (what jobpipe@DAEMON.service starts)"),
-    "up": ("jobpipe.cli_run", "run every enabled daemon, supervised, on the configured database"),
+    "config": ("jobpipe.cli.core", "show, check or print the documented defaults of the configuration"),
+    "db": ("jobpipe.cli.core", "manage the embedded PostgreSQL (when database.url is empty)"),
+    "migrate": ("jobpipe.cli.core", "apply pending schema migrations"),
+    "queue": ("jobpipe.cli.core", "inspect and manage the work queue"),
+    "run": ("jobpipe.cli.run", "run one daemon in the foreground (what jobpipe@DAEMON.service starts)"),
+    "up": ("jobpipe.cli.run", "run every enabled daemon, supervised, on the configured database"),
     "demo": (
-        "jobpipe.cli_demo",
+        "jobpipe.cli.demo",
         "run the six daemons offline against simulated services until drained, then show the results",
     ),
-    "sim": ("jobpipe.cli_sim", "run one simulated external service (BA API, Ollama, Signal gateway)"),
+    "sim": ("jobpipe.cli.sim", "run one simulated external service (BA API, Ollama, Signal gateway)"),
     "search": (
-        "jobpipe.cli_embed",
+        "jobpipe.cli.embed",
         "postings that match a text: vector and lexical candidates fused by reciprocal rank",
     ),
-    "embeddings": ("jobpipe.cli_embed", "check and inspect the posting embeddings"),
-    "fetch": ("jobpipe.cli_fetch", "BA crawl partitions: their state, and one-off crawls"),
+    "embeddings": ("jobpipe.cli.embed", "check and inspect the posting embeddings"),
+    "fetch": ("jobpipe.cli.fetch", "BA crawl partitions: their state, and one-off crawls"),
     "install": (
-        "jobpipe.cli_install",
+        "jobpipe.cli.install",
         "write the systemd units, /etc/jobpipe/{jobpipe.yaml,env} and create the service user",
     ),
     "uninstall": (
-        "jobpipe.cli_install",
+        "jobpipe.cli.install",
         "disable and remove what `jobpipe install` wrote (edited config files are kept)",
     ),
     "verify": (
-        "jobpipe.cli_verify",
+        "jobpipe.cli.verify",
         "check postings against the BA now (ahead of the background backlog), or show the state",
     ),
     "snapshot": (
-        "jobpipe.cli_snapshot",
+        "jobpipe.cli.snapshot",
         "compute the daily demand snapshot (default: yesterday), backfill days, or the similarity",
     ),
-    "similar": ("jobpipe.cli_snapshot", "the occupations most similar to one (by id or name)"),
-    "occupations": ("jobpipe.cli_classify", "load, fetch and inspect the BERUFENET occupation catalogue"),
-    "classifier": ("jobpipe.cli_classify", "evaluate models, re-queue titles, outcome counts"),
-    "extract": ("jobpipe.cli_extract", "the extractor: evaluate summary models"),
-    "alert": ("jobpipe.cli_alerts", "send a test alert, or the OnFailure alert of a failed unit"),
-    "alerts": ("jobpipe.cli_alerts", "alerts firing now and what was sent recently"),
-    "health": ("jobpipe.cli_alerts", "one table per stage with a verdict; exit 0 OK, 1 WARN, 2 FAIL"),
+    "similar": ("jobpipe.cli.snapshot", "the occupations most similar to one (by id or name)"),
+    "occupations": ("jobpipe.cli.classify", "load, fetch and inspect the BERUFENET occupation catalogue"),
+    "classifier": ("jobpipe.cli.classify", "evaluate models, re-queue titles, outcome counts"),
+    "extract": ("jobpipe.cli.extract", "the extractor: evaluate summary models"),
+    "alert": ("jobpipe.cli.alerts", "send a test alert, or the OnFailure alert of a failed unit"),
+    "alerts": ("jobpipe.cli.alerts", "alerts firing now and what was sent recently"),
+    "health": ("jobpipe.cli.alerts", "one table per stage with a verdict; exit 0 OK, 1 WARN, 2 FAIL"),
 }
 # Every command module, in the order their commands are listed (for tests and documentation).
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
@@ -184,6 +184,3 @@ def _dispatch(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,9 +23,10 @@ from typing import Any
 import requests
 from prometheus_client import Counter, Gauge
 
-from jobpipe import alerting, postings, verification
-from jobpipe.ba import BAClient, Gone
-from jobpipe.ba_wire import PostingDetails, SchemaError
+from jobpipe import postings, verification
+from jobpipe.alerts.conditions import Condition, age_condition
+from jobpipe.ba.client import BAClient, Gone
+from jobpipe.ba.wire import PostingDetails, SchemaError
 from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.queue import Item
 from jobpipe.runtime import Context, Daemon, Skip, Stage
@@ -132,11 +133,11 @@ class VerifierDaemon(Daemon):
         )
         return st
 
-    def alert_conditions(self, conn: Any) -> list[alerting.Condition]:
+    def alert_conditions(self, conn: Any) -> list[Condition]:
         """Alert-worthy: an active posting unverified for longer than max_age + alert_margin."""
         sec = self.ctx.cfg.verifier
         return [
-            alerting.age_condition(
+            age_condition(
                 "oldest_unverified",
                 "active postings left unverified",
                 verification.oldest_unverified_age(conn),

@@ -1,0 +1,1 @@
+"""The gateways alert messages go out through (Signal: channels.signal)."""

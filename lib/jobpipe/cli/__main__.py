@@ -1,0 +1,7 @@
+"""`python -m jobpipe.cli`: what the installed `jobpipe` script runs (systemd's ExecStart= uses it)."""
+
+import sys
+
+from jobpipe.cli import main
+
+sys.exit(main())
