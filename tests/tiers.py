@@ -102,7 +102,7 @@ def _guard(item: pytest.Item) -> Iterator[None]:
         started, more = _started[0], len(_started) - 1
         _started.clear()
         pytest.fail(
-            f"a {tier} test started a process ({started}{f', and {more} more' if more else ''}); "
+            f"this {tier} test started a process ({started}{f', and {more} more' if more else ''}); "
             "mark it system (tests/tiers.py)",
             pytrace=False,
         )
