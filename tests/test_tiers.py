@@ -73,6 +73,23 @@ def child():
 
 def test_unit_whose_fixture_starts_a_process(child):
     assert child.pid
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.system
+def test_system_starting_a_shared_server(server):
+    assert server.poll() is None
+
+
+def test_unit_using_a_server_started_before(server):
+    assert server.poll() is None
 """
 
 
@@ -107,17 +124,20 @@ def test_tiers_come_from_the_fixtures_and_processes_are_for_system_tests(tmp_pat
         "test_integration_starting_a_process": "FAILED",
         "test_system_starting_a_process": "PASSED",
         "test_unit_whose_fixture_starts_a_process": "ERROR",
+        "test_system_starting_a_shared_server": "PASSED",
+        "test_unit_using_a_server_started_before": "ERROR",
     }, r.stdout + r.stderr
     assert "this unit test started a process (subprocess.Popen [" in r.stdout
     assert "this unit test started a process (os.system" in r.stdout
     assert "this integration test started a process (subprocess.Popen [" in r.stdout
-    assert r.stdout.count("mark it system") == 4, r.stdout
+    assert "this unit test uses server, whose setup started a process; mark it system" in r.stdout
+    assert r.stdout.count("mark it system") == 5, r.stdout
 
     for tier, expected in (
         ("unit", {"test_pure", "test_unit_starting_a_process", "test_unit_running_a_shell_command",
-                  "test_unit_whose_fixture_starts_a_process"}),
+                  "test_unit_whose_fixture_starts_a_process", "test_unit_using_a_server_started_before"}),
         ("integration", {"test_with_database", "test_integration_starting_a_process"}),
-        ("system", {"test_system_starting_a_process"}),
+        ("system", {"test_system_starting_a_process", "test_system_starting_a_shared_server"}),
     ):  # fmt: skip
         assert set(outcomes(run(tmp_path, SUITE, "-m", tier))) == expected, tier
 

@@ -14,8 +14,9 @@ a fixture list cannot show a `subprocess.run` in a test's body. Both directions 
 - at collection, a test with two tier markers, or an explicit `unit`/`integration` that its
   fixtures contradict, stops the run naming every such test;
 - at run time, a `unit` or `integration` test that starts a process (the interpreter's audit
-  events for subprocess, exec, spawn and fork) fails, naming the command. The test server's own
-  start and stop (`pg_server`, inside `server_processes()`) are the one exception.
+  events for subprocess, exec, spawn and fork) fails, naming the command; so does one using a
+  fixture whose setup started a process, even when an earlier test set that fixture up. The test
+  server's own start and stop (`pg_server`, inside `server_processes()`) are the one exception.
 """
 
 from __future__ import annotations
@@ -39,17 +40,25 @@ SPAWN_EVENTS = frozenset(
 _guarded: str | None = None
 _exempt = 0
 _started: list[str] = []
+# Process starts so far (outside server_processes), and the fixtures whose setup started one: a test
+# using such a fixture depends on a process even when an earlier test paid for the start.
+_spawns = 0
+_process_fixtures: set[int] = set()
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if _guarded is None or _exempt or event not in SPAWN_EVENTS:
+    global _spawns
+    if _exempt or event not in SPAWN_EVENTS:
         return
-    # subprocess.Popen's args are (executable, args, cwd, env); os.exec's (path, args, env).
-    what = args[1] if event in ("subprocess.Popen", "os.exec", "os.posix_spawn") and len(args) > 1 else args
-    _started.append(f"{event} {what!r}"[:300])
+    _spawns += 1
+    if _guarded is not None:
+        # subprocess.Popen's args are (executable, args, cwd, env); os.exec's (path, args, env).
+        argv = event in ("subprocess.Popen", "os.exec", "os.posix_spawn") and len(args) > 1
+        what = args[1] if argv else args
+        _started.append(f"{event} {what!r}"[:300])
 
 
-sys.addaudithook(_audit)  # hooks cannot be removed; _guarded keeps it inert outside a guarded test
+sys.addaudithook(_audit)  # hooks cannot be removed; it only counts and records
 
 
 @contextmanager
@@ -89,7 +98,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("test tiers (tests/tiers.py):\n  " + "\n  ".join(wrong))
 
 
-def _guard(item: pytest.Item) -> Iterator[None]:
+def _process_fixtures_of(item: pytest.Item) -> list[str]:
+    """The fixtures this test uses whose setup started a process (in this test or an earlier one)."""
+    defs = item._fixtureinfo.name2fixturedefs  # type: ignore[attr-defined]  # no public way to these
+    used = [name for name in getattr(item, "fixturenames", ()) if defs.get(name)]
+    return [name for name in used if id(defs[name][-1]) in _process_fixtures]  # the last one is in force
+
+
+def _guard(item: pytest.Item, phase: str) -> Iterator[None]:
     global _guarded
     tier = derived_tier(item)
     _guarded = None if tier == "system" else tier
@@ -98,6 +114,8 @@ def _guard(item: pytest.Item) -> Iterator[None]:
         yield
     finally:
         _guarded = None
+    if tier == "system":
+        return
     if _started:
         started, more = _started[0], len(_started) - 1
         _started.clear()
@@ -106,18 +124,35 @@ def _guard(item: pytest.Item) -> Iterator[None]:
             "mark it system (tests/tiers.py)",
             pytrace=False,
         )
+    uses = _process_fixtures_of(item) if phase == "setup" else []
+    if uses:
+        pytest.fail(
+            f"this {tier} test uses {', '.join(uses)}, whose setup started a process; mark it system "
+            "(tests/tiers.py)",
+            pytrace=False,
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
+    before = _spawns
+    try:
+        return (yield)
+    finally:
+        if _spawns != before:
+            _process_fixtures.add(id(fixturedef))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    return (yield from _guard(item))
+    return (yield from _guard(item, "setup"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    return (yield from _guard(item))
+    return (yield from _guard(item, "call"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    return (yield from _guard(item))
+    return (yield from _guard(item, "teardown"))
