@@ -212,6 +212,7 @@ def gw():
 # ---------------------------------------------------------------------------------------- the 56 of 56
 
 
+@pytest.mark.system
 def test_instant_failures_one_alert_health_fail_then_one_resolved(pg_url, db_conn, gw, tmp_path):
     env = alert_env(pg_url, gw, tmp_path)
     queue.enqueue(db_conn, STAGE, range(1, 57))
@@ -261,6 +262,7 @@ def test_instant_failures_one_alert_health_fail_then_one_resolved(pg_url, db_con
     assert logs.count('"event":"alert_resolved"') == 1
 
 
+@pytest.mark.system
 def test_restart_while_firing_sends_nothing_more(pg_url, db_conn, gw, tmp_path):
     env = alert_env(pg_url, gw, tmp_path)
     queue.enqueue(db_conn, STAGE, range(1, 57))
@@ -281,6 +283,7 @@ def test_restart_while_firing_sends_nothing_more(pg_url, db_conn, gw, tmp_path):
         stop(proc)
 
 
+@pytest.mark.system
 def test_two_instances_send_one_message(pg_url, db_conn, gw, tmp_path):
     env = alert_env(pg_url, gw, tmp_path)
     procs = [start_daemon(env, tmp_path / f"i{k}.log") for k in range(2)]
@@ -310,6 +313,7 @@ def test_two_instances_send_one_message(pg_url, db_conn, gw, tmp_path):
     assert fired == 1
 
 
+@pytest.mark.system
 def test_gateway_down_daemon_unaffected_delivered_once_when_back(pg_url, db_conn, gw, tmp_path):
     gw.go_down()
     env = alert_env(pg_url, gw, tmp_path)
@@ -337,6 +341,7 @@ def test_gateway_down_daemon_unaffected_delivered_once_when_back(pg_url, db_conn
         stop(proc)
 
 
+@pytest.mark.system
 def test_secrets_never_in_logs(pg_url, db_conn, tmp_path):
     group = "group.c2VjcmV0LWdyb3VwLWlkLTEyMzQ="
     with FakeSignalGateway(unregistered={RECIPIENTS[1]}) as gw:

@@ -66,6 +66,7 @@ def gw():
 # ---------------------------------------------------------------------------------------- alert test
 
 
+@pytest.mark.system
 def test_alert_test_delivers_and_is_logged(pg_url, db_conn, gw):
     res = jobpipe(env_for(pg_url, gw), "alert", "test")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -76,6 +77,7 @@ def test_alert_test_delivers_and_is_logged(pg_url, db_conn, gw):
     assert db_conn.execute("SELECT kind, status FROM alert_log").fetchall() == [("test", "delivered")]
 
 
+@pytest.mark.system
 def test_alert_test_jsonrpc(pg_url):
     with FakeSignalGateway("jsonrpc") as g:
         res = jobpipe(env_for(pg_url, g), "alert", "test")
@@ -127,6 +129,7 @@ def test_alert_test_without_a_channel_says_what_to_set(tmp_path):
     assert "alerts.channel is none" in res.stderr and "alerts.gateway_url" in res.stderr
 
 
+@pytest.mark.system
 def test_alert_test_success_lifts_a_rate_limit_pause(pg_url, db_conn, gw):
     db_conn.execute(
         """INSERT INTO alert_channel (channel, degraded_until, reason)
@@ -154,6 +157,7 @@ MONITOR = {
 }
 
 
+@pytest.mark.system
 def test_unit_failed_names_systemds_values(pg_url, db_conn, gw):
     res = jobpipe(env_for(pg_url, gw, **MONITOR), "alert", "unit-failed", "jobpipe@embedder.service")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -190,6 +194,7 @@ def test_unit_failed_without_database_sends_directly(tmp_path, gw):
     assert "killed by signal ABRT" in text
 
 
+@pytest.mark.system
 def test_unit_failed_with_gateway_down_waits_for_the_daemons(pg_url, db_conn, gw):
     gw.go_down()
     res = jobpipe(env_for(pg_url, gw, **MONITOR), "alert", "unit-failed", "jobpipe@embedder.service")
@@ -230,6 +235,7 @@ def _seed(conn: Any) -> None:
     )
 
 
+@pytest.mark.system
 def test_alerts_lists_firing_resolved_and_sent(pg_url, db_conn):
     _seed(db_conn)
     res = jobpipe(env_for(pg_url, None), "alerts")

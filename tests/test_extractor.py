@@ -571,6 +571,7 @@ def test_a_trickling_model_server_is_cut_at_the_total_deadline(trickling_server)
 # ------------------------------------------------------------------ every answer is invalid
 
 
+@pytest.mark.system
 def test_every_answer_invalid_one_signal_message_and_health_fails(fake, pg_url, db_conn, tmp_path):
     """The predecessor's "56 of 56 failed in silence": with no success ever, the stage is FAIL in
     `jobpipe health` (exit 2) and exactly one Signal message names the cause."""

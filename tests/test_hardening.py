@@ -433,6 +433,7 @@ print(errors)
 """
 
 
+@pytest.mark.system
 def test_alert_thread_and_main_thread_reaching_the_embedded_server_at_once(pg_server) -> None:
     """The exact interleaving that deadlocked (reproduced 2 of 3 at a 0.5 ms offset on the old
     code): 20 fresh processes, offsets swept across the old import window."""
@@ -463,6 +464,7 @@ def _seed_shape(conn: Any, stage: str) -> None:
     conn.execute("UPDATE queue SET attempts = 1, updated_at = now() WHERE stage = %s", (stage,))
 
 
+@pytest.mark.system
 def test_failure_streak_after_older_successes_is_fail_exit_2(pg_url, db_conn) -> None:
     from jobpipe import config, health
     from tests.test_health import cli, stage
@@ -537,6 +539,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], code: int = 2) ->
 HOSTILE_TITLE = "Koch\x1b]0;pwned\x07\x1b[2J\r\nKellner\x9b31m\u202eevil"
 
 
+@pytest.mark.system
 def test_search_prints_titles_terminal_safe(pg_url, db_conn, tmp_path) -> None:
     from jobpipe import config, runtime
     from jobpipe.daemons.embedder import EmbedderDaemon
@@ -561,6 +564,7 @@ def test_search_prints_titles_terminal_safe(pg_url, db_conn, tmp_path) -> None:
     assert json.loads(as_json.stdout)[0]["title"] == HOSTILE_TITLE
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "args",
     [
@@ -611,6 +615,7 @@ def test_search_filters_take_any_argument_text() -> None:
     assert region_code(" \t ") is None
 
 
+@pytest.mark.system
 def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)

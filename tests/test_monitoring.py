@@ -351,6 +351,7 @@ def live(
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.mark.system
 def test_promtool_check_metrics_on_each_daemon(live: Live) -> None:
     problems = {}
     for d, port in live.ports.items():
@@ -362,6 +363,7 @@ def test_promtool_check_metrics_on_each_daemon(live: Live) -> None:
     assert problems == {}, f"promtool check metrics: {problems}"
 
 
+@pytest.mark.system
 def test_every_dashboard_query_and_recording_rule_returns_data(live: Live) -> None:
     queries = dashboard_queries() + [(f"recording rule {r}", r) for r in recording_rules()]
     assert len(queries) > 50
@@ -395,6 +397,7 @@ def test_every_dashboard_query_and_recording_rule_returns_data(live: Live) -> No
     assert up == {d: "1" for d in DAEMONS}
 
 
+@pytest.mark.system
 def test_daemon_down_alert_fires_when_a_daemon_stops(live: Live) -> None:
     """Runs last: it stops the embedder."""
 
