@@ -1,7 +1,7 @@
 """Test tiers (a pytest plugin, loaded by tests/conftest.py): every test is exactly one of
 
 - `unit`: no database, no process of its own; in-process code, threads and sockets (the simulators
-  run on threads). `pytest -m unit` runs in seconds and needs no PostgreSQL.
+  run on threads). It needs no PostgreSQL; `pytest -m 'unit and not slow'` takes under a minute.
 - `integration`: the test PostgreSQL (a fixture that depends on `pg_server`: `pg_url`, `db_conn`,
   ...), still no process of its own.
 - `system`: starts processes: daemons, the CLI, promtool, systemd-analyze, the demo, an own
