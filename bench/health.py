@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobpipe import config, db, embedded, health  # noqa: E402
+from jobpipe.settings import DAEMONS  # noqa: E402
 
 GOAL_S = 1.0
 DAYS = 14
@@ -114,8 +115,8 @@ def populate(conn: Any, n: int) -> dict[str, float]:
         conn.execute(
             """INSERT INTO daemon_status (daemon, instance, host, pid, started_at, status, dependencies)
                SELECT d, 'bench:' || d, 'bench', 1, now(), 'ok', '{"database": true}'
-                 FROM unnest(ARRAY['fetcher', 'classifier', 'embedder', 'verifier', 'snapshotter',
-                                   'extractor']) AS d"""
+                 FROM unnest(%s::text[]) AS d""",
+            (list(DAEMONS),),
         )
         conn.execute(
             """INSERT INTO alert_samples (stage, at, daemon, pending)

@@ -259,7 +259,7 @@ def test_ollama_down_charges_no_attempts_and_work_resumes(fake, pg_url, db_conn,
         db_url=pg_url,
         once=True,
         serve=False,
-        periodic=runtime.default_periodic(EmbedderDaemon, cfg),
+        periodic=runtime.default_periodic(cfg),
     )
     thread, box = in_thread(runner.run)
     try:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobpipe import classify, cli, config
-from jobpipe.cli.core import float_arg, int_arg
+from jobpipe.cli.args import float_arg, int_arg
 from jobpipe.errors import ConfigError, DependencyDown, ItemError
 from jobpipe.models.ollama import OllamaChatClient, OllamaEmbeddingClient
 from jobpipe.models.openai import OpenAIChatClient, OpenAIEmbeddingClient

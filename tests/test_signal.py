@@ -544,6 +544,12 @@ def test_redaction():
         assert leaked not in out, out
 
 
+def test_redaction_removes_url_credentials():
+    """An error text naming the gateway URL (a proxy's page, an exception) never carries its password."""
+    out = redact("POST http://alerts:s3cret-pw@gateway.internal:8080/v2/send failed: 502")
+    assert "s3cret-pw" not in out and "gateway.internal:8080/v2/send" in out
+
+
 def test_url_credentials_never_shown(rest):
     url = rest.url.replace("http://", "http://user:s3cret@") + "/?token=abc"
     gw = RestGateway(url, SENDER, [R1], timeout=5)

@@ -391,14 +391,19 @@ def upsert(
 
 
 def load_files(
-    conn: Any, paths: Sequence[str | Path], curated: Mapping[str, Sequence[str]] | None = None
+    conn: Any,
+    paths: Sequence[str | Path],
+    curated: Mapping[str, Sequence[str]] | None = None,
+    *,
+    extra: Sequence[Occupation] = (),
 ) -> LoadStats:
-    """Check and read every file first, then upsert all of them in one transaction."""
+    """Check and read every file first, then upsert all of them (and `extra`, e.g. the shipped
+    catalogue, counted as one more source) in one transaction."""
     found: list[Occupation] = []
     for path in paths:
         found.extend(read_file(path))
-    stats = upsert(conn, found, curated)
-    stats.sources = len(paths)
+    stats = upsert(conn, [*found, *extra], curated)
+    stats.sources = len(paths) + int(bool(extra))
     return stats
 
 

@@ -39,8 +39,9 @@ from jobpipe.alerts.conditions import (
     stage_conditions,
     validate_overrides,
 )
-from jobpipe.alerts.message import fmt_duration, fmt_time
+from jobpipe.alerts.message import fmt_time
 from jobpipe.config import Config
+from jobpipe.text import fmt_duration
 
 OK_, WARN_, FAIL_ = "OK", "WARN", "FAIL"
 _RANK = {OK_: 0, WARN_: 1, FAIL_: 2}

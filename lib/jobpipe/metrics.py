@@ -25,10 +25,10 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import (
-    GC_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -87,7 +87,7 @@ class DaemonMetrics:
 
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
-        reg.register(_GcCollector())
+        GCCollector(registry=reg)
 
         self.build_info = Gauge(
             "jobpipe_build_info",
@@ -247,13 +247,6 @@ class DaemonMetrics:
     def exposition(self) -> bytes:
         """The text exposition of this registry (what /metrics serves)."""
         return prometheus_client.generate_latest(self.registry)
-
-
-class _GcCollector:
-    """python_gc_* on our registry: the stock GCCollector registers only on the global one."""
-
-    def collect(self) -> Any:
-        return GC_COLLECTOR.collect()
 
 
 class MetricsServer:

@@ -875,7 +875,6 @@ class Runner:
         self._dependency_failed_at = time.monotonic()
         self.backoff_until = self._dependency_failed_at + delay
         self.backoff_s = min(self.backoff_s * 2, self.cfg.runtime.dependency_backoff_max_s)
-        self.metrics.item_outcomes("dependency", {})
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + (self.cfg.runtime.drain_timeout_s if self.stop.is_set() else 0)
@@ -952,7 +951,7 @@ def run_daemon(
         notifier=notifier,
         metrics=metrics,
         serve=serve,
-        periodic=default_periodic(daemon_cls, cfg),
+        periodic=default_periodic(cfg),
         metrics_port=metrics_port,
     )
     if install_signals:
@@ -960,6 +959,6 @@ def run_daemon(
     return runner.run()
 
 
-def default_periodic(daemon_cls: type[Daemon], cfg: Config) -> list[tuple[float, Callable[[Any], None]]]:
+def default_periodic(cfg: Config) -> list[tuple[float, Callable[[Any], None]]]:
     """Loop-thread tasks every daemon runs besides its own work (history pruning; alerting adds here)."""
     return [(3600.0, lambda conn: queue.prune(conn, cfg.queue.done_retention_days))]

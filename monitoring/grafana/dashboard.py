@@ -18,12 +18,14 @@ import json
 import sys
 from typing import Any
 
+from jobpipe.settings import DAEMONS
+
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SUCCESS = 'outcome!~"failed|given_up|deferred"'
 # Daemons that claim work from the queue and call an external service (model server or BA API);
 # the snapshotter claims nothing and calls nothing (two SQL computations when due).
 QUEUE_DAEMONS = ("fetcher", "classifier", "embedder", "verifier", "extractor")
-ROWS = ("fetcher", "classifier", "embedder", "verifier", "snapshotter", "extractor")  # settings.DAEMONS
+ROWS = DAEMONS  # one row per daemon, in their order
 
 UP_DOWN = [
     {

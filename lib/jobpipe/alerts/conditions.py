@@ -28,11 +28,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jobpipe import queue
-from jobpipe.alerts.message import fmt_duration, fmt_time
+from jobpipe.alerts.message import fmt_time
 from jobpipe.config import Config, check_value
 from jobpipe.errors import ConfigError
 from jobpipe.logs import redact as redact_secrets
 from jobpipe.settings import all_settings
+from jobpipe.text import fmt_duration
 
 log = logging.getLogger("jobpipe.alerting")
 

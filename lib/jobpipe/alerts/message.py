@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from jobpipe.text import fmt_duration
+
 
 def render_message(rows: Sequence[dict[str, Any]]) -> str:
     """Plain text: host and daemon first, then what crossed which threshold, then what to run.
@@ -64,15 +66,3 @@ def fmt_time(at: datetime | None) -> str:
     fmt = "%H:%M %Z" if abs(time.time() - at.timestamp()) < 20 * 3600 else "%Y-%m-%d %H:%M %Z"
     return local.strftime(fmt)
 
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = float(seconds)
-    if s < 90:
-        return f"{s:.0f} s" if s >= 1 or s == 0 else f"{s:.1f} s"
-    if s < 5400:
-        return f"{s / 60:.0f} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"

@@ -27,7 +27,7 @@ from jobpipe.text import terminal_safe
 # Top-level command -> (the module whose `add_commands(sub)` defines it, its help line).
 # A module may define several commands; its `add_commands` registers all of them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "config": ("jobpipe.cli.core", "show, check or print the documented defaults of the configuration"),
+    "config": ("jobpipe.cli.config", "show, check or print the documented defaults of the configuration"),
     "db": ("jobpipe.cli.core", "manage the embedded PostgreSQL (when database.url is empty)"),
     "migrate": ("jobpipe.cli.core", "apply pending schema migrations"),
     "queue": ("jobpipe.cli.core", "inspect and manage the work queue"),

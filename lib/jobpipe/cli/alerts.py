@@ -21,7 +21,8 @@ from jobpipe.alerts.delivery import (
     safe_send,
 )
 from jobpipe.alerts.message import fmt_time, render_message
-from jobpipe.cli.core import connect, float_arg, load_config
+from jobpipe.cli.args import float_arg, load_config
+from jobpipe.cli.core import connect
 from jobpipe.errors import DependencyDown, UserError
 
 # What systemd's $MONITOR_SERVICE_RESULT values mean (systemd.exec(5), "$SERVICE_RESULT").
@@ -88,7 +89,7 @@ def _gateway(cfg: Any) -> Any:
 def _try_connect(args: argparse.Namespace) -> Any:
     """The database if it answers now (never starts the embedded one), else None."""
     try:
-        return connect(args, start_embedded=False)
+        return connect(args, start_embedded=False, check_schema=False)
     except DependencyDown:
         return None
 
@@ -347,7 +348,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     try:
-        conn = connect(args, start_embedded=False)
+        conn = connect(args, start_embedded=False, check_schema=False)
     except DependencyDown as exc:
         h = health.database_down(str(exc))
     else:

@@ -15,8 +15,9 @@ import json
 import sys
 from typing import Any
 
-from jobpipe import catalogue, classify, crawl, db
-from jobpipe.cli.core import connect, int_arg, load_config
+from jobpipe import catalogue, classify, crawl
+from jobpipe.cli.args import int_arg, load_config
+from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.text import InputTooLarge, read_capped
 
@@ -68,12 +69,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=cmd_classifier_stats)
 
 
-def _connect_checked(args: argparse.Namespace) -> Any:
-    conn = connect(args)
-    db.check_schema(conn)
-    return conn
-
-
 def _print_stats(stats: catalogue.LoadStats, as_json: bool) -> None:
     if as_json:
         print(json.dumps(stats.as_dict(), ensure_ascii=False))
@@ -89,14 +84,9 @@ def _print_stats(stats: catalogue.LoadStats, as_json: bool) -> None:
 def cmd_occupations_load(args: argparse.Namespace) -> int:
     if not args.paths and not args.shipped:
         raise UserError("occupations load: give one or more PATHs, or --shipped")
-    found: list[catalogue.Occupation] = []
-    for path in args.paths:
-        found.extend(catalogue.read_file(path))  # every file is checked before anything is written
-    if args.shipped:
-        found.extend(catalogue.shipped_catalogue())
-    with _connect_checked(args) as conn:
-        stats = catalogue.upsert(conn, found)
-    stats.sources = len(args.paths) + int(args.shipped)
+    extra = catalogue.shipped_catalogue() if args.shipped else []
+    with connect(args) as conn:
+        stats = catalogue.load_files(conn, args.paths, extra=extra)
     _print_stats(stats, args.json)
     return 0
 
@@ -116,7 +106,7 @@ def cmd_occupations_fetch(args: argparse.Namespace) -> int:
             max_pages=args.max_pages,
             progress=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True),
         )
-    with _connect_checked(args) as conn:
+    with connect(args) as conn:
         stats = catalogue.upsert(conn, found)
     stats.sources = 1
     stats.problems = problems
@@ -125,7 +115,7 @@ def cmd_occupations_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_occupations_status(args: argparse.Namespace) -> int:
-    with _connect_checked(args) as conn:
+    with connect(args) as conn:
         total, with_kldb = conn.execute("SELECT count(*), count(kldb2010) FROM occupations").fetchone()
         models = conn.execute(
             "SELECT model, count(*), min(vector_dims(embedding)) FROM occupation_embeddings"
@@ -160,7 +150,7 @@ def cmd_classifier_eval(args: argparse.Namespace) -> int:
     rows = classify.parse_labelled_csv(body, args.file)
     if args.limit is not None:
         rows = rows[: args.limit]
-    with _connect_checked(args) as conn:
+    with connect(args) as conn:
         report = classify.evaluate_from_config(conn, cfg, rows)
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
@@ -176,7 +166,7 @@ def cmd_classifier_requeue(args: argparse.Namespace) -> int:
     versions = classify.Versions(
         cfg.classifier.model.strip(), classify.load_prompt().version, cfg.embedder.model.strip()
     )
-    with _connect_checked(args) as conn:
+    with connect(args) as conn:
         n = classify.requeue(
             conn,
             stale=versions if args.stale else None,
@@ -189,7 +179,7 @@ def cmd_classifier_requeue(args: argparse.Namespace) -> int:
 
 
 def cmd_classifier_stats(args: argparse.Namespace) -> int:
-    with _connect_checked(args) as conn:
+    with connect(args) as conn:
         counts = classify.outcome_counts(conn)
     if args.json:
         print(json.dumps(counts))

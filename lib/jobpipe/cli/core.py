@@ -1,77 +1,34 @@
-"""Core commands: config, db, migrate, queue."""
+"""Core commands: db, migrate, queue; and `connect`, the database connection of every command."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import math
-from collections.abc import Callable
 from typing import Any
 
-from jobpipe import config as config_mod
 from jobpipe import db, embedded, queue
+from jobpipe.cli.args import load_config
 from jobpipe.errors import UserError, first_line
-from jobpipe.settings import all_settings
-from jobpipe.text import parse_int
 
 
-def int_arg(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: an integer of ASCII digits in [lo, hi] (a bad one is a one-line error,
-    exit 2; never a traceback from int() or an overflowing SQL parameter)."""
-
-    def parse(text: str) -> int:
-        s = text.strip()
-        n = parse_int(s.removeprefix("-"), max_value=max(abs(lo), abs(hi)))
-        if n is not None and s.startswith("-"):
-            n = -n
-        if n is None or not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {lo} to {hi}, got {text[:40]!r}")
-        return n
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def float_arg(lo: float, hi: float) -> Callable[[str], float]:
-    """An argparse type: a finite number in [lo, hi] ("nan" or "inf" would make deadlines never end)."""
-
-    def parse(text: str) -> float:
-        try:
-            x = float(text)
-        except ValueError:
-            x = math.nan
-        if not math.isfinite(x) or not lo <= x <= hi:
-            raise argparse.ArgumentTypeError(f"expected a number from {lo:g} to {hi:g}, got {text[:40]!r}")
-        return x
-
-    parse.__name__ = "number"
-    return parse
-
-
-def load_config(args: argparse.Namespace) -> config_mod.Config:
-    return config_mod.load(getattr(args, "config", None))
-
-
-def connect(args: argparse.Namespace, start_embedded: bool = True) -> Any:
+def connect(args: argparse.Namespace, start_embedded: bool = True, *, check_schema: bool = True) -> Any:
+    """The configured database (the one connection helper of the commands). With `check_schema` a
+    schema that is behind is a UserError naming `jobpipe migrate`, never an SQL error later; the
+    commands that must work whatever the schema (health, the OnFailure alert) pass False."""
     cfg = load_config(args)
     url = db.resolve_url(cfg, start_embedded=start_embedded)
-    return db.connect(url, connect_timeout=cfg.database.connect_timeout_s)
+    conn = db.connect(url, connect_timeout=cfg.database.connect_timeout_s)
+    if check_schema:
+        try:
+            db.check_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show, check or print the documented defaults of the configuration")
-    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
-    csub.required = True
-    show = csub.add_parser("show", help="every effective value and where it came from (secrets redacted)")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.set_defaults(func=cmd_config_show)
-    check = csub.add_parser("check", help="validate a config file without starting anything")
-    check.add_argument("file")
-    check.set_defaults(func=cmd_config_check)
-    defaults = csub.add_parser("defaults", help="print the documented default config (config/jobpipe.yaml)")
-    defaults.set_defaults(func=lambda a: print(config_mod.render_defaults(), end="") or 0)
-
     p = sub.add_parser("db", help="manage the embedded PostgreSQL (when database.url is empty)")
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION")
     dsub.required = True
@@ -94,26 +51,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rq = qsub.add_parser("requeue", help="give given-up items of a stage a fresh start")
     rq.add_argument("stage")
     rq.set_defaults(func=cmd_queue_requeue)
-
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    registry = all_settings()
-    rows = [(k, cfg.redacted(k), cfg.source(k)) for k in registry]
-    if args.json:
-        print(json.dumps({k: {"value": v, "source": s} for k, v, s in rows}, indent=2, ensure_ascii=False))
-        return 0
-    width = max(len(k) for k, _, _ in rows)
-    for k, v, s in rows:
-        shown = json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v
-        print(f"{k:<{width}}  {shown}  ({s})")
-    return 0
-
-
-def cmd_config_check(args: argparse.Namespace) -> int:
-    config_mod.load(args.file)
-    print(f"{args.file}: OK")
-    return 0
 
 
 def cmd_db_start(args: argparse.Namespace) -> int:

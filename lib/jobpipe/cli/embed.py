@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from jobpipe import embeddings, verification
-from jobpipe.cli.core import connect, float_arg, int_arg, load_config
+from jobpipe.cli.args import float_arg, int_arg, load_config
+from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.search import MAX_LIMIT, search
 from jobpipe.text import cell

@@ -12,7 +12,7 @@ import argparse
 import json
 
 from jobpipe import extraction
-from jobpipe.cli.core import int_arg, load_config
+from jobpipe.cli.args import int_arg, load_config
 from jobpipe.errors import UserError
 
 

@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from jobpipe import config as config_mod
-from jobpipe import crawl, db
+from jobpipe import crawl
+from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.postings import description_counts
+from jobpipe.text import fmt_duration
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -29,30 +31,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_run)
 
 
-def _connect(cfg: config_mod.Config) -> Any:
-    url = db.resolve_url(cfg)
-    conn = db.connect(url, connect_timeout=cfg.database.connect_timeout_s)
-    db.check_schema(conn)
-    return conn
-
-
 def _age(ts: datetime | None, now: datetime) -> str:
     if ts is None:
         return "never"
-    s = (now - ts).total_seconds()
-    if s < 120:
-        return f"{s:.0f}s ago"
-    if s < 7200:
-        return f"{s / 60:.0f}m ago"
-    if s < 172800:
-        return f"{s / 3600:.0f}h ago"
-    return f"{s / 86400:.0f}d ago"
+    return f"{fmt_duration((now - ts).total_seconds())} ago"
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     configured = crawl.parse_sources(cfg.fetcher.sources)
-    with _connect(cfg) as conn:
+    with connect(args) as conn:
         rows = conn.execute(
             """SELECT name, params, enabled, last_full_at, last_incremental_at, last_success_at, truncated,
                       truncated_parts, last_error, last_run_kind, last_run_stats, next_attempt_at,
@@ -152,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"unknown source {args.source!r} (fetcher.sources has: {known})")
     owner = f"{socket.gethostname()}:{os.getpid()}:cli"
     failed = 0
-    with _connect(cfg) as conn, crawl.make_client(cfg) as client:
+    with connect(args) as conn, crawl.make_client(cfg) as client:
         crawl.sync_sources(conn, crawl.parse_sources(cfg.fetcher.sources))
         state = {
             r[0]: r[1:]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jobpipe import config as config_mod
 from jobpipe import db, embedded, runtime
-from jobpipe.cli.core import int_arg
+from jobpipe.cli.args import int_arg
 from jobpipe.logs import setup_logging
 from jobpipe.settings import DAEMONS
 from jobpipe.supervisor import Supervisor

@@ -8,7 +8,8 @@ from datetime import date, timedelta
 from typing import Any
 
 from jobpipe import db, demand, similarity
-from jobpipe.cli.core import connect, int_arg, load_config
+from jobpipe.cli.args import int_arg, load_config
+from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.text import cell, clean_text, parse_int
 

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from jobpipe import db, queue, verification
-from jobpipe.cli.core import connect, float_arg, load_config
+from jobpipe.cli.args import float_arg, load_config
+from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.text import clean_text
 

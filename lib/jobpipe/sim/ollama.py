@@ -54,7 +54,15 @@ import numpy as np
 import orjson
 
 from jobpipe.sim import extraction_llm
-from jobpipe.sim.server import Listener, SimHandler, port_number, positive, seconds, stop_on_signals
+from jobpipe.sim.server import (
+    Listener,
+    ListenerAddress,
+    SimHandler,
+    port_number,
+    positive,
+    seconds,
+    stop_on_signals,
+)
 
 VERSION = "0.33.0"
 DEFAULT_EMBED_MODELS: dict[str, int] = {
@@ -277,7 +285,7 @@ def _client_gone(sock: socket.socket) -> bool:
         return True
 
 
-class FakeOllama:
+class FakeOllama(ListenerAddress):
     """The fake server. Use as a context manager; `.url` is its base URL."""
 
     def __init__(
@@ -323,19 +331,6 @@ class FakeOllama:
         self.reset_counters()
 
     # -- lifecycle -------------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        return self._listener.host
-
-    @property
-    def port(self) -> int:
-        """The listening port (the kernel's choice once started with port 0); kept across "refuse"."""
-        return self._listener.port
-
-    @property
-    def url(self) -> str:
-        return self._listener.url
 
     def start(self) -> FakeOllama:
         self._listener.open()

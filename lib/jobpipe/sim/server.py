@@ -83,6 +83,26 @@ class SimHandler(BaseHTTPRequestHandler):
         self.sim._handle(self, "POST")
 
 
+class ListenerAddress:
+    """`host`, `port` and `url` of a simulator that serves through `self._listener`."""
+
+    _listener: Listener
+
+    @property
+    def host(self) -> str:
+        return self._listener.host
+
+    @property
+    def port(self) -> int:
+        """The listening port (the kernel's choice once started with port 0), kept while the
+        simulator is down so that it comes back on the same one."""
+        return self._listener.port
+
+    @property
+    def url(self) -> str:
+        return self._listener.url
+
+
 class Listener:
     """One listening socket of a simulator, served by a daemon thread."""
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from jobpipe.alerts.channels.signal import redact_number
-from jobpipe.sim.server import Listener, SimHandler, port_number, stop_on_signals
+from jobpipe.sim.server import Listener, ListenerAddress, SimHandler, port_number, stop_on_signals
 
 LABEL = "[simulated Signal gateway]"
 DEFAULT_ACCOUNT = "+4915100000001"
@@ -87,7 +87,7 @@ class _Handler(SimHandler):
         self.sim._handle(self, "DELETE")
 
 
-class FakeSignalGateway:
+class FakeSignalGateway(ListenerAddress):
     """signal-cli-rest-api (`mode="rest"`) or signal-cli JSON-RPC (`mode="jsonrpc"`) on 127.0.0.1."""
 
     def __init__(
@@ -130,19 +130,6 @@ class FakeSignalGateway:
         self._start()
 
     # -- lifecycle -------------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        return self._listener.host
-
-    @property
-    def port(self) -> int:
-        """The listening port (the kernel's choice for port 0); come_up() listens on it again."""
-        return self._listener.port
-
-    @property
-    def url(self) -> str:
-        return self._listener.url
 
     @property
     def down(self) -> bool:

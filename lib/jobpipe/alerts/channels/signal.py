@@ -97,13 +97,15 @@ def redact_number(value: str) -> str:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove phone numbers, uuids, group ids and challenge tokens from free text.
+    """Remove URL credentials and other secrets (jobpipe.logs.redact), phone numbers, uuids, group
+    ids and challenge tokens from free text.
 
     `secrets` are exact strings known to be sensitive (the configured sender, recipients, group id):
     they are replaced wherever they appear, whatever format the regexes would miss.
     """
     for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
         text = text.replace(secret, redact_number(secret))
+    text = redact_credentials(text)
     text = _CHALLENGE.sub(lambda m: m.group(1) + "<redacted>", text)
     text = _GROUP.sub("group.…", text)
     text = _UUID.sub(lambda m: "…" + m.group(0)[-3:], text)
