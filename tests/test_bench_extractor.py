@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

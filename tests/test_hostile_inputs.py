@@ -26,6 +26,8 @@ from jobpipe.models.ollama import OllamaChatClient, OllamaEmbeddingClient
 from jobpipe.models.openai import OpenAIChatClient, OpenAIEmbeddingClient
 from jobpipe.text import parse_int, terminal_safe
 
+pytestmark = pytest.mark.slow  # thousands of generated inputs, like test_hostile_parsers
+
 SETTINGS = settings(
     max_examples=int(os.environ.get("JOBPIPE_HYPOTHESIS_EXAMPLES", "300")),
     # ms per example: far above any parser's time here (1 MB of YAML brackets: 2.6 s), far below a hang

@@ -70,6 +70,7 @@ def test_install_writes_units_config_env_and_sysusers(tmp_path: Path) -> None:
     assert "systemctl daemon-reload" in text
 
 
+@pytest.mark.system
 def test_install_twice_is_idempotent_and_keeps_an_edited_config(tmp_path: Path) -> None:
     install.install(tmp_path, enable=SYSTEMCTL is not None)
     first = snapshot(tmp_path)
@@ -111,6 +112,7 @@ def test_user_is_rendered_and_validated(tmp_path: Path) -> None:
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.system
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="needs systemd-sysusers")
 def test_sysusers_file_creates_the_service_user(tmp_path: Path) -> None:
     """The staged sysusers.d file is what the target system applies at boot: apply it offline."""
@@ -162,6 +164,7 @@ def test_warns_when_protecthome_hides_the_command(tmp_path: Path) -> None:
     assert report.warnings == []
 
 
+@pytest.mark.system
 @needs_systemctl
 def test_cli_install_enable_then_uninstall(tmp_path: Path) -> None:
     res = cli("install", "--root", str(tmp_path), "--enable")
@@ -184,12 +187,14 @@ def test_cli_install_enable_then_uninstall(tmp_path: Path) -> None:
     assert snapshot(tmp_path) == {}
 
 
+@pytest.mark.system
 def test_cli_rejects_a_bad_user_with_one_line(tmp_path: Path) -> None:
     res = cli("install", "--root", str(tmp_path), "--user", "root")
     assert res.returncode == 2
     assert res.stderr.startswith("jobpipe: ") and len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.system
 def test_wheel_ships_the_unit_templates_and_the_simulators(tmp_path: Path) -> None:
     """A non-editable install must find the units: they are package data (jobpipe.units), and
     every module of lib/jobpipe (a subpackage missing from pyproject's list would be left out).
@@ -255,6 +260,7 @@ def test_a_planted_temp_file_link_is_not_written_through(tmp_path: Path) -> None
     assert "ExecStart=" in (unit_dir / "jobpipe@.service").read_text()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "exe",
     [

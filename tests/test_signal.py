@@ -1,4 +1,5 @@
-"""Signal delivery against the fake gateways: every answer of the contract maps to the right status."""
+"""Signal delivery against the fake gateways: every answer of the contract (docs/contracts/signal.md)
+maps to the right status."""
 
 from __future__ import annotations
 
@@ -568,6 +569,7 @@ def test_concurrent_sends_are_all_recorded(rest):
     assert len({m.timestamp for m in msgs}) == 8
 
 
+@pytest.mark.system
 def test_fake_as_a_process_prints_messages():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

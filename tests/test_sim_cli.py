@@ -13,6 +13,8 @@ import pytest
 
 from jobpipe.cli.sim import SIMULATORS
 
+pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
+
 
 def sim(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

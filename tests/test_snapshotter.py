@@ -601,6 +601,7 @@ def test_similarity_readers_never_see_half_a_table(conn: Any, pg_url: str) -> No
 # ---------------------------------------------------------------- the daemon
 
 
+@pytest.mark.system
 def test_daemon_catches_up_days_and_computes_similarity(conn: Any, pg_url: str) -> None:
     similarity_fixture(conn)
     t = datetime.now(ZONE) - timedelta(days=3)
@@ -755,6 +756,7 @@ def test_cli_similar(conn: Any, cfg_file: str, capsys: pytest.CaptureFixture[str
 # ---------------------------------------------------------------- benchmark (quick mode)
 
 
+@pytest.mark.system
 def test_benchmark_quick_mode(pg_server: dict[str, Any]) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "snapshotter.py"), "--quick", "--db-url", pg_server["url"]],

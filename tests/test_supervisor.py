@@ -19,6 +19,8 @@ from jobpipe.supervisor import Supervisor
 from tests.test_runtime import ROOT, daemon_env
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
+
 SAMPLE = "tests.sample_daemon:SampleDaemon"
 
 

@@ -66,6 +66,7 @@ def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.system
 def test_verify_prints_nothing_for_every_unit(rendered: Path) -> None:
     units = [rendered / f"jobpipe@{d}.service" for d in DAEMONS]
     units += [rendered / "jobpipe.target", rendered / "jobpipe-alert@embedder.service"]
@@ -74,6 +75,7 @@ def test_verify_prints_nothing_for_every_unit(rendered: Path) -> None:
     assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res.stdout + res.stderr
 
 
+@pytest.mark.system
 def test_verify_would_catch_a_bad_key(rendered: Path, tmp_path: Path) -> None:
     """The check above is only worth something if verify reports mistakes of this kind."""
     text = (rendered / "jobpipe@.service").read_text()
@@ -86,6 +88,7 @@ def test_verify_would_catch_a_bad_key(rendered: Path, tmp_path: Path) -> None:
     assert "Unknown key 'RestartSteps'" in res.stderr
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("unit", ["jobpipe@embedder.service", "jobpipe-alert@embedder.service"])
 def test_security_exposure_at_most_2(rendered: Path, unit: str) -> None:
     res = subprocess.run(
@@ -138,6 +141,7 @@ def test_alert_unit_runs_the_alert_command() -> None:
     assert "OnFailure" not in unit["Unit"]  # a failing alert must not page about itself in a loop
 
 
+@pytest.mark.system
 def test_enable_target_creates_the_wants_links(rendered: Path, tmp_path: Path) -> None:
     unit_dir = tmp_path / "etc/systemd/system"
     unit_dir.mkdir(parents=True)

@@ -112,6 +112,7 @@ def sample(m: DaemonMetrics, name: str, **labels: str) -> float:
 # ---------------------------------------------------------------- the predecessor's 2,114
 
 
+@pytest.mark.system
 def test_2114_stale_postings_end_verified_or_inactive_exactly_the_expired_ones(
     db_conn: Any, pg_url: str
 ) -> None:

@@ -25,7 +25,8 @@ FULL = "full"
 INCREMENTAL = "incremental"
 MAX_SINCE_DAYS = 100  # veroeffentlichtseit accepts 0..100; larger values are silently ignored
 
-# Search parameters a source may set (the contract's list); page and size belong to the crawler.
+# Search parameters a source may set (the list in docs/contracts/ba-jobsuche.md); page and size
+# belong to the crawler.
 SEARCH_PARAMS = frozenset(
     {
         "was",

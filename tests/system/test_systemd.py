@@ -41,7 +41,7 @@ from jobpipe.sim.signal import FakeSignalGateway
 from tests.system import nspawn
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.systemd, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.system, pytest.mark.systemd, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = "/opt/jobpipe"

@@ -1,6 +1,6 @@
 """A faithful fake of the BA Jobsuche (v6 search, v4 details) and BERUFENET APIs.
 
-Follows ../shared/docs/contracts/ba-jobsuche.md. Used by tests, bench/ and `jobpipe demo`;
+Follows docs/contracts/ba-jobsuche.md. Used by tests, bench/ and `jobpipe demo`;
 free of pytest. Routes (each under its own base path, like the real hosts):
 
 - `{url}/pc/v6/jobs` - search with `wo` (federal state with umlauts, city or postcode, `umkreis`

@@ -1,6 +1,6 @@
 """A faithful fake of an Ollama server (native API and its OpenAI-compatible /v1 API).
 
-Follows ../shared/docs/contracts/ollama.md: `/api/embed`, `/api/embeddings` (legacy),
+Follows docs/contracts/ollama.md: `/api/embed`, `/api/embeddings` (legacy),
 `/api/generate`, `/api/chat`, `/api/tags`, `/api/version`, `GET /`, and `/v1/embeddings`,
 `/v1/chat/completions`, `/v1/models`. Used by tests, bench/ and `jobpipe demo`; free of pytest.
 

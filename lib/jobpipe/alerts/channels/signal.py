@@ -1,4 +1,4 @@
-"""Delivering alert messages through a self-hosted Signal gateway (see contracts/signal.md).
+"""Delivering alert messages through a self-hosted Signal gateway (see docs/contracts/signal.md).
 
 Two gateways are supported: signal-cli-rest-api (`POST /v2/send`) and signal-cli's JSON-RPC HTTP
 daemon (`POST /api/v1/rpc`). Both answer in their own way; this module turns every answer, and
