@@ -83,6 +83,7 @@ class Standalone:
     def dependency_state(self, name: str, up: bool, error: str = "") -> None:
         pass
 
+
 OK, FAILED, STOPPED, CONNECTION_LOST = "ok", "failed", "stopped", "connection_lost"
 CANCEL_TIMEOUT_S = 5.0  # how long stop() waits for the server to take a cancel request
 RECANCEL_S = 0.5  # stop() sends the cancel again this often while the thread runs on
