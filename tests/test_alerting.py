@@ -768,7 +768,8 @@ def test_database_down_one_message_per_host_and_one_resolved(db_conn, gw, tmp_pa
 
 
 def test_alerter_raises_the_database_alert_when_it_cannot_connect(gw, tmp_path):
-    cfg = test_config(gw, alerts__dependency_down_minutes=0.01)
+    # Attempts come at the database's reconnect backoff: short here, five of them in seconds.
+    cfg = test_config(gw, alerts__dependency_down_minutes=0.01, database__reconnect_max_s=0.2)
 
     def refuse() -> Any:
         raise DependencyDown("database", "connection refused", "connection")

@@ -5,6 +5,7 @@ A killed connection is replaced and the work goes on; a stop cancels the stateme
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobpipe import config, runtime
+from jobpipe import background, config, db, runtime
 from jobpipe.errors import DependencyDown
 from jobpipe.metrics import DaemonMetrics
 from tests.waiting import wait_until
@@ -28,7 +29,7 @@ def _ctx(pg_url: str) -> runtime.Context:
     )
 
 
-def _runs(ctx: runtime.Context, job: str, outcome: str) -> float:
+def _runs(ctx: background.Context, job: str, outcome: str) -> float:
     v = ctx.metrics.registry.get_sample_value(
         "jobpipe_background_runs_total", {"daemon": "sample", "job": job, "outcome": outcome}
     )
@@ -194,3 +195,128 @@ def test_stop_right_after_start_never_waits_for_the_statement(pg_url: str, db_co
     wait_until(
         lambda: not _activity(db_conn, "jobpipe-sample-sleeper"), timeout=10, what="the connection gone"
     )
+
+
+def test_a_float_from_work_is_the_pause_before_the_next_run(pg_url: str) -> None:
+    """repeat_s is an hour: only the seconds `work` returns can bring the next runs (a bool still
+    means at once / after repeat_s); stop ends a long pause at once."""
+    ctx = _ctx(pg_url)
+    runs: list[float] = []
+
+    def step(conn: Any) -> float:
+        runs.append(time.monotonic())
+        return 0.05 if len(runs) < 4 else 3600.0
+
+    job = ctx.job("paced", step, repeat_s=3600)
+    job.start()
+    try:
+        wait_until(lambda: len(runs) >= 4, timeout=10, what="four runs")
+        gaps = [b - a for a, b in itertools.pairwise(runs)]
+        assert all(0.04 <= g < 5 for g in gaps), gaps
+    finally:
+        t0 = time.monotonic()
+        job.stop(10)
+    assert time.monotonic() - t0 < 5 and not job.running  # the hour's pause did not hold it
+    assert len(runs) == 4
+
+
+def test_on_connect_checks_every_new_connection_and_a_refusal_closes_it(pg_url: str, db_conn: Any) -> None:
+    """The first two connections are refused by on_connect (closed: pg_stat_activity shows only
+    the third); work runs on the checked one; a killed connection's successor is checked too."""
+    ctx = _ctx(pg_url)
+    checked: list[int] = []
+    worked: list[int] = []
+
+    def check(conn: Any) -> None:
+        checked.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        if len(checked) <= 2:
+            raise DependencyDown("schema", "waiting for migrations", "schema")
+
+    def step(conn: Any) -> bool:
+        worked.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        return False
+
+    job = ctx.job("checked", step, repeat_s=0.05, on_connect=check)
+    job.start()
+    try:
+        wait_until(lambda: worked, timeout=15, what="a run after the check passed")
+        assert len(set(checked)) == 3 and set(worked) == {checked[2]}
+        assert [pid for pid, _, _ in _activity(db_conn, "jobpipe-sample-checked")] == [checked[2]]
+        assert _runs(ctx, "checked", "failed") == 2  # the refusals count as the runs' failures
+        db_conn.execute("SELECT pg_terminate_backend(%s)", (checked[2],))
+        wait_until(lambda: len(checked) == 4 and worked[-1] == checked[3], timeout=15,
+                   what="the new connection checked, then used")  # fmt: skip
+    finally:
+        job.stop(10)
+
+
+def test_on_connection_lost_hears_every_refused_and_lost_connection(pg_url: str, db_conn: Any) -> None:
+    """A Standalone job (no daemon Context): while its connect is refused the hook hears every
+    attempt, at the reconnect backoff; a hook that raises does not end the job; a killed
+    connection is heard too, and the job goes on."""
+    cfg = config.load(environ={}).with_overrides(database__reconnect_max_s=0.1)
+    refusing = threading.Event()
+    refusing.set()
+
+    def opener() -> Any:
+        if refusing.is_set():
+            raise DependencyDown("database", "connection refused", "connection")
+        return db.connect(pg_url, application_name="jobpipe-standalone")
+
+    heard: list[Exception] = []
+
+    def lost(exc: Exception) -> None:
+        heard.append(exc)
+        if len(heard) == 2:
+            raise RuntimeError("a hook that fails")
+
+    pids: list[int] = []
+
+    def step(conn: Any) -> bool:
+        pids.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        return False
+
+    ctx = background.Standalone(cfg, DaemonMetrics("sample"), logging.getLogger("t"), opener)
+    job = background.BackgroundJob(ctx, "standalone", step, repeat_s=0.05, on_connection_lost=lost)
+    job.start()
+    try:
+        wait_until(lambda: len(heard) >= 4, timeout=10, what="four refused attempts heard")
+        assert all(isinstance(e, DependencyDown) and e.dependency == "database" for e in heard)
+        assert not pids
+        refusing.clear()
+        wait_until(lambda: pids, timeout=10, what="a run once connect works")
+        refused = len(heard)
+        db_conn.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+        wait_until(lambda: any(p != pids[0] for p in pids), timeout=15, what="a run on a new connection")
+        assert len(heard) == refused + 1 and isinstance(heard[-1], psycopg.OperationalError)
+        assert _runs(ctx, "standalone", "connection_lost") == len(heard)
+    finally:
+        job.stop(10)
+    assert not job.running and job.conn is None
+
+
+def test_run_once_runs_on_the_callers_thread_and_handles_a_lost_connection(pg_url: str, db_conn: Any) -> None:
+    ctx = _ctx(pg_url)
+    heard: list[Exception] = []
+    threads: list[str] = []
+
+    def work(conn: Any, n: int) -> int:
+        threads.append(threading.current_thread().name)
+        if n < 0:
+            raise ValueError("negative")
+        return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    job = ctx.job("inline", work, keep_connection=True, on_connection_lost=heard.append)
+    first = job.run_once(1)
+    assert job.run_once(2) == first  # the connection is kept between calls
+    assert threads == [threading.current_thread().name] * 2
+    db_conn.execute("SELECT pg_terminate_backend(%s)", (first,))
+    assert job.run_once(3) is None  # lost: reported, not raised, no reconnect pause
+    assert len(heard) == 1 and job.conn is None
+    second = job.run_once(4)
+    assert second is not None and second != first
+    with pytest.raises(ValueError, match="negative"):
+        job.run_once(-1)
+    assert [_runs(ctx, "inline", o) for o in ("ok", "connection_lost", "failed")] == [3, 1, 1]
+    job.stop(10)
+    assert job.conn is None

@@ -6,11 +6,15 @@ thread it would stall claims, lease heartbeats and watchdog pings. `BackgroundJo
 
 - connection: `work(conn, *args)` runs on the job's thread with a connection from
   `Context.connect(<job name>)`, never the loop's; closed when the run ends (with
-  `keep_connection`: kept for the next run, closed on `stop`);
+  `keep_connection`: kept for the next run, closed on `stop`). `on_connect(conn)` runs once on
+  every new connection before `work` uses it; if it raises, that connection is closed (the next
+  one is checked again) and the exception counts as the run's;
 - a lost connection (`db.connection_lost`, or no connection to be had): the job logs it, says
-  "waiting for the database" in STATUS, reconnects after the reconnect backoff
-  (jobpipe.backoff.reconnect, database.reconnect_max_s) and runs `work` again with the new
-  connection, until it returns or the job is stopped. `work` must be safe to run again;
+  "waiting for the database" in STATUS, calls `on_connection_lost(exc)` (every time, on the
+  job's thread, before the pause; its own exception is logged, never ends the job), reconnects
+  after the reconnect backoff (jobpipe.backoff.reconnect, database.reconnect_max_s) and runs
+  `work` again with the new connection, until it returns or the job is stopped. `work` must be
+  safe to run again;
 - stop (`stop()`, and for every job of the context when the runtime begins a graceful stop):
   `stopping` is set at once, the statement running on the job's connection is cancelled (its
   transaction rolls back: nothing half-written) unless the job was made with
@@ -18,13 +22,18 @@ thread it would stall claims, lease heartbeats and watchdog pings. `BackgroundJo
   waits for the thread;
 - outcome: a one-shot job (`repeat_s` None) ends with `work`'s value or exception, which `take()`
   hands over once, on the loop thread. A repeating job calls `work` again and again (at once
-  while it returns True, after `repeat_s` otherwise); its failures are retried after `retry`
+  while it returns True, after the seconds it returns as a float, after `repeat_s` otherwise;
+  `stop` ends every pause at once); its failures are retried after `retry`
   (a doubling Backoff): DependencyDown marks the dependency down (Context.dependency_state, so
   STATUS, jobpipe_dependency_up and the dependency alert show it) until a run succeeds;
 - reporting: every run's outcome is counted in jobpipe_background_runs_total{job, outcome}
   (ok, failed, stopped, connection_lost); `report(text)` (from `work`) and the outcome are the
   job's part of the daemon's STATUS line; when the job ends, `pg_notify(wake_channel)` wakes the
-  loop to collect it.
+  loop to collect it;
+- `run_once(*args)`: one run of `work` on the caller's thread (no thread started), with the
+  job's connection and its `on_connect`; a lost connection is handled as above (counted,
+  dropped, `on_connection_lost`) and the call returns None at once, without the reconnect
+  pause; any other exception is raised to the caller.
 """
 
 from __future__ import annotations
@@ -55,6 +64,25 @@ class Context(Protocol):
 
     def connect(self, purpose: str = "") -> Any: ...
     def dependency_state(self, name: str, up: bool, error: str = "") -> None: ...
+
+
+@dataclass
+class Standalone:
+    """The Context of a job outside a daemon's runtime (jobpipe.alerts.alerter.Alerter, which
+    tests build without one): the pieces as arguments. `opener` names its connections itself;
+    a dependency the job finds down is only logged by the job (no work loop here shows it)."""
+
+    cfg: Config
+    metrics: DaemonMetrics
+    log: logging.Logger
+    opener: Callable[[], db.Conn]
+
+    def connect(self, purpose: str = "") -> db.Conn:
+        return self.opener()
+
+    def dependency_state(self, name: str, up: bool, error: str = "") -> None:
+        pass
+
 
 OK, FAILED, STOPPED, CONNECTION_LOST = "ok", "failed", "stopped", "connection_lost"
 CANCEL_TIMEOUT_S = 5.0  # how long stop() waits for the server to take a cancel request
@@ -89,8 +117,11 @@ class BackgroundJob(Generic[T]):
         cancel_on_stop: bool = True,
         wake_channel: str | None = None,
         keep_connection: bool = False,
+        on_connect: Callable[[db.Conn], object] | None = None,
+        on_connection_lost: Callable[[Exception], object] | None = None,
     ) -> None:
         self.ctx, self.name, self.work = ctx, name, work
+        self.on_connect, self.on_connection_lost = on_connect, on_connection_lost
         self.repeat_s = repeat_s
         self.retry = retry or Backoff(1.0, ctx.cfg.runtime.dependency_backoff_max_s)
         self.cancel_on_stop = cancel_on_stop
@@ -174,6 +205,20 @@ class BackgroundJob(Generic[T]):
         """From `work`: the job's part of STATUS (e.g. progress)."""
         self.status = text
 
+    def run_once(self, *args: Any) -> T | None:
+        """One run of `work(conn, *args)` on the caller's thread (see the module docstring)."""
+        if self.running:
+            raise RuntimeError(f"background job {self.name} is running on its thread")
+        try:
+            value = self.work(self._connection(), *args)
+        except Exception as exc:
+            if self._lost(exc):
+                return None
+            self._count(FAILED)
+            raise
+        self._count(OK)
+        return value
+
     # -- the job thread ---------------------------------------------------------------------------
 
     def _set_conn(self, conn: db.Conn | None) -> None:
@@ -182,10 +227,36 @@ class BackgroundJob(Generic[T]):
         if old is not None and old is not conn:
             db.close_quietly(old)
 
-    def _connection(self) -> Any:
-        if self.conn is None or self.conn.closed:
-            self._set_conn(self.ctx.connect(self.name))
-        return self.conn
+    def _connection(self) -> db.Conn:
+        conn = self.conn
+        if conn is None or conn.closed:
+            conn = self.ctx.connect(self.name)
+            self._set_conn(conn)  # before on_connect: stop() cancels its statement too
+            if self.on_connect is not None:
+                try:
+                    self.on_connect(conn)
+                except BaseException:
+                    self._set_conn(None)  # the next connection is checked again
+                    raise
+        return conn
+
+    def _lost(self, exc: Exception) -> bool:
+        """True when `exc` means the connection is gone (or none could be had): then it is
+        counted, dropped and reported to on_connection_lost."""
+        if not (db.connection_lost(exc) or (self.conn is not None and self.conn.closed)):
+            return False
+        self._count(CONNECTION_LOST)
+        self._set_conn(None)
+        if self.on_connection_lost is not None:
+            try:
+                self.on_connection_lost(exc)
+            except Exception as hook_exc:  # the job must outlive its hook
+                self.ctx.log.error(
+                    f"{self.name} on_connection_lost failed",
+                    exc_info=hook_exc,
+                    extra={"event": f"{self.name}_hook_failed"},
+                )
+        return True
 
     def _run(self, *args: Any) -> None:
         reconnect = Streak(backoff.reconnect(self.ctx.cfg.database.reconnect_max_s))
@@ -200,11 +271,7 @@ class BackgroundJob(Generic[T]):
                         self._count(STOPPED)
                         self._outcome = Outcome(error=exc)
                         return
-                    if isinstance(exc, Exception) and (
-                        db.connection_lost(exc) or (self.conn is not None and self.conn.closed)
-                    ):
-                        self._count(CONNECTION_LOST)
-                        self._set_conn(None)
+                    if isinstance(exc, Exception) and self._lost(exc):
                         error = f"database: {first_line(exc)}"
                         if error != last_error:
                             log_event(self.ctx.log, f"{self.name}_reconnecting", level="warning", error=error)
@@ -231,7 +298,9 @@ class BackgroundJob(Generic[T]):
                 if self.repeat_s is None:
                     self._outcome = Outcome(value=value)
                     return
-                if not value:
+                if isinstance(value, float):  # the work says when it wants to run again
+                    self.stopping.wait(value)
+                elif not value:
                     self.stopping.wait(self.repeat_s)
             self._outcome = Outcome()
         finally:

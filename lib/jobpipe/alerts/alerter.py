@@ -33,10 +33,12 @@ from jobpipe.alerts.delivery import (
     register_secrets,
 )
 from jobpipe.alerts.state import Transition, apply
+from jobpipe.background import BackgroundJob, Standalone
 from jobpipe.config import Config
 from jobpipe.db import Conn
-from jobpipe.errors import first_line
+from jobpipe.errors import DependencyDown, first_line
 from jobpipe.logs import log_event
+from jobpipe.metrics import DaemonMetrics
 
 log = logging.getLogger("jobpipe.alerting")  # the name operators filter the journal by
 
@@ -44,11 +46,16 @@ log = logging.getLogger("jobpipe.alerting")  # the name operators filter the jou
 class Alerter:
     """Evaluates a daemon's conditions and delivers queued messages, on its own thread and
     connection, every `alerts.eval_interval_s`. Never blocks or crashes the work loop: every
-    problem here is logged and retried on the next turn.
+    problem here is logged and retried.
 
     Inputs are arguments (connect, gateway, hooks, clock-free: the database's now() is the clock)
     so tests can run it directly. `hooks(conn)` returns the daemon's own conditions; it runs on
     this thread with this thread's connection and must only read the database.
+
+    The thread and its connection are a jobpipe.background job ("alerts"): it waits for pending
+    migrations before it uses a connection (on_connect), reconnects with the database's backoff
+    and, on every connection lost or refused, feeds the database alert, which is sent while the
+    database is away (on_connection_lost). No cancel on stop: `close` gives up on a slow gateway.
     """
 
     def __init__(
@@ -56,11 +63,11 @@ class Alerter:
         daemon: str,
         cfg: Config,
         *,
-        connect: Callable[[], Any],
+        connect: Callable[[], Conn],
         stages: Sequence[str] = (),
         dependencies: Sequence[str] = (),
         hooks: Callable[[Any], list[Condition]] | None = None,
-        metrics: Any = None,
+        metrics: DaemonMetrics | None = None,
         gateway: SignalGateway | None = None,
         host: str | None = None,
         latch_path: Any = None,
@@ -68,7 +75,6 @@ class Alerter:
         self.daemon = daemon
         self.cfg = cfg
         self.th = thresholds(cfg, daemon)
-        self.connect = connect
         self.stages = list(stages)
         self.dependencies = list(dependencies)
         self.hooks = hooks
@@ -90,32 +96,35 @@ class Alerter:
             retry_base_s=cfg.alerts.retry_base_s,
             retry_max_s=cfg.alerts.retry_max_s,
         )
-        self.conn: Conn | None = None
-        self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
         self.evaluations = 0  # completed evaluation turns (tests wait on it)
         self.started = time.monotonic()
         self.cond = threading.Condition()
+        self._next_eval = 0.0
         self._last_check = 0.0
-        self._schema_warned = False
+        # Without a daemon's metrics (tests) the job's run counts go to a registry of their own.
+        ctx = Standalone(cfg, metrics or DaemonMetrics(daemon), log, connect)
+        self.job: BackgroundJob[float] = BackgroundJob(
+            ctx,
+            "alerts",
+            self._turn,
+            repeat_s=cfg.alerts.eval_interval_s,
+            cancel_on_stop=False,
+            keep_connection=True,
+            on_connect=self._schema_ready,
+            on_connection_lost=self._db_failed,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=f"{self.daemon}-alerts", daemon=True)
-        self.thread.start()
+        self.job.start()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread. A send still in flight after `timeout` is abandoned (the thread is a
         daemon thread): its claim expires into "ambiguous", so shutdown never waits on a gateway."""
-        self.stop.set()
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
-            if self.thread.is_alive():
-                return  # it still uses the connection and the gateway; the process exit ends it
-        self._drop_conn()
+        self.job.stop(timeout)
+        if self.job.running:
+            return  # it still uses the connection and the gateway; the process exit ends it
         if self.gateway is not None:
             try:
                 self.gateway.close()
@@ -126,82 +135,46 @@ class Alerter:
         with self.cond:
             return self.cond.wait_for(lambda: self.evaluations >= n, timeout)
 
-    # -- the loop ----------------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        interval = self.cfg.alerts.eval_interval_s
-        next_eval = time.monotonic()
-        while not self.stop.is_set():
-            now = time.monotonic()
-            wait = interval
-            try:
-                if now >= next_eval:
-                    next_eval = now + interval
-                    self.run_once()
-                else:
-                    self._deliver()
-                due = self._next_delivery_in()
-                wait = min(max(0.0, next_eval - time.monotonic()), due if due is not None else interval)
-            except db.UNREACHABLE as exc:
-                self._db_failed(exc)
-            except Exception:
-                # The alert thread must survive anything; the next turn retries.
-                log.exception("alert evaluation failed", extra={"event": "alert_eval_failed"})
-                self._drop_conn()
-            self.wake.wait(max(0.01, wait))
-            self.wake.clear()
+    # -- the job -----------------------------------------------------------------------------------
 
     def run_once(self) -> None:
-        """One evaluation and delivery pass (the thread's turn; tests may call it directly)."""
-        conn = self._conn()
-        if conn is None:
-            self._count_evaluation()
-            return
-        try:
+        """One evaluation and delivery pass on the caller's thread (tests call it directly); a
+        database that cannot be reached feeds the database alert, as on the thread."""
+        self.job.run_once(True)
+
+    def _turn(self, conn: Conn, evaluate: bool = False) -> float:
+        """The job's work: an evaluation pass when one is due (or `evaluate`), else the deliveries
+        that are due; returns the seconds until the next pass or due delivery."""
+        now = time.monotonic()
+        if evaluate or now >= self._next_eval:
+            self._next_eval = now + self.cfg.alerts.eval_interval_s
             self.db_watch.up(conn)
             self.evaluate(conn)
-            self._deliver()
+            self._deliver(conn)
             self._check_gateway()
-        except db.UNREACHABLE as exc:
-            self._db_failed(exc)
-        self._count_evaluation()
+            self._count_evaluation()
+        else:
+            self._deliver(conn)
+        wait = self._next_eval - time.monotonic()
+        due = self.deliverer.next_due_in(conn) if self.gateway is not None else None
+        return max(0.01, wait if due is None else min(wait, due))
 
     def _count_evaluation(self) -> None:
         with self.cond:
             self.evaluations += 1
             self.cond.notify_all()
 
-    def _conn(self) -> Any:
-        if self.conn is not None and not self.conn.closed:
-            return self.conn
-        try:
-            conn = self.connect()
-        except db.UNREACHABLE as exc:
-            self._db_failed(exc)
-            return None
-        try:
-            behind = [m.version for m in db.pending_migrations(conn)]
-        except db.UNREACHABLE as exc:
-            conn.close()
-            self._db_failed(exc)
-            return None
+    def _schema_ready(self, conn: Conn) -> None:
+        """on_connect: the work loop refuses to start and says what to run; the alerts wait for
+        the schema (DependencyDown: the job says so once and retries)."""
+        behind = [m.version for m in db.pending_migrations(conn)]
         if behind:
-            # The work loop refuses to start and says what to run; the alerts wait for the schema.
-            conn.close()
-            if not self._schema_warned:
-                log_event(log, "alerting_waits_for_schema", level="warning", pending=behind)
-                self._schema_warned = True
-            return None
-        self.conn = conn
-        return conn
+            raise DependencyDown("schema", f"waiting for migrations {behind}", "schema")
 
-    def _db_failed(self, exc: BaseException) -> None:
-        self._drop_conn()
+    def _db_failed(self, exc: Exception) -> None:
+        """on_connection_lost: a turn without the database still counts (tests wait on it)."""
         self.db_watch.down(first_line(exc))
-
-    def _drop_conn(self) -> None:
-        db.close_quietly(self.conn)
-        self.conn = None
+        self._count_evaluation()
 
     def evaluate(self, conn: Conn) -> list[Transition]:
         facts = gather(conn, self.stages, self.th) if self.stages else {}
@@ -247,16 +220,9 @@ class Alerter:
                 self.metrics.set_alert_firing(cond, bool(firing))
         return transitions
 
-    def _deliver(self) -> None:
-        conn = self.conn
-        if conn is None or self.gateway is None:
-            return
-        self.deliverer.deliver_due(conn)
-
-    def _next_delivery_in(self) -> float | None:
-        if self.conn is None or self.gateway is None:
-            return None
-        return self.deliverer.next_due_in(self.conn)
+    def _deliver(self, conn: Conn) -> None:
+        if self.gateway is not None:
+            self.deliverer.deliver_due(conn)
 
     def _check_gateway(self) -> None:
         if self.gateway is None or self.metrics is None:
