@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from jobpipe import db, queue, verification
+from jobpipe import queue, verification
 from jobpipe.cli.args import float_arg, load_config
 from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
@@ -41,7 +41,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UserError("--wait needs a positive number of seconds")
     cfg = load_config(args)
     with connect(args) as conn:
-        db.check_schema(conn)
         if args.status:
             return _status(conn, cfg, args.json)
         refs = [(clean_text(r) or "").strip() for r in args.postings]
