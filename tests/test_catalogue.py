@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from jobpipe import catalogue
@@ -17,6 +20,7 @@ from jobpipe.errors import DependencyDown
 from jobpipe.sim.ba import FakeBA
 from jobpipe.sim.ba_data import DATA_DIR, Catalogue
 from jobpipe.titles import normalise
+from tests.conftest import url_for
 
 SHIPPED = catalogue.shipped_catalogue()
 
@@ -202,6 +206,36 @@ def test_cli_load_and_status(pg_url: str, tmp_path: Path, capsys: pytest.Capture
     assert f"{bad}: at $:" in capsys.readouterr().err
     assert main(["-c", str(cfg), "occupations", "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["occupations"] == len(SHIPPED)
+
+
+def test_cli_load_checks_the_files_before_the_database(
+    pg_server: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing or malformed file is its own one-line error (exit 2) whatever the database: one
+    that refuses connections, or one whose schema is behind. The files are read first."""
+    name = "e_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg_server["url"], autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")  # no migrations: `connect` would say the schema is behind
+    bad = write(tmp_path, "bad.json", {"nope": True})
+    missing = tmp_path / "missing.json"
+    try:
+        with socket.socket() as closed:  # bound, never listening: a connection to it is refused
+            closed.bind(("127.0.0.1", 0))
+            down = f"postgresql://jobpipe@127.0.0.1:{closed.getsockname()[1]}/jobpipe"
+            for url in (down, url_for(pg_server["url"], name)):
+                cfg = tmp_path / "jobpipe.yaml"
+                cfg.write_text(f"database:\n  url: {json.dumps(url)}\n", encoding="utf-8")
+                assert main(["-c", str(cfg), "occupations", "load", str(bad), "--shipped"]) == 2
+                assert capsys.readouterr().err.startswith(f"jobpipe: {bad}: at $:")
+                assert main(["-c", str(cfg), "occupations", "load", str(missing)]) == 2
+                assert capsys.readouterr().err.startswith(f"jobpipe: cannot read catalogue file {missing}")
+                # The same command with a good file does reach the database and says what is wrong.
+                assert main(["-c", str(cfg), "occupations", "load", "--shipped"]) in (2, 3)
+                err = capsys.readouterr().err
+                assert ("connection failed" if url == down else "run `jobpipe migrate`") in err
+    finally:
+        with psycopg.connect(pg_server["url"], autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # ------------------------------------------------------------------ fetching from the (fake) API

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -91,6 +92,21 @@ def test_breaker_skips_a_failed_endpoint_until_its_backoff_passes(
     pool.get_json("version", "/api/version")  # A has fewer requests: it is picked and succeeds
     assert calls == [("version", a.url, "ok")]
     assert all(s["up"] and s["consecutive_failures"] == 0 for s in pool.status())
+    pool.close()
+
+
+def test_failover_is_logged_under_the_logger_name_operators_filter_by(
+    fakes: tuple[FakeOllama, FakeOllama], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`jobpipe.endpoints`, as before the module moved into jobpipe.models (a journal filter on the
+    JSON `logger` field would silently match nothing otherwise)."""
+    a, b = fakes
+    pool = make_pool([a.url, b.url], Clock(), [])
+    a.fail_mode = "refuse"
+    with caplog.at_level(logging.DEBUG, logger="jobpipe"):
+        assert pool.get_json("version", "/api/version") == {"version": "0.33.0"}
+    (failover,) = [r for r in caplog.records if "failed on" in r.getMessage()]
+    assert failover.name == "jobpipe.endpoints" and a.url in failover.getMessage()
     pool.close()
 
 

@@ -128,6 +128,18 @@ def test_scrape_config_targets_the_default_ports() -> None:
     assert targets == {d: [f"127.0.0.1:{settings[f'{d}.metrics_port'].default}"] for d in DAEMONS}
 
 
+def test_dashboard_builds_with_a_python_that_has_no_jobpipe_installed() -> None:
+    """Its docstring's `python3 monitoring/grafana/dashboard.py > ...jobpipe.json` must work outside
+    the venv (-S: no site-packages, so no installed jobpipe); a failure would empty the JSON file."""
+    script = MON / "grafana" / "dashboard.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-S", str(script)], capture_output=True, text=True, timeout=60, cwd="/", env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == DASHBOARD.read_text()
+
+
 def test_dashboard_json_is_generated_and_well_formed() -> None:
     module = load_dashboard_module()
     assert DASHBOARD.read_text() == module.render(), "run: python3 monitoring/grafana/dashboard.py > " + str(

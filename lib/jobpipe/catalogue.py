@@ -465,21 +465,27 @@ def upsert(
     return stats
 
 
-def load_files(
-    conn: Conn,
-    paths: Sequence[str | Path],
-    curated: Mapping[str, Sequence[str]] | None = None,
-    *,
-    extra: Sequence[Occupation] = (),
+def read_files(paths: Sequence[str | Path]) -> list[list[Occupation]]:
+    """Every file checked and read, one list per file (CatalogueError or UserError naming the file).
+    Nothing is written: callers read before they connect, so a bad file costs no database work."""
+    return [read_file(path) for path in paths]
+
+
+def load(
+    conn: Conn, sources: Sequence[Sequence[Occupation]], curated: Mapping[str, Sequence[str]] | None = None
 ) -> LoadStats:
-    """Check and read every file first, then upsert all of them (and `extra`, e.g. the shipped
-    catalogue, counted as one more source) in one transaction."""
-    found: list[Occupation] = []
-    for path in paths:
-        found.extend(read_file(path))
-    stats = upsert(conn, [*found, *extra], curated)
-    stats.sources = len(paths) + int(bool(extra))
+    """Upsert the occupations of several sources (files from read_files, the shipped catalogue) in
+    one transaction; the stats count the sources."""
+    stats = upsert(conn, [o for source in sources for o in source], curated)
+    stats.sources = len(sources)
     return stats
+
+
+def load_files(
+    conn: Conn, paths: Sequence[str | Path], curated: Mapping[str, Sequence[str]] | None = None
+) -> LoadStats:
+    """Check and read every file first, then upsert all of them in one transaction."""
+    return load(conn, read_files(paths), curated)
 
 
 # ------------------------------------------------------------------ the live API

@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from jobpipe.settings import DAEMONS
+# The checkout's library as a fallback: the documented plain `python3` (no venv) runs this as it did
+# before it read the daemon list from jobpipe.settings (standard library only). An installed
+# jobpipe comes first.
+sys.path.append(str(Path(__file__).resolve().parents[2] / "lib"))
+
+from jobpipe.settings import DAEMONS  # noqa: E402
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SUCCESS = 'outcome!~"failed|given_up|deferred"'

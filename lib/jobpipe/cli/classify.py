@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from jobpipe import catalogue, classifier_eval, classify, crawl
+from jobpipe import catalogue, classifier_eval, classify, crawl, db
 from jobpipe.cli.args import int_arg, load_config
 from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
@@ -84,9 +84,13 @@ def _print_stats(stats: catalogue.LoadStats, as_json: bool) -> None:
 def cmd_occupations_load(args: argparse.Namespace) -> int:
     if not args.paths and not args.shipped:
         raise UserError("occupations load: give one or more PATHs, or --shipped")
-    extra = catalogue.shipped_catalogue() if args.shipped else []
+    # Every file is checked before the database is touched: a bad or missing file is its own error
+    # (exit 2), not hidden behind a database that is down or behind, and starts no embedded server.
+    sources = catalogue.read_files(args.paths)
+    if args.shipped:
+        sources.append(catalogue.shipped_catalogue())
     with connect(args) as conn:
-        stats = catalogue.load_files(conn, args.paths, extra=extra)
+        stats = catalogue.load(conn, sources)
     _print_stats(stats, args.json)
     return 0
 
@@ -116,7 +120,7 @@ def cmd_occupations_fetch(args: argparse.Namespace) -> int:
 
 def cmd_occupations_status(args: argparse.Namespace) -> int:
     with connect(args) as conn:
-        total, with_kldb = conn.execute("SELECT count(*), count(kldb2010) FROM occupations").fetchone()
+        total, with_kldb = db.one(conn, "SELECT count(*), count(kldb2010) FROM occupations")
         models = conn.execute(
             "SELECT model, count(*), min(vector_dims(embedding)) FROM occupation_embeddings"
             " GROUP BY model ORDER BY 1"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
 
 from jobpipe import db, embedded, queue
 from jobpipe.cli.args import load_config
 from jobpipe.errors import UserError, first_line
 
 
-def connect(args: argparse.Namespace, start_embedded: bool = True, *, check_schema: bool = True) -> Any:
+def connect(args: argparse.Namespace, start_embedded: bool = True, *, check_schema: bool = True) -> db.Conn:
     """The configured database (the one connection helper of the commands). With `check_schema` a
     schema that is behind is a UserError naming `jobpipe migrate`, never an SQL error later; the
     commands that must work whatever the schema (health, the OnFailure alert) pass False."""

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from jobpipe import embeddings, verification
+from jobpipe import db, embeddings, verification
 from jobpipe.cli.args import float_arg, int_arg, load_config
 from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
@@ -172,11 +172,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             "SELECT model, dimensions, count(*), max(created_at) FROM posting_embeddings "
             "GROUP BY model, dimensions ORDER BY model"
         ).fetchall()
-        postings = conn.execute("SELECT count(*) FROM postings").fetchone()[0]
-        pending = conn.execute(
+        postings = db.one(conn, "SELECT count(*) FROM postings")[0]
+        pending = db.one(
+            conn,
             "SELECT count(*) FROM queue WHERE stage = %s AND status IN ('pending', 'running')",
             (embeddings.STAGE,),
-        ).fetchone()[0]
+        )[0]
         index = embeddings.index_name(e.model, e.dimensions)
         valid = embeddings.index_valid(conn, e.model, e.dimensions)
     out: dict[str, Any] = {

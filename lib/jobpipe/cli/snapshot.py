@@ -6,7 +6,7 @@ import argparse
 import json
 from datetime import date, timedelta
 
-from jobpipe import db, demand, similarity
+from jobpipe import demand, similarity
 from jobpipe.cli.args import int_arg, load_config
 from jobpipe.cli.core import connect
 from jobpipe.db import Conn
@@ -51,7 +51,6 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     sec = cfg.snapshotter
     with connect(args) as conn:
-        db.check_schema(conn)
         if args.similarity:
             emb = cfg.embedder
             r = similarity.compute_configured(conn, cfg, wait=True)
@@ -159,7 +158,6 @@ def cmd_similar(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UserError("--limit must be at least 1")
     with connect(args) as conn:
-        db.check_schema(conn)
         occ_id, name = resolve_occupation(conn, args.occupation)
         found = similarity.similar_to(conn, occ_id, args.limit)
         run = similarity.last_run(conn)

@@ -42,13 +42,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UserError("--wait needs a positive number of seconds")
     cfg = load_config(args)
     with connect(args) as conn:
-        db.check_schema(conn)
         if args.status:
             return _status(conn, cfg, args.json)
         refs = [(clean_text(r) or "").strip() for r in args.postings]
         if any(not r for r in refs):
             raise UserError("an empty posting reference was given")
-        since = conn.execute("SELECT now()").fetchone()[0]
+        since = db.one(conn, "SELECT now()")[0]
         ids, unknown = verification.request(conn, refs)
         if not args.json:
             print(f"queued {len(ids)} posting(s) for verification")

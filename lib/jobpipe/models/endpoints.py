@@ -42,7 +42,7 @@ from jobpipe.errors import DependencyDown, ItemError
 from jobpipe.httpio import BodyLimitExceeded, deadline_after, read_body
 from jobpipe.logs import redact
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jobpipe.endpoints")  # its name before models/ (journal filters use it)
 # Defaults when a caller does not say: generous for a batch of embeddings, far below "read it all".
 DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
 
