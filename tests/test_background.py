@@ -320,3 +320,30 @@ def test_run_once_runs_on_the_callers_thread_and_handles_a_lost_connection(pg_ur
     assert [_runs(ctx, "inline", o) for o in ("ok", "connection_lost", "failed")] == [3, 1, 1]
     job.stop(10)
     assert job.conn is None
+
+
+def test_the_outcome_can_be_taken_when_the_wake_up_arrives(pg_url: str, db_conn: Any) -> None:
+    """The loop collects on the wake-up: an outcome not yet takeable then waited for its next poll
+    (seen in 7 of 40 runs). A connection slow to close holds the job between its wake-up and its end."""
+    closing = threading.Event()
+
+    class SlowClose(psycopg.Connection[Any]):
+        def close(self) -> None:
+            closing.wait(10)
+            super().close()
+
+    def opener() -> Any:
+        return SlowClose.connect(pg_url, autocommit=True)
+
+    ctx = background.Standalone(_ctx(pg_url).cfg, DaemonMetrics("sample"), logging.getLogger("t"), opener)
+    job = background.BackgroundJob(ctx, "quick", lambda conn: 42, wake_channel="jobpipe_test_wake")
+    db_conn.execute("LISTEN jobpipe_test_wake")
+    try:
+        job.start()
+        woken = list(db_conn.notifies(timeout=10, stop_after=1))
+        assert woken, "no wake-up"
+        outcome = job.take()
+    finally:
+        closing.set()
+        job.stop(10)
+    assert outcome is not None and outcome.result() == 42

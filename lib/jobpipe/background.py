@@ -29,7 +29,7 @@ thread it would stall claims, lease heartbeats and watchdog pings. `BackgroundJo
 - reporting: every run's outcome is counted in jobpipe_background_runs_total{job, outcome}
   (ok, failed, stopped, connection_lost); `report(text)` (from `work`) and the outcome are the
   job's part of the daemon's STATUS line; when the job ends, `pg_notify(wake_channel)` wakes the
-  loop to collect it;
+  loop to collect it (sent once `take()` has the outcome);
 - `run_once(*args)`: one run of `work` on the caller's thread (no thread started), with the
   job's connection and its `on_connect`; a lost connection is handled as above (counted,
   dropped, `on_connection_lost`) and the call returns None at once, without the reconnect
@@ -132,7 +132,7 @@ class BackgroundJob(Generic[T]):
         self.status = ""
         self._thread: threading.Thread | None = None
         self._outcome: Outcome[T] | None = None
-        self._finished = threading.Event()  # set once the run's outcome and wake-up are out
+        self._finished = threading.Event()  # set once the run's outcome can be taken
         self._lock = threading.Lock()  # conn: replaced by the job thread, cancelled from stop()
         self._down: set[str] = set()  # dependencies this job reported down
 
@@ -209,6 +209,7 @@ class BackgroundJob(Generic[T]):
         """One run of `work(conn, *args)` on the caller's thread (see the module docstring)."""
         if self.running:
             raise RuntimeError(f"background job {self.name} is running on its thread")
+        self.join()  # a finished run's thread may still be sending its wake-up on the connection
         try:
             value = self.work(self._connection(), *args)
         except Exception as exc:
@@ -304,10 +305,13 @@ class BackgroundJob(Generic[T]):
                     self.stopping.wait(self.repeat_s)
             self._outcome = Outcome()
         finally:
+            # Takeable before the wake-up goes out: a loop woken earlier found nothing to take
+            # and slept until its next poll. start() and stop() join this thread, so the
+            # connection below is still this thread's alone.
+            self._finished.set()
             self._wake()
             if not self.keep_connection or (self._outcome is not None and self._outcome.error is not None):
                 self._set_conn(None)  # a failed run's connection is not reused
-            self._finished.set()
 
     def _failed(self, exc: Exception, last_error: str) -> str:
         """A repeating run failed (not the connection): say so once per new error."""
