@@ -347,3 +347,33 @@ def test_the_outcome_can_be_taken_when_the_wake_up_arrives(pg_url: str, db_conn:
         closing.set()
         job.stop(10)
     assert outcome is not None and outcome.result() == 42
+
+
+def test_no_stale_waiting_for_the_database_in_status_after_the_run_ends(pg_url: str, db_conn: Any) -> None:
+    """A run that lost its connection and then failed otherwise ended with "waiting for the
+    database" in STATUS, and kept it through later successful runs (the snapshot and index
+    jobs set no STATUS of their own to replace it)."""
+    ctx = _ctx(pg_url)
+    calls: list[str] = []
+
+    def work(conn: Any, plan: list[str]) -> str:
+        step = plan[len(calls)]
+        calls.append(step)
+        if step == "lose":
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            db_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.execute("SELECT 1")
+        if step == "fail":
+            raise ValueError("not the database")
+        return step
+
+    job = ctx.job("snapshot", work)
+    job.start(["lose", "fail"])
+    job.join(15)
+    outcome = job.take()
+    assert outcome is not None and isinstance(outcome.error, ValueError)
+    assert not any("waiting for the database" in s for s in ctx.jobs_status()), ctx.jobs_status()
+    job.start(["lose", "fail", "ok"])
+    job.join(15)
+    assert job.take().result() == "ok"
+    assert ctx.jobs_status() == []
