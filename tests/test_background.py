@@ -320,3 +320,60 @@ def test_run_once_runs_on_the_callers_thread_and_handles_a_lost_connection(pg_ur
     assert [_runs(ctx, "inline", o) for o in ("ok", "connection_lost", "failed")] == [3, 1, 1]
     job.stop(10)
     assert job.conn is None
+
+
+def test_the_outcome_can_be_taken_when_the_wake_up_arrives(pg_url: str, db_conn: Any) -> None:
+    """The loop collects on the wake-up: an outcome not yet takeable then waited for its next poll
+    (seen in 7 of 40 runs). A connection slow to close holds the job between its wake-up and its end."""
+    closing = threading.Event()
+
+    class SlowClose(psycopg.Connection[Any]):
+        def close(self) -> None:
+            closing.wait(10)
+            super().close()
+
+    def opener() -> Any:
+        return SlowClose.connect(pg_url, autocommit=True)
+
+    ctx = background.Standalone(_ctx(pg_url).cfg, DaemonMetrics("sample"), logging.getLogger("t"), opener)
+    job = background.BackgroundJob(ctx, "quick", lambda conn: 42, wake_channel="jobpipe_test_wake")
+    db_conn.execute("LISTEN jobpipe_test_wake")
+    try:
+        job.start()
+        woken = list(db_conn.notifies(timeout=10, stop_after=1))
+        assert woken, "no wake-up"
+        outcome = job.take()
+    finally:
+        closing.set()
+        job.stop(10)
+    assert outcome is not None and outcome.result() == 42
+
+
+def test_no_stale_waiting_for_the_database_in_status_after_the_run_ends(pg_url: str, db_conn: Any) -> None:
+    """A run that lost its connection and then failed otherwise ended with "waiting for the
+    database" in STATUS, and kept it through later successful runs (the snapshot and index
+    jobs set no STATUS of their own to replace it)."""
+    ctx = _ctx(pg_url)
+    calls: list[str] = []
+
+    def work(conn: Any, plan: list[str]) -> str:
+        step = plan[len(calls)]
+        calls.append(step)
+        if step == "lose":
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            db_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.execute("SELECT 1")
+        if step == "fail":
+            raise ValueError("not the database")
+        return step
+
+    job = ctx.job("snapshot", work)
+    job.start(["lose", "fail"])
+    job.join(15)
+    outcome = job.take()
+    assert outcome is not None and isinstance(outcome.error, ValueError)
+    assert not any("waiting for the database" in s for s in ctx.jobs_status()), ctx.jobs_status()
+    job.start(["lose", "fail", "ok"])
+    job.join(15)
+    assert job.take().result() == "ok"
+    assert ctx.jobs_status() == []

@@ -139,6 +139,7 @@ def test_sections_are_frozen_typed_dataclasses_holding_the_registry_values():
         assert [f.name for f in dataclasses.fields(section)] == [s.name for s in sec.settings]
 
 
+@pytest.mark.system  # runs mypy in a process (tests/tiers.py)
 def test_a_misspelt_setting_is_a_type_error(tmp_path):
     """mypy sees the sections' fields: a typo fails the type check, a correct name passes."""
     errors = mypy_errors(
@@ -152,3 +153,15 @@ def test_a_misspelt_setting_is_a_type_error(tmp_path):
     assert len(errors) == 2, errors
     assert errors[0].startswith('5: error: "EmbedderConfig" has no attribute "wrokers"')
     assert errors[1].startswith("6: error: Incompatible types in assignment")
+
+
+def test_changing_a_loaded_list_leaves_the_defaults_of_later_loads_alone() -> None:
+    """Sections are frozen, their lists and dicts are not: the defaults are copied per load."""
+    first = config.load(environ={})
+    first.fetcher.sources.append({"name": "extra"})
+    first.alerts.overrides["fetcher"] = {"stall_minutes": 1}
+    first.ollama.urls.append("http://elsewhere:11434")
+    again = config.load(environ={})
+    assert len(again.fetcher.sources) == len(first.fetcher.sources) - 1
+    assert "fetcher" not in again.alerts.overrides
+    assert "http://elsewhere:11434" not in again.ollama.urls

@@ -518,6 +518,7 @@ def test_loop_does_not_spin_while_a_per_item_batch_is_partly_done(pg_url, db_con
     assert 0 < d.turns_while_slow <= 40, d.turns_while_slow
 
 
+@pytest.mark.system  # runs mypy in a process (tests/tiers.py)
 def test_a_stage_whose_callables_disagree_is_a_type_error(tmp_path):
     """Stage[P, R]: what `load` makes is what `call` takes, what `call` returns is what `write`
     gets. The agreeing stage passes, the two mismatches fail."""

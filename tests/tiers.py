@@ -32,6 +32,8 @@ TIERS = ("unit", "integration", "system")
 # The session's PostgreSQL: every database fixture depends on it.
 DATABASE_FIXTURE = "pg_server"
 # Audit events (PEP 578) that start a process; os.fork covers os.spawn* and multiprocessing's fork.
+# Not seen: multiprocessing's spawn and forkserver start methods (their fork_exec raises no audit
+# event, Python 3.11); no test uses multiprocessing.
 SPAWN_EVENTS = frozenset(
     {"subprocess.Popen", "os.exec", "os.posix_spawn", "os.fork", "os.forkpty", "os.system", "pty.spawn"}
 )

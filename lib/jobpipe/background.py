@@ -29,7 +29,8 @@ thread it would stall claims, lease heartbeats and watchdog pings. `BackgroundJo
 - reporting: every run's outcome is counted in jobpipe_background_runs_total{job, outcome}
   (ok, failed, stopped, connection_lost); `report(text)` (from `work`) and the outcome are the
   job's part of the daemon's STATUS line; when the job ends, `pg_notify(wake_channel)` wakes the
-  loop to collect it;
+  loop to collect it (sent once `take()` has the outcome). The job's own STATUS ("waiting for
+  the database", "failing: ...") lasts until a run succeeds or the run ends;
 - `run_once(*args)`: one run of `work` on the caller's thread (no thread started), with the
   job's connection and its `on_connect`; a lost connection is handled as above (counted,
   dropped, `on_connection_lost`) and the call returns None at once, without the reconnect
@@ -130,9 +131,10 @@ class BackgroundJob(Generic[T]):
         self.stopping = threading.Event()
         self.conn: db.Conn | None = None
         self.status = ""
+        self._said = ""  # the STATUS this job put there itself (waiting, failing): cleared when over
         self._thread: threading.Thread | None = None
         self._outcome: Outcome[T] | None = None
-        self._finished = threading.Event()  # set once the run's outcome and wake-up are out
+        self._finished = threading.Event()  # set once the run's outcome can be taken
         self._lock = threading.Lock()  # conn: replaced by the job thread, cancelled from stop()
         self._down: set[str] = set()  # dependencies this job reported down
 
@@ -209,6 +211,7 @@ class BackgroundJob(Generic[T]):
         """One run of `work(conn, *args)` on the caller's thread (see the module docstring)."""
         if self.running:
             raise RuntimeError(f"background job {self.name} is running on its thread")
+        self.join()  # a finished run's thread may still be sending its wake-up on the connection
         try:
             value = self.work(self._connection(), *args)
         except Exception as exc:
@@ -276,7 +279,7 @@ class BackgroundJob(Generic[T]):
                         if error != last_error:
                             log_event(self.ctx.log, f"{self.name}_reconnecting", level="warning", error=error)
                         last_error = error
-                        self.report(f"waiting for the database ({first_line(exc)[:60]})")
+                        self._say(f"waiting for the database ({first_line(exc)[:60]})")
                         self.stopping.wait(reconnect.failed())
                         continue
                     self._count(FAILED)
@@ -289,7 +292,8 @@ class BackgroundJob(Generic[T]):
                 self._count(OK)
                 if last_error:
                     log_event(self.ctx.log, f"{self.name}_resumed")
-                    last_error, self.status = "", ""
+                    last_error = ""
+                self._say("")
                 reconnect.reset()
                 failing.reset()
                 for dep in self._down:
@@ -304,10 +308,14 @@ class BackgroundJob(Generic[T]):
                     self.stopping.wait(self.repeat_s)
             self._outcome = Outcome()
         finally:
+            self._say("")  # the run is over: what it waited for is no longer true
+            # Takeable before the wake-up goes out: a loop woken earlier found nothing to take
+            # and slept until its next poll. start() and stop() join this thread, so the
+            # connection below is still this thread's alone.
+            self._finished.set()
             self._wake()
             if not self.keep_connection or (self._outcome is not None and self._outcome.error is not None):
                 self._set_conn(None)  # a failed run's connection is not reused
-            self._finished.set()
 
     def _failed(self, exc: Exception, last_error: str) -> str:
         """A repeating run failed (not the connection): say so once per new error."""
@@ -322,8 +330,14 @@ class BackgroundJob(Generic[T]):
             self.ctx.log.error(f"{self.name} failed", exc_info=exc, extra={"event": f"{self.name}_failed"})
         if error != last_error:
             log_event(self.ctx.log, f"{self.name}_waiting", level="warning", error=error[:300])
-        self.report(f"failing: {error[:80]}")
+        self._say(f"failing: {error[:80]}")
         return error
+
+    def _say(self, text: str) -> None:
+        """The job's own STATUS; "" clears it unless `work` has reported since."""
+        if text or self.status == self._said:
+            self.status = text
+        self._said = text
 
     def _count(self, outcome: str) -> None:
         self.ctx.metrics.background_run(self.name, outcome)

@@ -6,6 +6,7 @@ Mistakes are ConfigError with one line naming the key, the file and the line.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from collections.abc import Mapping
@@ -213,7 +214,9 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
     """
     env = os.environ if environ is None else environ
     registry = all_settings()
-    values: dict[str, Value] = {k: Value(s.default, "default") for k, s in registry.items()}
+    # A copy: a frozen section's list or dict can still be changed in place, and the registry's
+    # default must not change with it for every later load in the process.
+    values: dict[str, Value] = {k: Value(copy.deepcopy(s.default), "default") for k, s in registry.items()}
     file_path: Path | None = None
     if path is not None:
         file_path = Path(path)
