@@ -34,8 +34,8 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 import titlegen  # noqa: E402
+from common import TimedLLM  # noqa: E402
 
 from jobpipe import catalogue, classify, db, embedded  # noqa: E402
 from jobpipe.embeddings import as_vector  # noqa: E402
@@ -56,44 +57,19 @@ MIN_SIMILARITY, TOP_K = 0.35, 5
 GOAL_CAPACITY = 0.90
 
 
-class ScriptedLLM:
-    """The fake's chat handler: the right candidate if it is offered, else "no"; spends the model time.
+def scripted_answer(truth: dict[str, int | None]) -> Callable[[dict[str, Any]], str]:
+    """The fake's chat answers, like a good model: the right candidate if it is offered, else "no"."""
 
-    Records every call's start and end (for the capacity window) and the concurrency it saw.
-    """
+    def answer(view: dict[str, Any]) -> str:
+        user = view["messages"][-1]["content"]
+        norm = re.search(r'Normalised title: "(.*)"', user)
+        cands = [int(x) for x in re.findall(r"^(\d+): ", user, re.M)]
+        want = truth.get(norm.group(1)) if norm else None
+        if want is not None and want in cands:
+            return json.dumps({"occupation_id": want, "verdict": "yes"})
+        return json.dumps({"occupation_id": None, "verdict": "no"})
 
-    def __init__(self, truth: dict[str, int | None], latency_s: float) -> None:
-        self.truth = truth
-        self.latency_s = latency_s
-        self.lock = threading.Lock()
-        self.calls = 0
-        self.first_start: float | None = None
-        self.last_end = 0.0
-        self.now = 0
-        self.max_concurrent = 0
-        self._clock = threading.Event()  # never set: wait() is the simulated compute time
-
-    def __call__(self, view: dict[str, Any]) -> str:
-        start = time.monotonic()
-        with self.lock:
-            self.calls += 1
-            self.now += 1
-            self.max_concurrent = max(self.max_concurrent, self.now)
-            if self.first_start is None:
-                self.first_start = start
-        try:
-            user = view["messages"][-1]["content"]
-            norm = re.search(r'Normalised title: "(.*)"', user)
-            cands = [int(x) for x in re.findall(r"^(\d+): ", user, re.M)]
-            want = self.truth.get(norm.group(1)) if norm else None
-            self._clock.wait(self.latency_s)  # the model thinking (inside the fake's capacity gate)
-            if want is not None and want in cands:
-                return json.dumps({"occupation_id": want, "verdict": "yes"})
-            return json.dumps({"occupation_id": None, "verdict": "no"})
-        finally:
-            with self.lock:
-                self.now -= 1
-                self.last_end = max(self.last_end, time.monotonic())
+    return answer
 
 
 def write_config(path: Path, db_url: str, fake_url: str, workers: int, batch_size: int) -> None:
@@ -217,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = embedded.temporary_parent("bench-classifier-")
     admin = a.db_url or embedded.start(tmp / "pgdata")
-    llm = ScriptedLLM(truth, latency)
+    llm = TimedLLM(scripted_answer(truth), latency)
     try:
         with (
             db.scratch_database(admin, "bench_cls_") as db_url,
@@ -233,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             titles_total = conn.execute("SELECT count(*) FROM titles").fetchone()[0]
             seconds = run_daemon(cfg, log)
             chat_calls = llm.calls
-            window = (llm.last_end - llm.first_start) if llm.first_start is not None else 0.0
+            window = llm.window_s
             outcomes = dict(
                 conn.execute("SELECT coalesce(outcome, 'none'), count(*) FROM titles GROUP BY 1").fetchall()
             )

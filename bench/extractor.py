@@ -32,13 +32,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
+
+from common import TimedLLM  # noqa: E402
 
 from jobpipe import db, embedded, extraction  # noqa: E402
 from jobpipe.sim.ollama import FakeOllama  # noqa: E402
@@ -46,38 +47,6 @@ from jobpipe.sim.ollama import FakeOllama  # noqa: E402
 LLM = "qwen2.5:7b"
 GOAL_CAPACITY = 0.90
 LABELLED = ROOT / "bench" / "data" / "labelled_descriptions.jsonl"
-
-
-class Recorder:
-    """Wraps the fake's summary answerer: spends the model time inside the fake's capacity gate and
-    records every call's start and end and the concurrency it saw."""
-
-    def __init__(self, answer: Any, latency_s: float) -> None:
-        self.answer = answer
-        self.latency_s = latency_s
-        self.lock = threading.Lock()
-        self.calls = 0
-        self.first_start: float | None = None
-        self.last_end = 0.0
-        self.now = 0
-        self.max_concurrent = 0
-        self._clock = threading.Event()  # never set: wait() is the simulated compute time
-
-    def __call__(self, view: dict[str, Any]) -> str:
-        start = time.monotonic()
-        with self.lock:
-            self.calls += 1
-            self.now += 1
-            self.max_concurrent = max(self.max_concurrent, self.now)
-            if self.first_start is None:
-                self.first_start = start
-        try:
-            self._clock.wait(self.latency_s)
-            return self.answer(view)
-        finally:
-            with self.lock:
-                self.now -= 1
-                self.last_end = max(self.last_end, time.monotonic())
 
 
 def postings(n: int, distinct_share: float, seed: int) -> tuple[list[tuple[str, str | None]], int]:
@@ -157,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             db.connect(db_url) as conn,
             FakeOllama(capacity=a.capacity) as fake,
         ):
-            rec = Recorder(fake.extraction.answer, latency)
+            rec = TimedLLM(fake.extraction.answer, latency)
             fake.extraction.answer = rec  # type: ignore[method-assign]  # the timed wrapper
             with conn.cursor() as cur:
                 cur.executemany(
@@ -183,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             embedded.stop(tmp / "pgdata")
         shutil.rmtree(tmp, ignore_errors=True)
 
-    window = (rec.last_end - rec.first_start) if rec.first_start is not None else 0.0
+    window = rec.window_s
     limit = a.capacity / latency
     llm_rate = rec.calls / window if window > 0 else 0.0
     ratio = llm_rate / limit if limit else 0.0

