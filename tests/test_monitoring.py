@@ -128,6 +128,7 @@ def test_scrape_config_targets_the_default_ports() -> None:
     assert targets == {d: [f"127.0.0.1:{settings[f'{d}.metrics_port'].default}"] for d in DAEMONS}
 
 
+@pytest.mark.system  # runs the script in a new interpreter
 def test_dashboard_builds_with_a_python_that_has_no_jobpipe_installed() -> None:
     """Its docstring's `python3 monitoring/grafana/dashboard.py > ...jobpipe.json` must work outside
     the venv (-S: no site-packages, so no installed jobpipe); a failure would empty the JSON file."""
