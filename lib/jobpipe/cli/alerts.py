@@ -320,7 +320,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     try:
-        conn = connect(args, start_embedded=False, check_schema=False)
+        conn = connect(args, start_embedded=False, check_schema=False, cfg=cfg)
     except DependencyDown as exc:
         h = health.database_down(str(exc))
     else:

@@ -110,7 +110,7 @@ def cmd_occupations_fetch(args: argparse.Namespace) -> int:
             max_pages=args.max_pages,
             progress=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True),
         )
-    with connect(args) as conn:
+    with connect(args, cfg=cfg) as conn:
         stats = catalogue.upsert(conn, found)
     stats.sources = 1
     stats.problems = problems
@@ -154,7 +154,7 @@ def cmd_classifier_eval(args: argparse.Namespace) -> int:
     rows = classifier_eval.parse_labelled_csv(body, args.file)
     if args.limit is not None:
         rows = rows[: args.limit]
-    with connect(args) as conn:
+    with connect(args, cfg=cfg) as conn:
         report = classifier_eval.evaluate_from_config(conn, cfg, rows)
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
@@ -170,7 +170,7 @@ def cmd_classifier_requeue(args: argparse.Namespace) -> int:
     versions = classify.Versions(
         cfg.classifier.model.strip(), classify.load_prompt().version, cfg.embedder.model.strip()
     )
-    with connect(args) as conn:
+    with connect(args, cfg=cfg) as conn:
         n = classify.requeue(
             conn,
             stale=versions if args.stale else None,

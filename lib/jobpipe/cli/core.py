@@ -8,14 +8,23 @@ import json
 
 from jobpipe import db, embedded, queue
 from jobpipe.cli.args import load_config
+from jobpipe.config import Config
 from jobpipe.errors import UserError, first_line
 
 
-def connect(args: argparse.Namespace, start_embedded: bool = True, *, check_schema: bool = True) -> db.Conn:
+def connect(
+    args: argparse.Namespace,
+    start_embedded: bool = True,
+    *,
+    check_schema: bool = True,
+    cfg: Config | None = None,
+) -> db.Conn:
     """The configured database (the one connection helper of the commands). With `check_schema` a
     schema that is behind is a UserError naming `jobpipe migrate`, never an SQL error later; the
-    commands that must work whatever the schema (health, the OnFailure alert) pass False."""
-    cfg = load_config(args)
+    commands that must work whatever the schema (health, the OnFailure alert) pass False. A
+    command that has loaded the configuration passes it as `cfg` (read once, one view of it)."""
+    if cfg is None:
+        cfg = load_config(args)
     url = db.resolve_url(cfg, start_embedded=start_embedded)
     conn = db.connect(url, connect_timeout=cfg.database.connect_timeout_s)
     if check_schema:

@@ -79,7 +79,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    with connect(args) as conn, embeddings.client_from_config(cfg, concurrency=1) as client:
+    with connect(args, cfg=cfg) as conn, embeddings.client_from_config(cfg, concurrency=1) as client:
         hits = search(
             conn,
             client,
@@ -120,7 +120,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.sample < 1:
         raise UserError(f"--sample must be at least 1, got {args.sample}")
     tolerance = e.determinism_tolerance if args.tolerance is None else args.tolerance
-    with connect(args) as conn:
+    with connect(args, cfg=cfg) as conn:
         texts = embeddings.sample_texts(conn, args.sample, e.max_chars)
     source = "postings"
     if not texts:
@@ -167,7 +167,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     e = cfg.embedder
-    with connect(args) as conn:
+    with connect(args, cfg=cfg) as conn:
         rows = conn.execute(
             "SELECT model, dimensions, count(*), max(created_at) FROM posting_embeddings "
             "GROUP BY model, dimensions ORDER BY model"

@@ -10,8 +10,8 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from jobpipe import config as config_mod
 from jobpipe import crawl, fetch_sources
+from jobpipe.cli.args import load_config
 from jobpipe.cli.core import connect
 from jobpipe.errors import UserError
 from jobpipe.postings import description_counts
@@ -38,9 +38,9 @@ def _age(ts: datetime | None, now: datetime) -> str:
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config)
+    cfg = load_config(args)
     configured = fetch_sources.parse_sources(cfg.fetcher.sources)
-    with connect(args) as conn:
+    with connect(args, cfg=cfg) as conn:
         rows = conn.execute(
             """SELECT name, params, enabled, last_full_at, last_incremental_at, last_success_at, truncated,
                       truncated_parts, last_error, last_run_kind, last_run_stats, next_attempt_at,
@@ -131,7 +131,7 @@ class _Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config)
+    cfg = load_config(args)
     sources = fetch_sources.parse_sources(cfg.fetcher.sources)
     if args.source:
         sources = [s for s in sources if s.name == args.source]
@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"unknown source {args.source!r} (fetcher.sources has: {known})")
     owner = f"{socket.gethostname()}:{os.getpid()}:cli"
     failed = 0
-    with connect(args) as conn, crawl.make_client(cfg) as client:
+    with connect(args, cfg=cfg) as conn, crawl.make_client(cfg) as client:
         fetch_sources.sync_sources(conn, fetch_sources.parse_sources(cfg.fetcher.sources))
         state = {
             r[0]: r[1:]

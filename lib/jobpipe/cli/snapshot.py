@@ -50,7 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     sec = cfg.snapshotter
-    with connect(args) as conn:
+    with connect(args, cfg=cfg) as conn:
         if args.similarity:
             emb = cfg.embedder
             r = similarity.compute_configured(conn, cfg, wait=True)

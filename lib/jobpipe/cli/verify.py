@@ -41,7 +41,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.wait is not None and args.wait <= 0:
         raise UserError("--wait needs a positive number of seconds")
     cfg = load_config(args)
-    with connect(args) as conn:
+    with connect(args, cfg=cfg) as conn:
         if args.status:
             return _status(conn, cfg, args.json)
         refs = [(clean_text(r) or "").strip() for r in args.postings]
