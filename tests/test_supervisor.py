@@ -76,10 +76,12 @@ def test_jobpipe_up_stops_cleanly_on_sigint(pg_url):
                 proc.kill()
 
 
-def _up_until_ctrl_c(env: dict[str, str]) -> str:
-    """`jobpipe up --only snapshotter` in its own process group; once it runs, SIGINT to the whole
-    group (what Ctrl-C in a terminal does); returns its output after a clean exit."""
-    cmd = [sys.executable, "-m", "jobpipe.cli", "up", "--only", "snapshotter"]
+UP_SNAPSHOTTER = (sys.executable, "-m", "jobpipe.cli", "up", "--only", "snapshotter")
+
+
+def _start_until(cmd: list[str], env: dict[str, str], marker: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`cmd` in its own process group (so a SIGINT to the group is a terminal's Ctrl-C), read until
+    a line holds `marker`; returns the process and the lines read (killed if it ends first)."""
     proc = subprocess.Popen(
         cmd,
         env=env,
@@ -89,12 +91,24 @@ def _up_until_ctrl_c(env: dict[str, str]) -> str:
         cwd=ROOT,
         start_new_session=True,
     )
+    lines: list[str] = []
     try:
-        first: list[str] = []
-        while not first or "starting snapshotter" not in first[-1]:
+        while not lines or marker not in lines[-1]:
             line = proc.stdout.readline()
-            assert line, "".join(first)
-            first.append(line)
+            assert line, "".join(lines)
+            lines.append(line)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc, lines
+
+
+def _up_until_ctrl_c(env: dict[str, str]) -> str:
+    """`jobpipe up --only snapshotter` in its own process group; once it runs, SIGINT to the whole
+    group (what Ctrl-C in a terminal does); returns its output after a clean exit."""
+    proc, first = _start_until(list(UP_SNAPSHOTTER), env, "starting snapshotter")
+    try:
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, "".join(first) + out
@@ -134,22 +148,9 @@ def test_a_second_jobpipe_up_on_the_same_embedded_database_stops_at_once(tmp_pat
         env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
         env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
         env["JOBPIPE_SNAPSHOTTER_METRICS_PORT"] = "0"
-        cmd = [sys.executable, "-m", "jobpipe.cli", "up", "--only", "snapshotter"]
-        first = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=ROOT,
-            start_new_session=True,
-        )
+        cmd = list(UP_SNAPSHOTTER)
+        first, lines = _start_until(cmd, env, "starting snapshotter")
         try:
-            lines: list[str] = []
-            while not lines or "starting snapshotter" not in lines[-1]:
-                line = first.stdout.readline()
-                assert line, "".join(lines)
-                lines.append(line)
             url = embedded.url_if_running(data_dir)
             assert url is not None
 
@@ -221,21 +222,8 @@ def test_sigterm_before_the_daemons_run_stops_the_database_up_started(tmp_path, 
     with FakeOllama() as fake:
         env = daemon_env("", fake.url, JOBPIPE_DATABASE_DATA_DIR=str(data_dir))
         env.pop("JOBPIPE_DATABASE_URL")  # the embedded server
-        proc = subprocess.Popen(
-            [sys.executable, "-c", UP_HELD_IN_MIGRATE],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=ROOT,
-            start_new_session=True,
-        )
+        proc, lines = _start_until([sys.executable, "-c", UP_HELD_IN_MIGRATE], env, "MIGRATING")
         try:
-            lines: list[str] = []
-            while not lines or "MIGRATING" not in lines[-1]:
-                line = proc.stdout.readline()
-                assert line, "".join(lines)
-                lines.append(line)
             assert embedded.url_if_running(data_dir) is not None  # up started it
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=120)
