@@ -15,6 +15,7 @@ import pytest
 from jobpipe import catalogue
 from jobpipe.ba.client import BAClient
 from jobpipe.catalogue import CatalogueError
+from jobpipe.classify import load_exact_index
 from jobpipe.cli import main
 from jobpipe.errors import DependencyDown
 from jobpipe.sim.ba import FakeBA
@@ -330,3 +331,42 @@ def test_compound_head_is_where_the_preceding_letters_vary_most() -> None:
     assert (
         catalogue.coordination_terms("Kfz-Mechatroniker/in", heads) == []
     )  # a hyphen compound, no coordination
+
+
+def test_shipped_search_terms_name_real_occupations_and_add_something() -> None:
+    """data/occupation_terms.csv: every occupation is a verbatim BERUFENET name (2015 list), and
+    every term says what the name does not (a term the name contains adds no trigram)."""
+    lines = (DATA_DIR / "occupation-names-berufenet-2015.txt").read_text(encoding="utf-8").splitlines()
+    names = {line.strip() for line in lines if line.strip()}
+    terms = catalogue.load_search_terms()
+    assert terms, "the shipped search terms file is empty"
+    assert set(terms) <= names, sorted(set(terms) - names)[:10]
+    for name, found in terms.items():
+        assert len(found) == len(set(found)), f"{name}: a term twice"
+        for term in found:
+            assert normalise(term), (name, term)
+            assert normalise(term) not in normalise(name), f"{term!r} adds nothing to {name!r}"
+
+
+def test_search_terms_become_lexical_terms_never_exact_evidence(db_conn: Any) -> None:
+    """A curated search term ("Schreiner" for "Tischler/in") feeds the trigram candidates, may
+    name two occupations, and never decides a title without the LLM (not an alias)."""
+    occs = [catalogue.Occupation(9200, "Tischler/in"), catalogue.Occupation(9201, "Holzmechaniker/in"),
+            catalogue.Occupation(9202, "Koch/Köchin")]  # fmt: skip
+    terms = {"Tischler/in": ["Schreiner", "Möbelschreiner"], "Holzmechaniker/in": ["Möbelschreiner"]}
+    catalogue.upsert(db_conn, occs, search_terms=terms)
+    got = dict(db_conn.execute("SELECT id, lexical_terms FROM occupations WHERE id >= 9200").fetchall())
+    assert got == {9200: ["möbelschreiner", "schreiner"], 9201: ["möbelschreiner"], 9202: []}
+    indexed = db_conn.execute(
+        "SELECT occupation_id FROM occupation_terms WHERE term = 'möbelschreiner' ORDER BY 1"
+    ).fetchall()
+    assert [r[0] for r in indexed] == [9200, 9201]
+    assert load_exact_index(db_conn).evidence("schreiner", None) is None
+    # a release that drops a term takes it out at the next refresh (the classifier's start)
+    assert catalogue.refresh_lexical_terms(db_conn, {"Tischler/in": ["Schreiner"]}) == 2
+    assert db_conn.execute("SELECT lexical_terms FROM occupations WHERE id = 9201").fetchone()[0] == []
+
+
+def test_search_terms_file_format_errors_are_skipped_not_fatal() -> None:
+    text = "# comment\nterm,occupation\nSchreiner,Tischler/in\n\nlonely\n Spengler , Klempner/in \n"
+    assert catalogue.load_search_terms(text) == {"Tischler/in": ["Schreiner"], "Klempner/in": ["Spengler"]}

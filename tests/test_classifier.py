@@ -676,6 +676,23 @@ def test_catalogue_sync_finishes_after_a_finish_cut_short(pg_url, db_conn):
         assert sync.ready
 
 
+def test_catalogue_sync_refreshes_search_terms_once_at_start(db_conn):
+    """A release's curated search terms reach a catalogue an older release loaded: the sync's first
+    check refreshes the lexical terms, later checks leave them alone."""
+    catalogue.upsert(db_conn, catalogue.shipped_catalogue()[:3], search_terms={})
+    first = catalogue.shipped_catalogue()[0].name
+    with FakeOllama() as fake:
+        client = make_embedding_client("ollama", [fake.url], "nomic-embed-text", 2, 1.0, 5.0)
+        terms = {first: ["Sonderberuf Alpha"]}
+        sync = occupation_vectors.CatalogueSync(client, "nomic-embed-text", 768, search_terms=terms)
+        sync.step(db_conn, force_check=True)
+        lexical = "SELECT lexical_terms FROM occupations WHERE name = %s"
+        assert db_conn.execute(lexical, (first,)).fetchone()[0] == ["sonderberuf alpha"]
+        terms[first] = ["Sonderberuf Beta"]
+        sync.step(db_conn, force_check=True)  # not a start: unchanged until the next one
+        assert db_conn.execute(lexical, (first,)).fetchone()[0] == ["sonderberuf alpha"]
+
+
 # ------------------------------------------------------------------ lexical candidates (issue 18)
 
 UNIT_MODEL, UNIT_DIM = "unit-vectors", 8

@@ -16,8 +16,10 @@ Upserts are idempotent and keep ids (the BERUFENET id is the primary key): a rel
 and codes; a list page never erases what a detail answer added (full name, KldB code, raw).
 Every occupation gets `name_norm` (titles.normalise of its name) and `aliases`: both gender forms
 of its names, normalised, plus curated abbreviations from data/occupation_aliases.csv ("MFA"),
-and `lexical_terms`: the parts of a coordinated compound ("Maschinen- und Anlagenführer/in" ->
-"maschinenführer", "anlagenführer"), for the classifier's lexical candidates only.
+and `lexical_terms`, for the classifier's lexical candidates only (never exact evidence): the parts
+of a coordinated compound ("Maschinen- und Anlagenführer/in" -> "maschinenführer",
+"anlagenführer") and the curated search terms of data/occupation_terms.csv ("Schreiner" for
+"Tischler/in").
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from jobpipe.titles import gender_forms, normalise
 DATA_PACKAGE = "jobpipe.data"
 TEST_CATALOGUE = "berufenet_test_catalogue.json"  # shipped: 239 real occupations, detail-array shape
 ALIASES_FILE = "occupation_aliases.csv"
+SEARCH_TERMS_FILE = "occupation_terms.csv"
 MAX_FILE_BYTES = 128 * 1024 * 1024  # a full BERUFENET dump with raw details is ~50 MB
 _KLDB = re.compile(r"^(?:[A-Z]\s?)?\d{5}$")
 
@@ -257,13 +260,27 @@ def shipped_catalogue() -> list[Occupation]:
 
 
 def load_aliases(text: str | None = None) -> dict[str, list[str]]:
-    """Curated aliases {occupation name: [alias, ...]} from data/occupation_aliases.csv (alias,occupation)."""
+    """Curated aliases {occupation name: [alias, ...]} from data/occupation_aliases.csv (alias,occupation):
+    names that identify the occupation exactly (exact evidence, no LLM call)."""
+    return _name_map(ALIASES_FILE, text)
+
+
+def load_search_terms(text: str | None = None) -> dict[str, list[str]]:
+    """Curated search terms {occupation name: [term, ...]} from data/occupation_terms.csv
+    (term,occupation): trade, colloquial, regional and English names postings use ("Schreiner",
+    "Heizungsbauer", "Java Developer"). Hints for the lexical candidates only, never exact evidence:
+    a term may name several occupations, and the LLM still decides."""
+    return _name_map(SEARCH_TERMS_FILE, text)
+
+
+def _name_map(file: str, text: str | None) -> dict[str, list[str]]:
+    """{occupation: [name, ...]} of a shipped `name,occupation` CSV (header and # comments skipped)."""
     if text is None:
-        text = (importlib.resources.files(DATA_PACKAGE) / ALIASES_FILE).read_text(encoding="utf-8")
+        text = (importlib.resources.files(DATA_PACKAGE) / file).read_text(encoding="utf-8")
     out: dict[str, list[str]] = {}
     rows = csv.reader(line for line in io.StringIO(text) if line.strip() and not line.startswith("#"))
-    for row in rows:
-        if len(row) < 2 or row[0].strip().lower() == "alias":
+    for i, row in enumerate(rows):
+        if len(row) < 2 or (i == 0 and row[1].strip().lower() == "occupation"):
             continue
         out.setdefault(row[1].strip(), []).append(row[0].strip())
     return out
@@ -343,14 +360,19 @@ def coordination_terms(name: str, heads: Mapping[str, int]) -> list[str]:
     return sorted(found)
 
 
-def refresh_lexical_terms(conn: Conn) -> int:
-    """Recompute every occupation's `lexical_terms` from the whole catalogue's names (the heads
-    are a statistic of all of them); writes only rows whose terms changed, returns how many."""
+def refresh_lexical_terms(conn: Conn, search_terms: Mapping[str, Sequence[str]] | None = None) -> int:
+    """Recompute every occupation's `lexical_terms`: the parts of its coordinated compounds (the
+    heads are a statistic of the whole catalogue's names) and its curated search terms
+    (load_search_terms, normalised). Writes only rows whose terms changed, returns how many."""
+    search_terms = load_search_terms() if search_terms is None else search_terms
     rows = conn.execute("SELECT id, name, lexical_terms FROM occupations").fetchall()
     heads = compound_heads(name for _, name, _ in rows)
     changed = []
     for ident, name, old in rows:
-        terms = coordination_terms(name, heads)
+        found = set(coordination_terms(name, heads))
+        found.update(normalise(term) for term in search_terms.get(name, ()))
+        found.discard("")
+        terms = sorted(found)
         if terms != list(old):
             changed.append({"id": ident, "terms": terms})
     if changed:
@@ -396,7 +418,10 @@ def _merge_one(old: Occupation, new: Occupation) -> Occupation:
 
 
 def upsert(
-    conn: Conn, occupations: Iterable[Occupation], curated: Mapping[str, Sequence[str]] | None = None
+    conn: Conn,
+    occupations: Iterable[Occupation],
+    curated: Mapping[str, Sequence[str]] | None = None,
+    search_terms: Mapping[str, Sequence[str]] | None = None,
 ) -> LoadStats:
     """Insert or update occupations (ids kept) in one transaction; unchanged rows are not touched."""
     merged = merge(occupations)
@@ -460,7 +485,7 @@ def upsert(
                 stats.inserted += 1
             else:
                 stats.updated += 1
-        refresh_lexical_terms(conn)  # also fills rows loaded before migration 0090
+        refresh_lexical_terms(conn, search_terms)  # also fills rows loaded before migration 0090
     stats.unchanged = stats.occupations - stats.inserted - stats.updated
     return stats
 

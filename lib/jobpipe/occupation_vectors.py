@@ -14,7 +14,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from psycopg import sql
 
 from jobpipe import db
 from jobpipe.backoff import Backoff
-from jobpipe.catalogue import embedding_text
+from jobpipe.catalogue import embedding_text, refresh_lexical_terms
 from jobpipe.classify import ExactIndex, load_exact_index
 from jobpipe.db import Conn
 from jobpipe.embeddings import as_vector, text_hash
@@ -119,8 +119,10 @@ class CatalogueSync:
         chunk: int = 64,
         check_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        search_terms: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.client = client
+        self.search_terms = search_terms  # None: the shipped file
         self.model = model
         self.dimensions = dimensions
         self.chunk = chunk
@@ -167,6 +169,10 @@ class CatalogueSync:
         now = self.clock()
         if not self.todo and (force_check or self._signature is None or now >= self._next_check):
             self._next_check = now + self.check_interval_s
+            if self._signature is None:
+                # A release's curated search terms (data/occupation_terms.csv) reach a catalogue
+                # that an older release loaded: once per start, writing only changed rows.
+                refresh_lexical_terms(conn, self.search_terms)
             sig = self._current_signature(conn)
             if sig == self._signature:
                 if self.total and not self.ready_event.is_set():
