@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ from jobpipe.ba.client import BAClient
 from jobpipe.catalogue import CatalogueError
 from jobpipe.classify import load_exact_index
 from jobpipe.cli import main
-from jobpipe.errors import DependencyDown
+from jobpipe.errors import DependencyDown, UserError
 from jobpipe.sim.ba import FakeBA
 from jobpipe.sim.ba_data import DATA_DIR, Catalogue
 from jobpipe.titles import gender_forms, normalise
@@ -372,3 +373,58 @@ def test_search_terms_become_lexical_terms_never_exact_evidence(db_conn: Any) ->
 def test_search_terms_file_format_errors_are_skipped_not_fatal() -> None:
     text = "# comment\nterm,occupation\nSchreiner,Tischler/in\n\nlonely\n Spengler , Klempner/in \n"
     assert catalogue.load_search_terms(text) == {"Tischler/in": ["Schreiner"], "Klempner/in": ["Spengler"]}
+
+
+def test_local_search_terms_file_adds_to_the_shipped_ones(tmp_path: Path) -> None:
+    local = tmp_path / "terms.csv"
+    text = "# ours\nterm,occupation\nSchreinergeselle,Tischler/in\nBrotmeister,Bäcker/in\n"
+    local.write_text(text, encoding="utf-8")
+    merged = catalogue.search_terms_with(str(local))
+    shipped = catalogue.load_search_terms()
+    assert merged["Bäcker/in"] == [*shipped.get("Bäcker/in", []), "Brotmeister"]
+    assert merged["Tischler/in"].count("Schreinergeselle") == 1  # already shipped: not twice
+    assert catalogue.search_terms_with("") == shipped == catalogue.search_terms_with(None)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"term,occupation\nSchreiner\n", "line 2: expected `term,occupation`"),
+        (b"Schreiner,Tischler/in,extra\n", "line 1: expected"),
+        (b"Schreiner, \n", "line 1: expected"),
+        (b"Schrei\x00ner,Tischler/in\n", "line 1: expected"),
+        (b"x" * 300 + b",Tischler/in\n", "each 1-200 characters"),
+        (b"Schreiner,Tischler/in\n\xff\xfe\n", "not UTF-8 (byte 22)"),
+    ],
+)
+def test_a_broken_local_search_terms_file_names_file_and_line(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    local = tmp_path / "terms.csv"
+    local.write_bytes(content)
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        catalogue.search_terms_with(local)
+    assert str(local) in str(err.value)
+
+
+def test_a_missing_local_search_terms_file_says_which_setting(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"classifier\.search_terms_file: cannot read .*nope\.csv"):
+        catalogue.search_terms_with(tmp_path / "nope.csv")
+
+
+def test_cli_load_uses_the_configured_search_terms_and_checks_them_first(
+    pg_url: str, db_conn: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = tmp_path / "terms.csv"
+    local.write_text("Brotmeister,Bäcker/in\n", encoding="utf-8")
+    cfg = tmp_path / "jobpipe.yaml"
+    settings = f"classifier:\n  search_terms_file: {json.dumps(str(local))}\n"
+    cfg.write_text(f"database:\n  url: {json.dumps(pg_url)}\n{settings}", encoding="utf-8")
+    assert main(["-c", str(cfg), "occupations", "load", "--shipped", "--json"]) == 0
+    capsys.readouterr()
+    lexical = "SELECT lexical_terms FROM occupations WHERE name = 'Bäcker/in'"
+    assert "brotmeister" in db_conn.execute(lexical).fetchone()[0]
+    local.write_text("Brotmeister;Bäcker/in\n", encoding="utf-8")  # a typo: refused, nothing changes
+    assert main(["-c", str(cfg), "occupations", "load", "--shipped", "--json"]) == 2
+    assert f"{local}: line 1: expected `term,occupation`" in capsys.readouterr().err
+    assert "brotmeister" in db_conn.execute(lexical).fetchone()[0]

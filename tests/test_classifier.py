@@ -17,6 +17,7 @@ import pytest
 from jobpipe import catalogue, classify, config, occupation_vectors, queue, runtime
 from jobpipe.cli import main
 from jobpipe.daemons.classifier import ClassifierDaemon
+from jobpipe.errors import UserError
 from jobpipe.metrics import DaemonMetrics
 from jobpipe.models import make_embedding_client
 from jobpipe.notify import Notifier
@@ -674,6 +675,29 @@ def test_catalogue_sync_finishes_after_a_finish_cut_short(pg_url, db_conn):
         assert len(calls) == 2, calls
         assert sync.total == 5, sync.describe()
         assert sync.ready
+
+
+def test_the_classifier_refuses_to_start_with_a_broken_local_terms_file(pg_url: str, tmp_path: Any) -> None:
+    """classifier.search_terms_file with a typo stops the start with the file and line, instead of
+    a daemon that silently runs without the operator's terms."""
+    bad = tmp_path / "terms.csv"
+    bad.write_text("Brotmeister;Bäcker/in\n", encoding="utf-8")
+    with FakeOllama() as fake:
+        cfg = make_cfg(fake).with_overrides(classifier__search_terms_file=str(bad))
+        ctx = runtime.Context(
+            cfg, DaemonMetrics("classifier"), "test", pg_url, threading.Event(), logging.getLogger()
+        )
+        with pytest.raises(UserError, match="line 1: expected `term,occupation`"):
+            ClassifierDaemon(ctx)
+        bad.write_text("Brotmeister,Bäcker/in\n", encoding="utf-8")
+        daemon = ClassifierDaemon(ctx)
+        try:
+            assert (
+                daemon.sync.search_terms is not None
+                and "Brotmeister" in daemon.sync.search_terms["Bäcker/in"]
+            )
+        finally:
+            daemon.close()
 
 
 def test_catalogue_sync_refreshes_search_terms_once_at_start(db_conn):

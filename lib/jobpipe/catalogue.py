@@ -273,6 +273,43 @@ def load_search_terms(text: str | None = None) -> dict[str, list[str]]:
     return _name_map(SEARCH_TERMS_FILE, text)
 
 
+MAX_TERMS_FILE_BYTES = 16 * 1024 * 1024  # the shipped file is 0.3 MB
+MAX_TERM_CHARS = 200  # the longest BERUFENET name of 2015 has 85
+
+
+def search_terms_with(path: str | Path | None) -> dict[str, list[str]]:
+    """The shipped search terms plus an operator's file (`classifier.search_terms_file`; empty or
+    None: the shipped ones only). Every writer of the lexical terms (`occupations load/fetch`, the
+    classifier, `classifier eval`) reads the same configuration, so none undoes another's terms.
+    A file that cannot be read, or a row that is not `term,occupation`, is a UserError naming the
+    file and line: a typo must not silently drop an operator's terms."""
+    merged = load_search_terms()
+    if not path:
+        return merged
+    source = Path(path)
+    try:
+        if source.stat().st_size > MAX_TERMS_FILE_BYTES:
+            raise UserError(f"{source}: over {MAX_TERMS_FILE_BYTES // 2**20} MB; is it a search terms file?")
+        text = source.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UserError(f"classifier.search_terms_file: cannot read {source}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{source}: not UTF-8 (byte {exc.start}); save it as UTF-8") from exc
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        row = [] if "\x00" in line else next(csv.reader([line]))
+        if len(row) != 2 or not all(0 < len(f.strip()) <= MAX_TERM_CHARS for f in row):
+            raise UserError(
+                f"{source}: line {number}: expected `term,occupation`, each 1-{MAX_TERM_CHARS} characters "
+                "(quote a name with a comma)"
+            )
+    for occupation, terms in _name_map(SEARCH_TERMS_FILE, text).items():
+        known = merged.setdefault(occupation, [])
+        known.extend(t for t in terms if t not in known)
+    return merged
+
+
 def _name_map(file: str, text: str | None) -> dict[str, list[str]]:
     """{occupation: [name, ...]} of a shipped `name,occupation` CSV (header and # comments skipped)."""
     if text is None:
@@ -497,11 +534,14 @@ def read_files(paths: Sequence[str | Path]) -> list[list[Occupation]]:
 
 
 def load(
-    conn: Conn, sources: Sequence[Sequence[Occupation]], curated: Mapping[str, Sequence[str]] | None = None
+    conn: Conn,
+    sources: Sequence[Sequence[Occupation]],
+    curated: Mapping[str, Sequence[str]] | None = None,
+    search_terms: Mapping[str, Sequence[str]] | None = None,
 ) -> LoadStats:
     """Upsert the occupations of several sources (files from read_files, the shipped catalogue) in
     one transaction; the stats count the sources."""
-    stats = upsert(conn, [o for source in sources for o in source], curated)
+    stats = upsert(conn, [o for source in sources for o in source], curated, search_terms)
     stats.sources = len(sources)
     return stats
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobpipe.catalogue import search_terms_with
 from jobpipe.classify import (
     Candidate,
     Decision,
@@ -142,6 +143,7 @@ def evaluate(
     top_k: int,
     min_similarity: float,
     workers: int,
+    search_terms: Mapping[str, Sequence[str]] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> EvalReport:
     """The classifier's pipeline on labelled titles, without the queue and without writing titles.
@@ -150,7 +152,7 @@ def evaluate(
     deduplicated by normalised form like postings are. chat None: no LLM stage (outcome
     "needs_llm"), for measuring the candidate stage alone.
     """
-    sync = CatalogueSync(embed_client, embedding_model, dimensions)
+    sync = CatalogueSync(embed_client, embedding_model, dimensions, search_terms=search_terms)
     sync.run_until_ready(conn)
     if sync.total == 0:
         raise UserError("the occupation catalogue is empty: run `jobpipe occupations load` or `fetch` first")
@@ -250,4 +252,5 @@ def evaluate_from_config(conn: Conn, cfg: Any, rows: Sequence[Labelled]) -> Eval
             top_k=c.top_k,
             min_similarity=c.min_similarity,
             workers=c.workers,
+            search_terms=search_terms_with(c.search_terms_file),
         )

@@ -157,6 +157,10 @@ class ClassifierConfig:
     # below this cosine similarity: no_match without an LLM call. Per model: e5 scores every title above
     # 0.82; bench/matching_quality.py prints the value for yours
     min_similarity: float
+    # a CSV (term,occupation) of local search terms added to the shipped
+    # lib/jobpipe/data/occupation_terms.csv (hints for the candidates, never a decision); empty = the
+    # shipped ones only
+    search_terms_file: str
     # BERUFENET API base URL (jobpipe occupations fetch)
     berufenet_url: str
     # BERUFENET X-API-Key (public) (secret)

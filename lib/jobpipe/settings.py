@@ -390,6 +390,14 @@ SECTIONS: tuple[Section, ...] = (
             ),
             _s(
                 "classifier",
+                "search_terms_file",
+                "",
+                "a CSV (term,occupation) of local search terms added to the shipped "
+                "lib/jobpipe/data/occupation_terms.csv (hints for the candidates, never a decision); "
+                "empty = the shipped ones only",
+            ),
+            _s(
+                "classifier",
                 "berufenet_url",
                 "https://rest.arbeitsagentur.de/infosysbub/bnet/pc/v1",
                 "BERUFENET API base URL (jobpipe occupations fetch)",

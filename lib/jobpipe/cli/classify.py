@@ -89,8 +89,10 @@ def cmd_occupations_load(args: argparse.Namespace) -> int:
     sources = catalogue.read_files(args.paths)
     if args.shipped:
         sources.append(catalogue.shipped_catalogue())
-    with connect(args) as conn:
-        stats = catalogue.load(conn, sources)
+    cfg = load_config(args)
+    terms = catalogue.search_terms_with(cfg.classifier.search_terms_file)
+    with connect(args, cfg=cfg) as conn:
+        stats = catalogue.load(conn, sources, search_terms=terms)
     _print_stats(stats, args.json)
     return 0
 
@@ -103,6 +105,7 @@ def make_ba_client(cfg: Any) -> Any:
 
 def cmd_occupations_fetch(args: argparse.Namespace) -> int:
     cfg = load_config(args)
+    terms = catalogue.search_terms_with(cfg.classifier.search_terms_file)  # a bad file fails first
     with make_ba_client(cfg) as client:
         found, problems = catalogue.fetch(
             client,
@@ -111,7 +114,7 @@ def cmd_occupations_fetch(args: argparse.Namespace) -> int:
             progress=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True),
         )
     with connect(args, cfg=cfg) as conn:
-        stats = catalogue.upsert(conn, found)
+        stats = catalogue.upsert(conn, found, search_terms=terms)
     stats.sources = 1
     stats.problems = problems
     _print_stats(stats, args.json)

@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from jobpipe import occupation_vectors, classify, db, embeddings
+from jobpipe import catalogue, classify, db, embeddings, occupation_vectors
 from jobpipe.alerts.conditions import FAIL, Condition, count_condition
 from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, ItemError, first_line
@@ -64,7 +64,12 @@ class ClassifierDaemon(Daemon):
         self.chat = classify.chat_client_from_config(ctx.cfg, observer=observer)
         self.prompt = classify.load_prompt()
         self.versions = classify.Versions(self.llm_model, self.prompt.version, self.embed_model)
-        self.sync = occupation_vectors.CatalogueSync(self.embed_client, self.embed_model, self.dimensions)
+        self.sync = occupation_vectors.CatalogueSync(
+            self.embed_client,
+            self.embed_model,
+            self.dimensions,
+            search_terms=catalogue.search_terms_with(c.search_terms_file),  # a bad file stops the start
+        )
         # The runtime's pool is shared by both stages; this keeps LLM calls at classifier.workers.
         self._llm_slots = threading.BoundedSemaphore(c.workers)
         # Repeats the sync while it has work, checks for a change every second otherwise; a model
