@@ -372,3 +372,44 @@ def test_search_terms_become_lexical_terms_never_exact_evidence(db_conn: Any) ->
 def test_search_terms_file_format_errors_are_skipped_not_fatal() -> None:
     text = "# comment\nterm,occupation\nSchreiner,Tischler/in\n\nlonely\n Spengler , Klempner/in \n"
     assert catalogue.load_search_terms(text) == {"Tischler/in": ["Schreiner"], "Klempner/in": ["Spengler"]}
+
+
+def test_refresh_racing_a_load_that_renames_keeps_the_new_names_terms(pg_url: str, db_conn: Any) -> None:
+    """The classifier's start-up refresh while `jobpipe occupations load` renames an occupation:
+    the refresh must not write terms it computed from the name the load replaced (a lost update:
+    "Tischler/in"'s terms on what is now "Bäcker/in", until some later refresh)."""
+    import threading
+
+    terms = {"Tischler/in": ["Schreiner"], "Bäcker/in": ["Brotbäcker"]}
+    catalogue.upsert(db_conn, [catalogue.Occupation(9300, "Tischler/in")], search_terms={})  # older release
+    loader = psycopg.connect(pg_url, autocommit=True)
+    refresher = psycopg.connect(pg_url, autocommit=True, application_name="racing-refresh")
+    try:
+        with loader.transaction():  # the load, not committed yet
+            catalogue.upsert(loader, [catalogue.Occupation(9300, "Bäcker/in")], search_terms=terms)
+            errors: list[BaseException] = []
+
+            def refresh() -> None:
+                try:
+                    catalogue.refresh_lexical_terms(refresher, terms)
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            thread = threading.Thread(target=refresh)
+            thread.start()
+            for _ in range(500):  # until the refresh waits for the load's locks
+                row = db_conn.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE application_name = 'racing-refresh'"
+                ).fetchone()
+                if row and row[0] == "Lock":
+                    break
+                thread.join(0.01)
+            else:  # pragma: no cover
+                raise AssertionError("the refresh never waited for the load")
+        thread.join(10)
+        assert not errors, errors
+    finally:
+        loader.close()
+        refresher.close()
+    got = db_conn.execute("SELECT name, lexical_terms FROM occupations WHERE id = 9300").fetchone()
+    assert got == ("Bäcker/in", ["brotbäcker"])
