@@ -413,3 +413,45 @@ def test_refresh_racing_a_load_that_renames_keeps_the_new_names_terms(pg_url: st
         refresher.close()
     got = db_conn.execute("SELECT name, lexical_terms FROM occupations WHERE id = 9300").fetchone()
     assert got == ("Bäcker/in", ["brotbäcker"])
+
+
+# Bare words that head thousands of unrelated titles ("Sachbearbeiter Personal", "Associate
+# Consultant", "Lehrkraft Mathematik"): a search term that normalises to one of them pulls its
+# occupation into the lexical candidates of all of them.
+GENERIC_TITLE_WORDS = {
+    "sachbearbeiter", "associate", "lehrkraft", "mitarbeiter", "helfer", "hilfskraft", "aushilfe",
+    "fachkraft", "kraft", "monteur", "fahrer", "manager", "assistent", "assistenz", "berater",
+    "techniker", "ingenieur", "leiter", "arbeiter", "angestellter", "specialist", "spezialist",
+    "analyst", "referent", "koordinator", "officer", "operator", "agent", "meister", "geselle",
+}  # fmt: skip
+
+
+def test_no_search_term_is_a_bare_generic_title_word() -> None:
+    """After normalise (which drops "Junior", "Senior", "Quereinsteiger", "Teilzeit"), no curated
+    term may be a bare generic word: "Junior Sachbearbeiter" was "sachbearbeiter" for
+    Industriekauf/mann/frau only."""
+    generic = sorted(
+        (term, name)
+        for name, found in catalogue.load_search_terms().items()
+        for term in found
+        if normalise(term) in GENERIC_TITLE_WORDS
+    )
+    assert generic == []
+
+
+def test_search_terms_known_wrong_mappings_stay_out() -> None:
+    """Mappings a recruiter calls wrong (review of issue 18's terms): a goalkeeper is no porter, a
+    Leutnant is an officer, not a private; Tanzlehrer/in and Sportwissenschaftler/in are
+    occupations of their own; a marketing analyst is a market researcher, not a data-warehouse one."""
+    terms = catalogue.load_search_terms()
+    wrong = {
+        ("Torwart", "Pförtner/in"),
+        ("Leutnant", "Soldat/in in Laufbahngruppe Mannschaften"),
+        ("Tanzlehrer", "Bühnentänzer/in"),
+        ("Sportwissenschaftler", "Sportlehrer/in"),
+        ("Marketing Analyst", "Data-Warehouse-Analyst/in"),
+        ("Onlineshop-Manager", "Webadministrator/in"),
+        ("Oberarzt", "Chef/arzt/ärztin"),
+        ("Hauswirt", "Hausmeister/in"),
+    }
+    assert sorted((t, n) for t, n in wrong if t in terms.get(n, ())) == []
