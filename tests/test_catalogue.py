@@ -455,3 +455,15 @@ def test_search_terms_known_wrong_mappings_stay_out() -> None:
         ("Hauswirt", "Hausmeister/in"),
     }
     assert sorted((t, n) for t, n in wrong if t in terms.get(n, ())) == []
+
+
+def test_search_terms_reach_a_name_whose_whitespace_the_wire_collapsed(db_conn: Any) -> None:
+    """The shipped terms are keyed by the 2015 list's names, two with a double space ("Portier/e
+    eines Hotel" with two); a catalogue read from the API (or a saved answer) has it collapsed."""
+    assert "Portier/e  eines Hotel" in catalogue.load_search_terms()
+    body = json.dumps([{"id": 9400, "kurzBezeichnungNeutral": "Portier/e  eines Hotel"}]).encode()
+    occs = catalogue.parse_document(body, "detail.json")
+    assert occs[0].name == "Portier/e eines Hotel"
+    catalogue.upsert(db_conn, occs)
+    lexical = db_conn.execute("SELECT lexical_terms FROM occupations WHERE id = 9400").fetchone()[0]
+    assert "bellboy" in lexical

@@ -369,6 +369,11 @@ def refresh_lexical_terms(conn: Conn, search_terms: Mapping[str, Sequence[str]] 
     heads are a statistic of the whole catalogue's names) and its curated search terms
     (load_search_terms, normalised). Writes only rows whose terms changed, returns how many."""
     search_terms = load_search_terms() if search_terms is None else search_terms
+    # By the name with its whitespace collapsed: the wire (jobpipe.ba.wire) collapses it, the 2015
+    # list the file's names come from has "Portier/e  eines Hotel".
+    by_name: dict[str, list[str]] = {}
+    for key, listed in search_terms.items():
+        by_name.setdefault(" ".join(key.split()), []).extend(listed)
     with conn.transaction():
         # Read only once no load is writing (CATALOGUE_LOCK; re-entrant inside upsert's transaction).
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOGUE_LOCK,))
@@ -377,7 +382,7 @@ def refresh_lexical_terms(conn: Conn, search_terms: Mapping[str, Sequence[str]] 
         changed = []
         for ident, name, old in rows:
             found = set(coordination_terms(name, heads))
-            found.update(normalise(term) for term in search_terms.get(name, ()))
+            found.update(normalise(term) for term in by_name.get(" ".join(name.split()), ()))
             found.discard("")
             terms = sorted(found)
             if terms != list(old):
