@@ -736,6 +736,25 @@ def test_lexical_candidates_find_what_the_vectors_miss(loaded: Any) -> None:
     assert classify.search_candidates(conn, {1: q}, UNIT_MODEL, UNIT_DIM, 5, texts={1: ""})[1] == vector_only
 
 
+def test_lexical_candidates_are_distinct_occupations_not_the_nearest_terms(loaded: Any) -> None:
+    """Curated search terms give one occupation dozens of terms: the 45 terms of one occupation
+    nearest to a title must not fill the lexical half, so the one occupation whose single term
+    names the title (but lies just behind them) is still a candidate, ranked first by the blend."""
+    conn = loaded
+    terms = {
+        "Softwareentwickler/in": [f"Java Developer A{i:02d}" for i in range(45)],
+        "Koch/Köchin": ["Java Developer Koch"],
+    }
+    catalogue.refresh_lexical_terms(conn, terms)
+    text = normalise("Java Developer")
+    nearest = [r[0] for r in conn.execute(
+        "SELECT occupation_id FROM occupation_terms ORDER BY term <-> %s LIMIT 40", (text,))]  # fmt: skip
+    assert set(nearest) == {SOFTWARE}  # the old lexical pool: one occupation
+    q = _unit_vectors(conn, toward=SOFTWARE, away={KOCH})
+    hybrid = classify.search_candidates(conn, {1: q}, UNIT_MODEL, UNIT_DIM, 5, texts={1: text})[1]
+    assert KOCH in [occ for occ, _ in hybrid[:2]], hybrid
+
+
 def test_vector_stage_stores_blended_candidates_and_keeps_min_similarity_on_the_cosine(loaded: Any) -> None:
     """Candidates are stored best blend first, each with its cosine; `no_match` compares the best
     cosine of the pool with min_similarity (0.95, Softwareentwickler), never the blend (at most
