@@ -693,6 +693,21 @@ def test_catalogue_sync_refreshes_search_terms_once_at_start(db_conn):
         assert db_conn.execute(lexical, (first,)).fetchone()[0] == ["sonderberuf alpha"]
 
 
+def test_classifier_once_on_a_catalogue_of_the_previous_release_ends_with_the_search_terms(
+    db_conn: Any, pg_url: str
+) -> None:
+    """`jobpipe run classifier --once` on a database an older release loaded (no curated terms):
+    the run ends with the shipped terms in the lexical candidates."""
+    catalogue.upsert(db_conn, SHIPPED, search_terms={})
+    tischler = "SELECT lexical_terms FROM occupations WHERE name = 'Tischler/in'"
+    assert "schreiner" not in db_conn.execute(tischler).fetchone()[0]
+    with FakeOllama(chat_handler=oracle({})) as fake:
+        add_titles(db_conn, ["Koch (m/w/d)"])
+        run_once(make_cfg(fake), pg_url)
+    assert "schreiner" in db_conn.execute(tischler).fetchone()[0]
+    assert db_conn.execute("SELECT 1 FROM occupation_terms WHERE term = 'schreiner'").fetchone()
+
+
 # ------------------------------------------------------------------ lexical candidates (issue 18)
 
 UNIT_MODEL, UNIT_DIM = "unit-vectors", 8
