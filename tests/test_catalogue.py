@@ -428,3 +428,98 @@ def test_cli_load_uses_the_configured_search_terms_and_checks_them_first(
     assert main(["-c", str(cfg), "occupations", "load", "--shipped", "--json"]) == 2
     assert f"{local}: line 1: expected `term,occupation`" in capsys.readouterr().err
     assert "brotmeister" in db_conn.execute(lexical).fetchone()[0]
+
+
+def test_refresh_racing_a_load_that_renames_keeps_the_new_names_terms(pg_url: str, db_conn: Any) -> None:
+    """The classifier's start-up refresh while `jobpipe occupations load` renames an occupation:
+    the refresh must not write terms it computed from the name the load replaced (a lost update:
+    "Tischler/in"'s terms on what is now "Bäcker/in", until some later refresh)."""
+    import threading
+
+    terms = {"Tischler/in": ["Schreiner"], "Bäcker/in": ["Brotbäcker"]}
+    catalogue.upsert(db_conn, [catalogue.Occupation(9300, "Tischler/in")], search_terms={})  # older release
+    loader = psycopg.connect(pg_url, autocommit=True)
+    refresher = psycopg.connect(pg_url, autocommit=True, application_name="racing-refresh")
+    try:
+        with loader.transaction():  # the load, not committed yet
+            catalogue.upsert(loader, [catalogue.Occupation(9300, "Bäcker/in")], search_terms=terms)
+            errors: list[BaseException] = []
+
+            def refresh() -> None:
+                try:
+                    catalogue.refresh_lexical_terms(refresher, terms)
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            thread = threading.Thread(target=refresh)
+            thread.start()
+            for _ in range(500):  # until the refresh waits for the load's locks
+                row = db_conn.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE application_name = 'racing-refresh'"
+                ).fetchone()
+                if row and row[0] == "Lock":
+                    break
+                thread.join(0.01)
+            else:  # pragma: no cover
+                raise AssertionError("the refresh never waited for the load")
+        thread.join(10)
+        assert not errors, errors
+    finally:
+        loader.close()
+        refresher.close()
+    got = db_conn.execute("SELECT name, lexical_terms FROM occupations WHERE id = 9300").fetchone()
+    assert got == ("Bäcker/in", ["brotbäcker"])
+
+
+# Bare words that head thousands of unrelated titles ("Sachbearbeiter Personal", "Associate
+# Consultant", "Lehrkraft Mathematik"): a search term that normalises to one of them pulls its
+# occupation into the lexical candidates of all of them.
+GENERIC_TITLE_WORDS = {
+    "sachbearbeiter", "associate", "lehrkraft", "mitarbeiter", "helfer", "hilfskraft", "aushilfe",
+    "fachkraft", "kraft", "monteur", "fahrer", "manager", "assistent", "assistenz", "berater",
+    "techniker", "ingenieur", "leiter", "arbeiter", "angestellter", "specialist", "spezialist",
+    "analyst", "referent", "koordinator", "officer", "operator", "agent", "meister", "geselle",
+}  # fmt: skip
+
+
+def test_no_search_term_is_a_bare_generic_title_word() -> None:
+    """After normalise (which drops "Junior", "Senior", "Quereinsteiger", "Teilzeit"), no curated
+    term may be a bare generic word: "Junior Sachbearbeiter" was "sachbearbeiter" for
+    Industriekauf/mann/frau only."""
+    generic = sorted(
+        (term, name)
+        for name, found in catalogue.load_search_terms().items()
+        for term in found
+        if normalise(term) in GENERIC_TITLE_WORDS
+    )
+    assert generic == []
+
+
+def test_search_terms_known_wrong_mappings_stay_out() -> None:
+    """Mappings a recruiter calls wrong (review of issue 18's terms): a goalkeeper is no porter, a
+    Leutnant is an officer, not a private; Tanzlehrer/in and Sportwissenschaftler/in are
+    occupations of their own; a marketing analyst is a market researcher, not a data-warehouse one."""
+    terms = catalogue.load_search_terms()
+    wrong = {
+        ("Torwart", "Pförtner/in"),
+        ("Leutnant", "Soldat/in in Laufbahngruppe Mannschaften"),
+        ("Tanzlehrer", "Bühnentänzer/in"),
+        ("Sportwissenschaftler", "Sportlehrer/in"),
+        ("Marketing Analyst", "Data-Warehouse-Analyst/in"),
+        ("Onlineshop-Manager", "Webadministrator/in"),
+        ("Oberarzt", "Chef/arzt/ärztin"),
+        ("Hauswirt", "Hausmeister/in"),
+    }
+    assert sorted((t, n) for t, n in wrong if t in terms.get(n, ())) == []
+
+
+def test_search_terms_reach_a_name_whose_whitespace_the_wire_collapsed(db_conn: Any) -> None:
+    """The shipped terms are keyed by the 2015 list's names, two with a double space ("Portier/e
+    eines Hotel" with two); a catalogue read from the API (or a saved answer) has it collapsed."""
+    assert "Portier/e  eines Hotel" in catalogue.load_search_terms()
+    body = json.dumps([{"id": 9400, "kurzBezeichnungNeutral": "Portier/e  eines Hotel"}]).encode()
+    occs = catalogue.parse_document(body, "detail.json")
+    assert occs[0].name == "Portier/e eines Hotel"
+    catalogue.upsert(db_conn, occs)
+    lexical = db_conn.execute("SELECT lexical_terms FROM occupations WHERE id = 9400").fetchone()[0]
+    assert "bellboy" in lexical

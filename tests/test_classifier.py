@@ -717,6 +717,21 @@ def test_catalogue_sync_refreshes_search_terms_once_at_start(db_conn):
         assert db_conn.execute(lexical, (first,)).fetchone()[0] == ["sonderberuf alpha"]
 
 
+def test_classifier_once_on_a_catalogue_of_the_previous_release_ends_with_the_search_terms(
+    db_conn: Any, pg_url: str
+) -> None:
+    """`jobpipe run classifier --once` on a database an older release loaded (no curated terms):
+    the run ends with the shipped terms in the lexical candidates."""
+    catalogue.upsert(db_conn, SHIPPED, search_terms={})
+    tischler = "SELECT lexical_terms FROM occupations WHERE name = 'Tischler/in'"
+    assert "schreiner" not in db_conn.execute(tischler).fetchone()[0]
+    with FakeOllama(chat_handler=oracle({})) as fake:
+        add_titles(db_conn, ["Koch (m/w/d)"])
+        run_once(make_cfg(fake), pg_url)
+    assert "schreiner" in db_conn.execute(tischler).fetchone()[0]
+    assert db_conn.execute("SELECT 1 FROM occupation_terms WHERE term = 'schreiner'").fetchone()
+
+
 # ------------------------------------------------------------------ lexical candidates (issue 18)
 
 UNIT_MODEL, UNIT_DIM = "unit-vectors", 8
@@ -758,6 +773,25 @@ def test_lexical_candidates_find_what_the_vectors_miss(loaded: Any) -> None:
     assert KOCH in [occ for occ, _ in hybrid]  # "koch" is among the nearest terms too
     # an empty text (a title that was only noise) is vector-only, not an error
     assert classify.search_candidates(conn, {1: q}, UNIT_MODEL, UNIT_DIM, 5, texts={1: ""})[1] == vector_only
+
+
+def test_lexical_candidates_are_distinct_occupations_not_the_nearest_terms(loaded: Any) -> None:
+    """Curated search terms give one occupation dozens of terms: the 45 terms of one occupation
+    nearest to a title must not fill the lexical half, so the one occupation whose single term
+    names the title (but lies just behind them) is still a candidate, ranked first by the blend."""
+    conn = loaded
+    terms = {
+        "Softwareentwickler/in": [f"Java Developer A{i:02d}" for i in range(45)],
+        "Koch/Köchin": ["Java Developer Koch"],
+    }
+    catalogue.refresh_lexical_terms(conn, terms)
+    text = normalise("Java Developer")
+    nearest = [r[0] for r in conn.execute(
+        "SELECT occupation_id FROM occupation_terms ORDER BY term <-> %s LIMIT 40", (text,))]  # fmt: skip
+    assert set(nearest) == {SOFTWARE}  # the old lexical pool: one occupation
+    q = _unit_vectors(conn, toward=SOFTWARE, away={KOCH})
+    hybrid = classify.search_candidates(conn, {1: q}, UNIT_MODEL, UNIT_DIM, 5, texts={1: text})[1]
+    assert KOCH in [occ for occ, _ in hybrid[:2]], hybrid
 
 
 def test_vector_stage_stores_blended_candidates_and_keeps_min_similarity_on_the_cosine(loaded: Any) -> None:

@@ -49,6 +49,10 @@ ALIASES_FILE = "occupation_aliases.csv"
 SEARCH_TERMS_FILE = "occupation_terms.csv"
 MAX_FILE_BYTES = 128 * 1024 * 1024  # a full BERUFENET dump with raw details is ~50 MB
 _KLDB = re.compile(r"^(?:[A-Z]\s?)?\d{5}$")
+# Serialises catalogue writes (upsert) and lexical-term refreshes across processes: a refresh
+# reads every name and writes terms computed from them, so one that read before a load renamed an
+# occupation would otherwise write the old name's terms over the load's (a lost update).
+CATALOGUE_LOCK = 0x6A700042
 
 
 class CatalogueError(UserError):
@@ -402,22 +406,30 @@ def refresh_lexical_terms(conn: Conn, search_terms: Mapping[str, Sequence[str]] 
     heads are a statistic of the whole catalogue's names) and its curated search terms
     (load_search_terms, normalised). Writes only rows whose terms changed, returns how many."""
     search_terms = load_search_terms() if search_terms is None else search_terms
-    rows = conn.execute("SELECT id, name, lexical_terms FROM occupations").fetchall()
-    heads = compound_heads(name for _, name, _ in rows)
-    changed = []
-    for ident, name, old in rows:
-        found = set(coordination_terms(name, heads))
-        found.update(normalise(term) for term in search_terms.get(name, ()))
-        found.discard("")
-        terms = sorted(found)
-        if terms != list(old):
-            changed.append({"id": ident, "terms": terms})
-    if changed:
-        conn.execute(
-            """UPDATE occupations o SET lexical_terms = ARRAY(SELECT jsonb_array_elements_text(u.terms))
-                 FROM jsonb_to_recordset(%s) AS u(id bigint, terms jsonb) WHERE o.id = u.id""",
-            (Jsonb(changed),),
-        )
+    # By the name with its whitespace collapsed: the wire (jobpipe.ba.wire) collapses it, the 2015
+    # list the file's names come from has "Portier/e  eines Hotel".
+    by_name: dict[str, list[str]] = {}
+    for key, listed in search_terms.items():
+        by_name.setdefault(" ".join(key.split()), []).extend(listed)
+    with conn.transaction():
+        # Read only once no load is writing (CATALOGUE_LOCK; re-entrant inside upsert's transaction).
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOGUE_LOCK,))
+        rows = conn.execute("SELECT id, name, lexical_terms FROM occupations").fetchall()
+        heads = compound_heads(name for _, name, _ in rows)
+        changed = []
+        for ident, name, old in rows:
+            found = set(coordination_terms(name, heads))
+            found.update(normalise(term) for term in by_name.get(" ".join(name.split()), ()))
+            found.discard("")
+            terms = sorted(found)
+            if terms != list(old):
+                changed.append({"id": ident, "terms": terms})
+        if changed:
+            conn.execute(
+                """UPDATE occupations o SET lexical_terms = ARRAY(SELECT jsonb_array_elements_text(u.terms))
+                     FROM jsonb_to_recordset(%s) AS u(id bigint, terms jsonb) WHERE o.id = u.id""",
+                (Jsonb(changed),),
+            )
     return len(changed)
 
 
@@ -467,6 +479,8 @@ def upsert(
         return stats
     curated = load_aliases() if curated is None else curated
     with conn.transaction():
+        # Before any row lock: a refresh holding the lock may be waiting for rows this would lock.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOGUE_LOCK,))
         existing = {
             row[0]: row[1:]
             for row in conn.execute(
