@@ -392,7 +392,7 @@ def test_local_search_terms_file_adds_to_the_shipped_ones(tmp_path: Path) -> Non
         (b"term,occupation\nSchreiner\n", "line 2: expected `term,occupation`"),
         (b"Schreiner,Tischler/in,extra\n", "line 1: expected"),
         (b"Schreiner, \n", "line 1: expected"),
-        (b"Schrei\x00ner,Tischler/in\n", "line 1: expected"),
+        (b"Schrei\x00ner,Tischler/in\n", "line 1: a control or line separator character (U+0000)"),
         (b"x" * 300 + b",Tischler/in\n", "each 1-200 characters"),
         (b"Schreiner,Tischler/in\n\xff\xfe\n", "not UTF-8 (byte 22)"),
     ],
@@ -405,6 +405,90 @@ def test_a_broken_local_search_terms_file_names_file_and_line(
     with pytest.raises(UserError, match=re.escape(message)) as err:
         catalogue.search_terms_with(local)
     assert str(local) in str(err.value)
+
+
+def test_a_local_terms_file_as_editors_save_it_is_read_like_a_plain_one(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM, Windows ends lines with CRLF, old Mac tools with CR;
+    a comment may be indented. None of that may refuse the file, crash the reader or turn the
+    comment into a term."""
+    plain = (
+        "# ours, by the ops team\nterm,occupation\nBrotmeister,Bäcker/in\n"
+        "  # indented\nHolzwurm,Tischler/in\n"
+    )
+    variants = {
+        "bom": b"\xef\xbb\xbf" + plain.encode(),
+        "crlf": plain.replace("\n", "\r\n").encode(),
+        "cr": plain.replace("\n", "\r").encode(),
+        "bom-crlf": b"\xef\xbb\xbf" + plain.replace("\n", "\r\n").encode(),
+    }
+    expected = [(3, "Brotmeister", "Bäcker/in"), (5, "Holzwurm", "Tischler/in")]
+    for name, content in variants.items():
+        local = tmp_path / f"{name}.csv"
+        local.write_bytes(content)
+        assert catalogue.local_search_terms(local) == expected, name
+        merged = catalogue.search_terms_with(local)
+        assert "Holzwurm" in merged["Tischler/in"], name
+        assert not any(k.startswith(("#", "\ufeff")) or "by the ops team" in k for k in merged), name
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [  # the CSV reader would keep these inside a name: a term for an occupation no one has
+        (
+            "Brotmeister,Bäcker/in\u2028Holzwurm,Tischler/in\n",
+            "line 1: a control or line separator character (U+2028)",
+        ),
+        ("Brotmeister,Bäcker/in\x85Holzwurm,Tischler/in\n", "(U+0085)"),
+        ("Brotmeister\tBäcker/in\n", "(U+0009)"),
+        ('"Brotmeister,Bäcker/in\n', "line 1: unexpected end of data"),
+        ("Teilzeit,Bäcker/in\n", "line 1: the term 'Teilzeit' is nothing a title search keeps"),
+    ],
+)
+def test_a_local_terms_line_the_reader_would_mangle_is_refused(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    local = tmp_path / "terms.csv"
+    local.write_text(content, encoding="utf-8", newline="")
+    with pytest.raises(UserError, match=re.escape(message)):
+        catalogue.search_terms_with(local)
+
+
+def test_a_relative_local_terms_path_is_refused_and_home_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path names one file for `jobpipe occupations load` in the operator's directory and
+    another (or none) for the classifier's unit in /: the writers would disagree."""
+    (tmp_path / "terms.csv").write_text("Brotmeister,Bäcker/in\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"'terms\.csv' is a relative path; give an absolute one"):
+        catalogue.search_terms_with("terms.csv")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert "Brotmeister" in catalogue.search_terms_with("~/terms.csv")["Bäcker/in"]
+
+
+def test_a_local_terms_file_whose_size_stat_hides_is_refused_not_read_into_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO (or /dev/zero, a device) reports size 0: the size limit must hold while reading."""
+    import os
+    import threading
+
+    monkeypatch.setattr(catalogue, "MAX_TERMS_FILE_BYTES", 4096)
+    fifo = tmp_path / "terms.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        try:
+            with fifo.open("wb") as fh:
+                fh.write(b"Brotmeister,B\xc3\xa4cker/in\n" * 1000)  # 24 KB
+        except BrokenPipeError:
+            pass  # the reader stopped at the limit
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(UserError, match=r"terms\.fifo: over 0 MB"):
+        catalogue.search_terms_with(fifo)
+    writer.join(10)
 
 
 def test_a_missing_local_search_terms_file_says_which_setting(tmp_path: Path) -> None:
