@@ -732,6 +732,35 @@ def test_classifier_once_on_a_catalogue_of_the_previous_release_ends_with_the_se
     assert db_conn.execute("SELECT 1 FROM occupation_terms WHERE term = 'schreiner'").fetchone()
 
 
+def test_cli_eval_reads_the_configured_search_terms_file(
+    loaded: Any, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jobpipe classifier eval` writes the lexical terms like the classifier's start: with the
+    operator's file, not the shipped terms alone (which would undo what `occupations load` wrote),
+    and a broken file stops it with file and line."""
+    local = tmp_path / "terms.csv"
+    local.write_text("\ufeff# ours\r\nBrotmeister,Bäcker/in\r\n", encoding="utf-8")
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text(f'"Koch (m/w/d)",{KOCH}\n', encoding="utf-8")
+    lexical = "SELECT lexical_terms FROM occupations WHERE name = 'Bäcker/in'"
+    assert "brotmeister" not in loaded.execute(lexical).fetchone()[0]
+    with FakeOllama(chat_handler=oracle({})) as fake:
+        cfg_file = tmp_path / "jobpipe.yaml"
+        cfg_file.write_text(
+            f"database:\n  url: {json.dumps(pg_url)}\nollama:\n  urls: [{json.dumps(fake.url)}]\n"
+            f"embedder:\n  model: {EMBED}\n  dimensions: 768\n"
+            f"classifier:\n  search_terms_file: {json.dumps(str(local))}\n",
+            encoding="utf-8",
+        )
+        assert main(["-c", str(cfg_file), "classifier", "eval", str(labelled), "--json"]) == 0
+        capsys.readouterr()
+        assert "brotmeister" in loaded.execute(lexical).fetchone()[0]
+        local.write_text("Brotmeister,Bäcker/in\u2028Holzwurm,Tischler/in\n", encoding="utf-8")
+        assert main(["-c", str(cfg_file), "classifier", "eval", str(labelled), "--json"]) == 2
+        assert f"{local}: line 1: a control or line separator character" in capsys.readouterr().err
+    assert "brotmeister" in loaded.execute(lexical).fetchone()[0]
+
+
 # ------------------------------------------------------------------ lexical candidates (issue 18)
 
 UNIT_MODEL, UNIT_DIM = "unit-vectors", 8
