@@ -514,6 +514,31 @@ def test_cli_load_uses_the_configured_search_terms_and_checks_them_first(
     assert "brotmeister" in db_conn.execute(lexical).fetchone()[0]
 
 
+def test_cli_load_names_local_terms_whose_occupation_the_catalogue_lacks(
+    pg_url: str, db_conn: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in the BERUFENET name ("Bäcker/-in") leaves its terms unused: the load says so, with
+    the line and the nearest name, instead of dropping them silently (and still loads)."""
+    local = tmp_path / "terms.csv"
+    local.write_text(
+        "# ours\nBrotmeister,Bäcker/in\nOfenmeister,Bäcker/-in\nTeigmacher,Bäcker/-in\nX-Beruf,Zzqx Wvq\n",
+        encoding="utf-8",
+    )
+    cfg = tmp_path / "jobpipe.yaml"
+    settings = f"classifier:\n  search_terms_file: {json.dumps(str(local))}\n"
+    cfg.write_text(f"database:\n  url: {json.dumps(pg_url)}\n{settings}", encoding="utf-8")
+    assert main(["-c", str(cfg), "occupations", "load", "--shipped", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"warning: {local}: line 3: no occupation 'Bäcker/-in' in the catalogue, 2 term(s) unused "
+        "(did you mean 'Bäcker/in'?)"
+    ) in err
+    assert f"{local}: line 5: no occupation 'Zzqx Wvq' in the catalogue, 1 term(s) unused\n" in err
+    assert "Brotmeister" not in err
+    lexical = "SELECT lexical_terms FROM occupations WHERE name = 'Bäcker/in'"
+    assert "brotmeister" in db_conn.execute(lexical).fetchone()[0]
+
+
 def test_refresh_racing_a_load_that_renames_keeps_the_new_names_terms(pg_url: str, db_conn: Any) -> None:
     """The classifier's start-up refresh while `jobpipe occupations load` renames an occupation:
     the refresh must not write terms it computed from the name the load replaced (a lost update:

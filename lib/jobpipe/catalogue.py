@@ -25,6 +25,7 @@ of a coordinated compound ("Maschinen- und Anlagenführer/in" -> "maschinenführ
 from __future__ import annotations
 
 import csv
+import difflib
 import importlib.resources
 import io
 import json
@@ -288,12 +289,48 @@ def search_terms_with(path: str | Path | None) -> dict[str, list[str]]:
     classifier, `classifier eval`) reads the same configuration, so none undoes another's terms.
     A file that cannot be read, or a row that is not `term,occupation`, is a UserError naming the
     file and line: a typo must not silently drop an operator's terms."""
+    return merge_search_terms(local_search_terms(path))
+
+
+def merge_search_terms(local: Iterable[tuple[int, str, str]]) -> dict[str, list[str]]:
+    """The shipped search terms plus the (line, term, occupation) rows of local_search_terms."""
     merged = load_search_terms()
-    for _, term, occupation in local_search_terms(path):
+    for _, term, occupation in local:
         known = merged.setdefault(occupation, [])
         if term not in known:
             known.append(term)
     return merged
+
+
+MAX_UNKNOWN_SHOWN = 20
+
+
+def unknown_local_occupations(
+    conn: Conn, path: str | Path, local: Sequence[tuple[int, str, str]]
+) -> list[str]:
+    """One warning per occupation of an operator's terms that the catalogue does not have: their
+    terms are unused (a typo in the BERUFENET name, or a name of a fuller catalogue than this one),
+    which `occupations load/fetch` must say rather than drop them silently. The first
+    MAX_UNKNOWN_SHOWN with the nearest name, then a count."""
+    if not local:
+        return []
+    known = {" ".join(name.split()) for (name,) in conn.execute("SELECT name FROM occupations")}
+    unknown: dict[str, tuple[int, int]] = {}  # name: (first line, terms)
+    for line, _, occupation in local:
+        key = " ".join(occupation.split())
+        if key not in known:
+            first, count = unknown.get(key, (line, 0))
+            unknown[key] = (first, count + 1)
+    out = []
+    for key, (line, count) in list(unknown.items())[:MAX_UNKNOWN_SHOWN]:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        out.append(
+            f"{path}: line {line}: no occupation {key!r} in the catalogue, {count} term(s) unused{hint}"
+        )
+    if len(unknown) > MAX_UNKNOWN_SHOWN:
+        out.append(f"{path}: {len(unknown) - MAX_UNKNOWN_SHOWN} more occupation(s) not in the catalogue")
+    return out
 
 
 def local_search_terms(path: str | Path | None) -> list[tuple[int, str, str]]:

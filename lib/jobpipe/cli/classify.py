@@ -90,11 +90,17 @@ def cmd_occupations_load(args: argparse.Namespace) -> int:
     if args.shipped:
         sources.append(catalogue.shipped_catalogue())
     cfg = load_config(args)
-    terms = catalogue.search_terms_with(cfg.classifier.search_terms_file)
+    local = catalogue.local_search_terms(cfg.classifier.search_terms_file)
     with connect(args, cfg=cfg) as conn:
-        stats = catalogue.load(conn, sources, search_terms=terms)
+        stats = catalogue.load(conn, sources, search_terms=catalogue.merge_search_terms(local))
+        _warn_unknown(conn, cfg, local)
     _print_stats(stats, args.json)
     return 0
+
+
+def _warn_unknown(conn: Any, cfg: Any, local: list[tuple[int, str, str]]) -> None:
+    for warning in catalogue.unknown_local_occupations(conn, cfg.classifier.search_terms_file, local):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def make_ba_client(cfg: Any) -> Any:
@@ -105,7 +111,7 @@ def make_ba_client(cfg: Any) -> Any:
 
 def cmd_occupations_fetch(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    terms = catalogue.search_terms_with(cfg.classifier.search_terms_file)  # a bad file fails first
+    local = catalogue.local_search_terms(cfg.classifier.search_terms_file)  # a bad file fails first
     with make_ba_client(cfg) as client:
         found, problems = catalogue.fetch(
             client,
@@ -114,7 +120,8 @@ def cmd_occupations_fetch(args: argparse.Namespace) -> int:
             progress=None if args.json else lambda msg: print(msg, file=sys.stderr, flush=True),
         )
     with connect(args, cfg=cfg) as conn:
-        stats = catalogue.upsert(conn, found, search_terms=terms)
+        stats = catalogue.upsert(conn, found, search_terms=catalogue.merge_search_terms(local))
+        _warn_unknown(conn, cfg, local)
     stats.sources = 1
     stats.problems = problems
     _print_stats(stats, args.json)
