@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobpipe import catalogue
+from jobpipe import catalogue, search_terms
 from jobpipe.ba.client import BAClient
 from jobpipe.catalogue import CatalogueError
 from jobpipe.classify import load_exact_index
@@ -473,7 +473,7 @@ def test_a_local_terms_file_whose_size_stat_hides_is_refused_not_read_into_memor
     import os
     import threading
 
-    monkeypatch.setattr(catalogue, "MAX_TERMS_FILE_BYTES", 4096)
+    monkeypatch.setattr(search_terms, "MAX_TERMS_FILE_BYTES", 4096)
     fifo = tmp_path / "terms.fifo"
     os.mkfifo(fifo)
 

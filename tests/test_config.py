@@ -165,3 +165,27 @@ def test_changing_a_loaded_list_leaves_the_defaults_of_later_loads_alone() -> No
     assert len(again.fetcher.sources) == len(first.fetcher.sources) - 1
     assert "fetcher" not in again.alerts.overrides
     assert "http://elsewhere:11434" not in again.ollama.urls
+
+
+def test_config_check_checks_the_search_terms_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config check` said OK for a classifier.search_terms_file the classifier's start and
+    `occupations load` refuse (missing, relative, a malformed line): it checks the file too."""
+    from jobpipe.cli import main
+
+    terms = tmp_path / "terms.csv"
+    terms.write_text("term,occupation\nBrotmeister,Bäcker/in\n", encoding="utf-8")
+    cfg = tmp_path / "jobpipe.yaml"
+    cfg.write_text(f"classifier:\n  search_terms_file: {json.dumps(str(terms))}\n", encoding="utf-8")
+    assert main(["config", "check", str(cfg)]) == 0
+    assert f"OK (1 local search terms in {terms})" in capsys.readouterr().out
+    terms.write_text("Brotmeister;Bäcker/in\n", encoding="utf-8")
+    assert main(["config", "check", str(cfg)]) == 2
+    assert f"{terms}: line 1: expected `term,occupation`" in capsys.readouterr().err
+    cfg.write_text("classifier:\n  search_terms_file: terms.csv\n", encoding="utf-8")
+    assert main(["config", "check", str(cfg)]) == 2
+    assert "'terms.csv' is a relative path" in capsys.readouterr().err
+    cfg.write_text(f"classifier:\n  search_terms_file: {json.dumps(str(tmp_path / 'nope.csv'))}\n")
+    assert main(["config", "check", str(cfg)]) == 2
+    assert "classifier.search_terms_file: cannot read" in capsys.readouterr().err

@@ -39,6 +39,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config_mod.load(args.file)
-    print(f"{args.file}: OK")
+    cfg = config_mod.load(args.file)
+    terms = ""
+    if cfg.classifier.search_terms_file:
+        # what the classifier's start and `occupations load` would refuse (exit 2, file and line)
+        from jobpipe.search_terms import local_search_terms
+
+        found = local_search_terms(cfg.classifier.search_terms_file)
+        terms = f" ({len(found)} local search terms in {cfg.classifier.search_terms_file})"
+    print(f"{args.file}: OK{terms}")
     return 0
