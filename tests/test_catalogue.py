@@ -632,3 +632,15 @@ def test_search_terms_reach_a_name_whose_whitespace_the_wire_collapsed(db_conn: 
     catalogue.upsert(db_conn, occs)
     lexical = db_conn.execute("SELECT lexical_terms FROM occupations WHERE id = 9400").fetchone()[0]
     assert "bellboy" in lexical
+
+
+def test_a_large_local_terms_file_merges_in_linear_time(tmp_path: Path) -> None:
+    """100,000 terms for one occupation: a list's `in` per term made this quadratic (45 s)."""
+    import time
+
+    local = tmp_path / "big.csv"
+    local.write_text("".join(f"Brotberuf{i},Bäcker/in\n" for i in range(100_000)), encoding="utf-8")
+    started = time.monotonic()
+    merged = catalogue.search_terms_with(local)
+    assert len(merged["Bäcker/in"]) == 100_000 + len(catalogue.load_search_terms().get("Bäcker/in", []))
+    assert time.monotonic() - started < 10

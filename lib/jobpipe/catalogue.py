@@ -291,10 +291,12 @@ def search_terms_with(path: str | Path | None) -> dict[str, list[str]]:
 def merge_search_terms(local: Iterable[tuple[int, str, str]]) -> dict[str, list[str]]:
     """The shipped search terms plus the (line, term, occupation) rows of local_search_terms."""
     merged = load_search_terms()
+    seen = {name: set(terms) for name, terms in merged.items()}  # a list's `in` made 100k rows take 45 s
     for _, term, occupation in local:
-        known = merged.setdefault(occupation, [])
+        known = seen.setdefault(occupation, set())
         if term not in known:
-            known.append(term)
+            known.add(term)
+            merged.setdefault(occupation, []).append(term)
     return merged
 
 
