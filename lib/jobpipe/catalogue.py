@@ -41,7 +41,7 @@ from psycopg.types.json import Jsonb
 from jobpipe.ba.wire import SchemaError, parse_beruf_detail, parse_berufe_page
 from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, UserError
-from jobpipe.search_terms import local_search_terms
+from jobpipe.terms_file import local_search_terms
 from jobpipe.text import BIGINT_MAX, clean_text, parse_int
 from jobpipe.titles import gender_forms, normalise
 

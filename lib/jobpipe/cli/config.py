@@ -8,6 +8,7 @@ import json
 from jobpipe import config as config_mod
 from jobpipe.cli.args import load_config
 from jobpipe.settings import all_settings
+from jobpipe.terms_file import local_search_terms
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +44,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     terms = ""
     if cfg.classifier.search_terms_file:
         # what the classifier's start and `occupations load` would refuse (exit 2, file and line)
-        from jobpipe.search_terms import local_search_terms
-
         found = local_search_terms(cfg.classifier.search_terms_file)
         terms = f" ({len(found)} local search terms in {cfg.classifier.search_terms_file})"
     print(f"{args.file}: OK{terms}")
