@@ -75,6 +75,17 @@ def pg_url(pg_server: dict[str, Any], pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def unmigrated_url(pg_server: dict[str, Any]) -> Iterator[str]:
+    """URL of a fresh database without any migration (a server an operator has not migrated yet)."""
+    name = "u_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server["url"], autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield url_for(pg_server["url"], name)
+    with psycopg.connect(pg_server["url"], autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
 def db_conn(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
     conn = db.connect(pg_url)
     try:

@@ -195,6 +195,18 @@ def test_unit_failed_without_database_sends_directly(tmp_path, gw):
 
 
 @pytest.mark.system
+def test_unit_failed_on_an_unmigrated_database_sends_directly(unmigrated_url, gw):
+    """No alerts table to record in and no daemon running to deliver: send now, like without a
+    database, instead of a traceback and no message."""
+    res = jobpipe(env_for(unmigrated_url, gw, **MONITOR), "alert", "unit-failed", "jobpipe@embedder.service")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "database schema behind (run `jobpipe migrate`): sending directly" in res.stdout
+    assert "Traceback" not in res.stderr
+    text = gw.wait_for_messages(1)[0].message
+    assert text.startswith(f"{HOST} embedder: FAILED unit jobpipe@embedder.service")
+
+
+@pytest.mark.system
 def test_unit_failed_with_gateway_down_waits_for_the_daemons(pg_url, db_conn, gw):
     gw.go_down()
     res = jobpipe(env_for(pg_url, gw, **MONITOR), "alert", "unit-failed", "jobpipe@embedder.service")

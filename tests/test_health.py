@@ -219,6 +219,26 @@ def test_database_down_is_fail(tmp_path):
 
 
 @pytest.mark.system
+def test_an_unmigrated_database_is_fail_with_what_to_run(unmigrated_url):
+    res = cli(unmigrated_url)
+    assert res.returncode == 2, res.stderr
+    assert "database schema behind" in res.stdout and "run `jobpipe migrate`" in res.stdout
+    assert "Traceback" not in res.stderr
+
+
+def test_a_schema_one_release_behind_is_fail_naming_the_migration(db_conn):
+    """After an upgrade, before `jobpipe migrate`: the newest migration is missing."""
+    newest = db_conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    db_conn.execute("DELETE FROM schema_migrations WHERE version = %s", (newest,))
+    h = health.collect(db_conn, config.load(environ={}))
+    assert h.verdict == "FAIL" and h.exit_code == 2
+    assert h.problems == [
+        f"database schema behind: 1 migration(s) pending ({newest}); run `jobpipe migrate` "
+        "(the daemons refuse to start until then)"
+    ]
+
+
+@pytest.mark.system
 @pytest.mark.timeout(600)
 def test_bench_quick(pg_server):
     result, _ = run_bench("health.py", "--quick", "--db-url", pg_server["url"], timeout=600)

@@ -129,7 +129,11 @@ def stage_verdict(f: StageFacts, th: Thresholds) -> tuple[str, list[str]]:
 
 
 def collect(conn: Conn, cfg: Config, *, host: str | None = None) -> Health:
-    """Everything `jobpipe health` shows, from one connection, in well under a second."""
+    """Everything `jobpipe health` shows, from one connection, in well under a second. A schema
+    that is behind (the daemons refuse to run on it) is the verdict itself, not a traceback."""
+    pending = [m.version for m in db.pending_migrations(conn)]
+    if pending:
+        return schema_behind(pending, host)
     t0 = time.perf_counter()
     base = thresholds(cfg)
     overrides = validate_overrides(cfg.alerts.overrides)
@@ -280,6 +284,19 @@ def database_down(error: str, host: str | None = None) -> Health:
         generated_at=datetime.now().astimezone(),
         verdict=FAIL_,
         problems=[f"database unreachable: {error} (jobpipe db status; systemctl status postgresql)"],
+    )
+
+
+def schema_behind(pending: list[str], host: str | None = None) -> Health:
+    """The verdict when the database answers but its schema is behind this release."""
+    return Health(
+        host=host or socket.gethostname(),
+        generated_at=datetime.now().astimezone(),
+        verdict=FAIL_,
+        problems=[
+            f"database schema behind: {len(pending)} migration(s) pending ({', '.join(pending)}); "
+            "run `jobpipe migrate` (the daemons refuse to start until then)"
+        ],
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from jobpipe import health
+from jobpipe import db, health
 from jobpipe.alerts.channels.signal import DELIVERED, UNREACHABLE, explain
 from jobpipe.alerts.delivery import (
     Deliverer,
@@ -177,6 +177,11 @@ def cmd_unit_failed(args: argparse.Namespace, env: Mapping[str, str] | None = No
     title = f"unit {unit}"
     hint = f"systemctl status {unit}; when fixed: systemctl reset-failed {unit}; systemctl start {unit}"
     conn = _try_connect(args)
+    why = "database unreachable"
+    if conn is not None and db.pending_migrations(conn):
+        # No alerts table to record in, and no daemon running to deliver: like no database at all.
+        conn.close()
+        conn, why = None, "database schema behind (run `jobpipe migrate`)"
     if conn is not None:
         with conn:
             record_unit_failed(conn, daemon, host, title, numbers, detail, hint)
@@ -200,7 +205,7 @@ def cmd_unit_failed(args: argparse.Namespace, env: Mapping[str, str] | None = No
             return 0
         return 1
     # No database: nobody else will know, so send it now, retrying a little while the unit may run.
-    print("database unreachable: sending directly")
+    print(f"{why}: sending directly")
     if gw is None:
         print("not sent: alerts.channel is none")
         return 1
