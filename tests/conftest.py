@@ -12,6 +12,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,26 +64,31 @@ def pg_template(pg_server: dict[str, Any]) -> str:
     return TEMPLATE
 
 
+@contextmanager
+def _database(admin_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """URL of a new database on the server (a copy of `template`, else empty), dropped after."""
+    name = prefix + uuid.uuid4().hex[:12]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    try:
+        yield url_for(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def pg_url(pg_server: dict[str, Any], pg_template: str) -> Iterator[str]:
     """URL of a fresh, migrated database for this test."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_server["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
-    yield url_for(pg_server["url"], name)
-    with psycopg.connect(pg_server["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with _database(pg_server["url"], "t_", pg_template) as url:
+        yield url
 
 
 @pytest.fixture
 def unmigrated_url(pg_server: dict[str, Any]) -> Iterator[str]:
     """URL of a fresh database without any migration (a server an operator has not migrated yet)."""
-    name = "u_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_server["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield url_for(pg_server["url"], name)
-    with psycopg.connect(pg_server["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with _database(pg_server["url"], "u_") as url:
+        yield url
 
 
 @pytest.fixture
