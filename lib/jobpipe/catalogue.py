@@ -42,7 +42,7 @@ from jobpipe.ba.wire import SchemaError, parse_beruf_detail, parse_berufe_page
 from jobpipe.db import Conn
 from jobpipe.errors import DependencyDown, UserError
 from jobpipe.terms_file import local_search_terms
-from jobpipe.text import BIGINT_MAX, clean_text, parse_int
+from jobpipe.text import BIGINT_MAX, clean_line, clean_text, parse_int
 from jobpipe.titles import gender_forms, normalise
 
 DATA_PACKAGE = "jobpipe.data"
@@ -312,10 +312,10 @@ def unknown_local_occupations(
     MAX_UNKNOWN_SHOWN with the nearest name, then a count."""
     if not local:
         return []
-    known = {" ".join(name.split()) for (name,) in conn.execute("SELECT name FROM occupations")}
+    known = {clean_line(name) or "" for (name,) in conn.execute("SELECT name FROM occupations")}
     unknown: dict[str, tuple[int, int]] = {}  # name: (first line, terms)
     for line, _, occupation in local:
-        key = " ".join(occupation.split())
+        key = clean_line(occupation) or ""
         if key not in known:
             first, count = unknown.get(key, (line, 0))
             unknown[key] = (first, count + 1)
@@ -423,11 +423,11 @@ def refresh_lexical_terms(conn: Conn, search_terms: Mapping[str, Sequence[str]] 
     heads are a statistic of the whole catalogue's names) and its curated search terms
     (load_search_terms, normalised). Writes only rows whose terms changed, returns how many."""
     search_terms = load_search_terms() if search_terms is None else search_terms
-    # By the name with its whitespace collapsed: the wire (jobpipe.ba.wire) collapses it, the 2015
-    # list the file's names come from has "Portier/e  eines Hotel".
+    # By the name as the wire (jobpipe.ba.wire) stores one, clean_line: the 2015 list the file's
+    # names come from has "Portier/e  eines Hotel", with two spaces.
     by_name: dict[str, list[str]] = {}
     for key, listed in search_terms.items():
-        by_name.setdefault(" ".join(key.split()), []).extend(listed)
+        by_name.setdefault(clean_line(key) or "", []).extend(listed)
     with conn.transaction():
         # Read only once no load is writing (CATALOGUE_LOCK; re-entrant inside upsert's transaction).
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOGUE_LOCK,))
@@ -436,7 +436,7 @@ def refresh_lexical_terms(conn: Conn, search_terms: Mapping[str, Sequence[str]] 
         changed = []
         for ident, name, old in rows:
             found = set(coordination_terms(name, heads))
-            found.update(normalise(term) for term in by_name.get(" ".join(name.split()), ()))
+            found.update(normalise(term) for term in by_name.get(clean_line(name) or "", ()))
             found.discard("")
             terms = sorted(found)
             if terms != list(old):

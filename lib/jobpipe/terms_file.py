@@ -11,6 +11,7 @@ import unicodedata
 from pathlib import Path
 
 from jobpipe.errors import UserError
+from jobpipe.text import InputTooLarge, read_capped
 from jobpipe.titles import normalise
 
 MAX_TERMS_FILE_BYTES = 16 * 1024 * 1024  # the shipped file is 0.3 MB
@@ -33,11 +34,10 @@ def local_search_terms(path: str | Path | None) -> list[tuple[int, str, str]]:
             "(the classifier's unit starts in /, so a relative path would name another file there)"
         )
     try:
-        with source.open("rb") as fh:  # bounded: /dev/zero or a runaway file is no terms file
-            raw = fh.read(MAX_TERMS_FILE_BYTES + 1)
-        if len(raw) > MAX_TERMS_FILE_BYTES:
-            raise UserError(f"{source}: over {MAX_TERMS_FILE_BYTES // 2**20} MB; is it a search terms file?")
-        text = raw.decode("utf-8-sig")
+        text = read_capped(source, MAX_TERMS_FILE_BYTES).decode("utf-8-sig")  # /dev/zero is no terms file
+    except InputTooLarge:
+        megabytes = MAX_TERMS_FILE_BYTES // 2**20
+        raise UserError(f"{source}: over {megabytes} MB; is it a search terms file?") from None
     except OSError as exc:
         raise UserError(f"classifier.search_terms_file: cannot read {source}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
